@@ -1,0 +1,1 @@
+"""Library code shared by every method: data, training loop, evaluation, throughput, results."""

@@ -1,0 +1,67 @@
+"""The ``Method`` protocol: how a method (PAT, LoRA, a one-shot pruner) plugs into the one training loop.
+
+The loop in ``bench.harness.train`` calls these hooks and never branches on a method's type. A pipeline such as
+``["llm_pruner", "lora"]`` (prune-then-tune) is a list of stages; each stage is a ``Method``. One-shot pruners do
+their work in ``prepare`` (or ``finalize`` when they run after tuning) and train nothing.
+
+To add a method: implement this protocol in a module and add ``name -> "module:Class"`` to
+``bench.harness.registry.METHODS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol, runtime_checkable
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class RunContext:
+    """What a method may need besides the model: tokenizer, calibration data, total steps, output dir, seed."""
+
+    tokenizer: Any = None
+    total_steps: int = 0
+    seed: int = 0
+    out_dir: Path | None = None
+    data_dir: Path | None = None
+    calibration: Any = None  # callable () -> LongTensor (n, seq_len) of calibration tokens, built lazily
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Method(Protocol):
+    name: str
+
+    def prepare(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        """Inject modules / prune; returns the model to train (may be a new object, e.g. a peft wrapper)."""
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        """Optimizer parameter groups of this method's trainable parameters (may be empty)."""
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A loss added to the LM loss (PAT: L_active + L_identity), or ``None``."""
+
+    def on_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Called after every optimizer step with the number of steps done so far."""
+
+    def log_values(self, model: nn.Module) -> dict[str, float]:
+        """Scalars to show in the progress bar / log (PAT: active channels, tau, losses)."""
+
+    def finalize(self, model: nn.Module, ctx: RunContext) -> nn.Module:
+        """Merge / physically remove; returns a plain ``PreTrainedModel`` that needs no custom code."""
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Method-owned tensors to checkpoint (for resume) — beyond the trainable parameters, if any."""
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def report(self) -> dict[str, Any]:
+        """What this stage records in the run's JSON (achieved ratio, widths, ...)."""
+
+
+def trainable_count(groups: Iterable[dict]) -> int:
+    return sum(p.numel() for g in groups for p in g["params"])
