@@ -1,0 +1,35 @@
+"""PAT: Pruning-Aware Tuning (Liu et al., AAAI-25, arXiv 2408.14721), without forking transformers or peft.
+
+Public API::
+
+    cfg = PATConfig(prune_ratio=0.25)
+    mask = attach(model, cfg, total_steps)      # HSMs on every residual write + one shared mask
+    loss = lm_loss + pat_loss(model)            # L_active + L_identity
+    set_step(model, step)                       # after each optimizer step: the tau/beta schedule
+    small = finalize(model)                     # stock HF model with hidden_size = d'
+
+Names in the paper and in the official code (kriskrisliu/PAT_Pruning-Aware-Tuning):
+
+=============================  ==========================  =================================
+paper                          official code               here
+=============================  ==========================  =================================
+HSM                            ``DimDownLayer``            ``HybridSparsifier``
+HIO (L0, L1)                   ``dimdown_inout[0/1]``      ``HybridSparsifier.L0 / .L1``
+USM proxy W_M                  ``DimDownMask.mask``        ``SharedMask.proxy``
+gated mask M                   ``DimDownMask.scalar``      ``SharedMask.gate()``
+N_target                       ``dimdown_dim``             ``SharedMask.target``
+milestone s0                   ``--global_step``           ``PATConfig.milestone_step``
+identity-loss scale            ``dimdown_scale``           ``HybridSparsifier.s``
+=============================  ==========================  =================================
+"""
+
+from .attach import attach, get_mask, hsms, set_hard
+from .config import PATConfig
+from .losses import active_loss, identity_loss
+from .merge import finalize, merge_check
+from .method import PATMethod, pat_loss, pat_param_count, set_step
+
+__all__ = [
+    "PATConfig", "PATMethod", "attach", "finalize", "merge_check", "get_mask", "hsms", "set_hard", "set_step",
+    "pat_loss", "pat_param_count", "active_loss", "identity_loss",
+]

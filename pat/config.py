@@ -1,0 +1,134 @@
+"""``PATConfig``: every PAT hyper-parameter and every paper-vs-code choice, validated eagerly.
+
+Where the paper and the official code differ (pat-spec.md §13-14) the choice is a field with a documented default.
+The official code's bugs are reproducible only through ``official_quirks=True``, never by default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+IDENTITY_LOSSES = ("official", "paper", "none")
+ACTIVE_LOSSES = ("official", "paper")
+EMBED_MODES = ("auto", "full", "mask_only")
+KEEP_THRESHOLDS = ("gt0", "ge0")
+
+
+@dataclass(frozen=True)
+class PATConfig:
+    """PAT settings.
+
+    Attributes:
+        prune_ratio: fraction of hidden channels to remove, in (0, 1). The kept width is ``d * (1 - prune_ratio)``
+            rounded to a multiple of ``align``.
+        align: kept width is a multiple of this; ``None`` means ``num_attention_heads`` (transformers 5.x refuses a
+            hidden size that the head count does not divide).
+        hio_rank: rank r of the low-rank operator L1 L0 (paper: ~5 % of d); ``None`` means ``round(0.05 * d)``.
+        lora_rank, lora_alpha, lora_dropout: the LoRA trained beside the HSMs (paper: 20, 4, 0.05).
+        milestone_step: s0, the step by which the mask is binary (paper: 1/3 of training). ``None`` means
+            ``milestone_frac * total_steps``.
+        milestone_frac: s0 as a fraction of the total steps when ``milestone_step`` is ``None``.
+        mask_freeze_frac: from ``mask_freeze_frac * s0`` on, the task loss no longer reaches the mask and tau stops
+            growing (pat-spec.md §4.2, official code 0.8). ``1.0`` gives the paper's schedule (hard mask after s0).
+        snap_at_freeze: at the freeze point, force exactly the target count active (top-N proxies), so the width
+            is exact by s0 whatever the regularizer reached. Logged when it changes anything.
+        active_loss: ``"official"`` = ``active_weight * |count - N| / N`` (STE count) plus the polarisation term;
+            ``"paper"`` = ``active_weight * |count - N|`` with no polarisation.
+        active_weight: weight of the count term (official code: 10).
+        identity_loss: ``"official"`` = per-channel scale s after the mask and ``MSE(L0 L0^T, I_r)`` on every HSM;
+            ``"paper"`` = ``D = I + L1 diag(v) L0`` with ``||L0 L0^T - I||_F + ||L1^T L1 - I||_F``; ``"none"`` =
+            neither scale nor loss (the paper's "Identity x" ablation).
+        identity_weight: weight of the identity loss.
+        embed_hsm: ``"full"`` = HIO + scale on the embedding too (tied embeddings are untied at finalize, which adds
+            ``vocab * d'`` parameters); ``"mask_only"`` = the embedding HSM only masks, so tied embeddings stay tied
+            and parameters drop by the pruned fraction; ``"auto"`` = ``mask_only`` for tied models, else ``full``.
+        keep_threshold: ``"gt0"`` (default): a channel is active iff its proxy > 0, in training and at merge alike.
+            ``"ge0"`` is the official training threshold (merge still keeps > 0 there).
+        mask_lr_scale: learning-rate multiplier for the shared mask proxy.
+        hsm_lr_scale: learning-rate multiplier for L0, L1, v and s.
+        fold_scale: fold the learned scale s into the writers at finalize (the official merge drops it: a bug).
+        official_quirks: reproduce the official code's bugs: identity loss only on the embedding HSM and the last
+            layer's two HSMs, and ``fold_scale`` forced off. For comparisons only.
+    """
+
+    prune_ratio: float = 0.25
+    align: int | None = None
+    hio_rank: int | None = None
+    lora_rank: int = 20
+    lora_alpha: float = 4.0
+    lora_dropout: float = 0.05
+    milestone_step: int | None = None
+    milestone_frac: float = 1.0 / 3.0
+    mask_freeze_frac: float = 0.8
+    snap_at_freeze: bool = True
+    active_loss: Literal["official", "paper"] = "official"
+    active_weight: float = 10.0
+    identity_loss: Literal["official", "paper", "none"] = "official"
+    identity_weight: float = 1.0
+    embed_hsm: Literal["auto", "full", "mask_only"] = "auto"
+    keep_threshold: Literal["gt0", "ge0"] = "gt0"
+    mask_lr_scale: float = 10.0
+    hsm_lr_scale: float = 1.0
+    fold_scale: bool = True
+    official_quirks: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        def bad(name, expected):
+            raise ValueError(f"PATConfig.{name}={getattr(self, name)!r}: expected {expected}")
+
+        if not (isinstance(self.prune_ratio, (int, float)) and 0.0 < self.prune_ratio < 1.0):
+            bad("prune_ratio", "a number in (0, 1)")
+        if self.align is not None and (not isinstance(self.align, int) or self.align < 1):
+            bad("align", "a positive integer or None")
+        if self.hio_rank is not None and (not isinstance(self.hio_rank, int) or self.hio_rank < 1):
+            bad("hio_rank", "an integer >= 1 or None")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            bad("lora_rank", "an integer >= 0 (0 = no LoRA)")
+        if self.milestone_step is not None and (not isinstance(self.milestone_step, int) or self.milestone_step < 2):
+            bad("milestone_step", "an integer >= 2 or None")
+        if not 0.0 < self.milestone_frac <= 1.0:
+            bad("milestone_frac", "a number in (0, 1]")
+        if not 0.0 < self.mask_freeze_frac <= 1.0:
+            bad("mask_freeze_frac", "a number in (0, 1]")
+        for name, allowed in (("active_loss", ACTIVE_LOSSES), ("identity_loss", IDENTITY_LOSSES),
+                              ("embed_hsm", EMBED_MODES), ("keep_threshold", KEEP_THRESHOLDS)):
+            if getattr(self, name) not in allowed:
+                bad(name, "one of " + ", ".join(allowed))
+        for name in ("active_weight", "identity_weight", "mask_lr_scale", "hsm_lr_scale", "lora_alpha"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                bad(name, "a finite number >= 0")
+
+    # ---- derived quantities -------------------------------------------------------------------------------
+    def target_keep(self, hidden_size: int, num_heads: int) -> int:
+        """Kept hidden width: ``d (1 - ratio)`` rounded to the nearest multiple of ``align`` (>= align, < d)."""
+        a = self.align or num_heads
+        keep = int(round(hidden_size * (1.0 - self.prune_ratio) / a)) * a
+        keep = min(max(keep, a), hidden_size - a)
+        if keep <= 0 or keep >= hidden_size:
+            raise ValueError(f"PATConfig.align={a}: no kept width that is a multiple of it fits in hidden size {hidden_size}")
+        return keep
+
+    def rank_for(self, hidden_size: int) -> int:
+        r = self.hio_rank if self.hio_rank is not None else max(1, round(0.05 * hidden_size))
+        if r > hidden_size:
+            raise ValueError(f"PATConfig.hio_rank={r}: expected at most the hidden size {hidden_size}")
+        return r
+
+    def milestone(self, total_steps: int) -> int:
+        if self.milestone_step is not None:
+            return self.milestone_step
+        if total_steps < 2:
+            raise ValueError(f"total_steps={total_steps}: PAT needs at least 2 steps to place the milestone s0")
+        return max(2, int(round(self.milestone_frac * total_steps)))
+
+    def embed_mode(self, tied: bool) -> str:
+        if self.embed_hsm == "auto":
+            return "mask_only" if tied else "full"
+        return self.embed_hsm
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

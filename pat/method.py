@@ -1,0 +1,156 @@
+"""``PATMethod``: PAT as a stage of the one training loop (``bench.harness.method.Method`` protocol).
+
+PAT trains beside LoRA: ``prepare`` applies peft LoRA (rank ``lora_rank``), then attaches the HSMs and the shared
+mask. The loop adds ``extra_loss`` (L_active + L_identity) and calls ``on_optimizer_step`` after each optimizer
+step, which advances the tau/beta schedule and, at the freeze point, makes the active count exact.
+``finalize`` merges everything into a smaller stock model.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .arch import get_arch
+from .attach import attach, get_mask, hsms, pat_parameters
+from .config import PATConfig
+from .losses import active_loss, identity_loss
+from .merge import finalize as _finalize
+from .merge import merge_check, merge_lora
+from . import schedule
+
+log = logging.getLogger(__name__)
+
+
+def _identity_hsms(model: nn.Module) -> list:
+    mask = get_mask(model)
+    all_h = list(hsms(model))
+    if mask.cfg.official_quirks:  # pat-spec.md §5: the `_loss` overwrite reaches only embedding + last layer
+        return [all_h[0]] + all_h[-2:]
+    return all_h
+
+
+def pat_loss(model: nn.Module) -> torch.Tensor:
+    """``L_active + identity_weight * L_identity`` for a PAT model."""
+    mask = get_mask(model)
+    cfg = mask.cfg
+    la = active_loss(mask, mask.target, cfg.active_loss, cfg.active_weight)
+    if cfg.identity_loss == "none" or cfg.identity_weight == 0:
+        li = torch.zeros((), device=la.device)
+    else:
+        li = identity_loss(_identity_hsms(model), cfg.identity_loss).to(la.device)
+    mask.last_losses = (float(la.detach()), float(li.detach()))
+    return la + cfg.identity_weight * li
+
+
+def set_step(model: nn.Module, step: int) -> int:
+    """Advance the gate schedule to ``step``; at/after the freeze point force the exact target count.
+
+    Returns the number of channels whose state the snap changed (0 when the regularizer already got there).
+    """
+    mask = get_mask(model)
+    mask.set_step(step)
+    mask.clear()
+    if mask.cfg.snap_at_freeze and schedule.mask_frozen(step, mask.s0, mask.freeze_frac):
+        if int(mask.active().sum()) != mask.target:
+            changed = mask.snap(mask.target)
+            log.info("step %d: snapped the mask to exactly %d active channels (%d changed)", step, mask.target, changed)
+            return changed
+    return 0
+
+
+def pat_param_count(model_config, hio_rank: int, lora_rank: int, embed_mode: str = "mask_only",
+                    identity_loss: str = "official") -> int:
+    """Trainable parameters of PAT (HSMs + mask + LoRA) from the config alone."""
+    from baselines.lora import lora_param_count
+
+    d, L = model_config.hidden_size, model_config.num_hidden_layers
+    per = 2 * d * hio_rank + (d if identity_loss == "official" else 0) + (hio_rank if identity_loss == "paper" else 0)
+    n_full = 2 * L + (1 if embed_mode == "full" else 0)
+    lora = lora_param_count(model_config, lora_rank) if lora_rank > 0 else 0
+    return n_full * per + d + lora
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+class PATMethod:
+    """PAT stage. ``PATMethod(PATConfig(...))`` or ``PATMethod(prune_ratio=0.25, ...)``."""
+
+    name = "pat"
+
+    def __init__(self, config: PATConfig | None = None, **kwargs: Any):
+        self.cfg = config if config is not None else PATConfig(**kwargs)
+        self._report: dict[str, Any] = {}
+
+    def prepare(self, model: nn.Module, ctx) -> nn.Module:
+        from baselines.lora import LoRAConfig, apply_lora
+
+        get_arch(model)  # unsupported architectures fail here, before any work
+        self._report["params_before"] = _count(model)
+        self._report["hidden_size_before"] = model.config.hidden_size
+        if self.cfg.lora_rank > 0:
+            model = apply_lora(model, LoRAConfig(self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.lora_dropout))
+        else:
+            for p in model.parameters():
+                p.requires_grad_(False)
+        mask = attach(model, self.cfg, ctx.total_steps)
+        pat_parameters(model)
+        self._report.update(target_keep=mask.target, hio_rank=self.cfg.rank_for(mask.proxy.numel()),
+                            lora_rank=self.cfg.lora_rank, milestone_step=mask.s0, embed_hsm=mask.embed_mode,
+                            target_ratio=self.cfg.prune_ratio)
+        return model
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        mask_params, hsm_params = pat_parameters(model)
+        pat_ids = {id(p) for p in mask_params + hsm_params}
+        lora = [p for p in model.parameters() if p.requires_grad and id(p) not in pat_ids]
+        groups = [
+            {"name": "lora", "params": lora, "lr": lr},
+            {"name": "pat_hsm", "params": hsm_params, "lr": lr * self.cfg.hsm_lr_scale},
+            {"name": "pat_mask", "params": mask_params, "lr": lr * self.cfg.mask_lr_scale, "weight_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor:
+        return pat_loss(model)
+
+    def on_optimizer_step(self, model: nn.Module, step: int) -> None:
+        self._report["snap_changed"] = self._report.get("snap_changed", 0) + set_step(model, step)
+        mask = get_mask(model)
+        if step >= mask.s0 and "active_at_s0" not in self._report:
+            self._report["active_at_s0"] = int(mask.active().sum())
+
+    def log_values(self, model: nn.Module) -> dict[str, float]:
+        mask = get_mask(model)
+        la, li = getattr(mask, "last_losses", (float("nan"), float("nan")))
+        return {"active": int(mask.active().sum()), "tau": round(mask.tau(), 3), "L_active": la, "L_identity": li}
+
+    def finalize(self, model: nn.Module, ctx) -> nn.Module:
+        mask = get_mask(model)
+        self._report["active_before_finalize"] = int(mask.active().sum())
+        if int(mask.active().sum()) != mask.target:  # training stopped before the freeze point
+            self._report["snap_changed_at_finalize"] = mask.snap(mask.target)
+        merged = merge_lora(model)  # peft LoRA folded in place; the HSMs remain on `merged`
+        small = _finalize(merged)
+        heldout = (ctx.extra or {}).get("heldout_ids") if ctx is not None else None
+        if heldout is not None:
+            self._report["merge_max_abs_logit_diff"] = merge_check(merged, small, heldout)
+        d, d2 = self._report["hidden_size_before"], small.config.hidden_size
+        self._report.update(hidden_size_after=d2, params_after=_count(small), achieved_ratio=1 - d2 / d)
+        self._report["param_ratio"] = 1 - self._report["params_after"] / self._report["params_before"]
+        return small
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {"pat_mask.step": get_mask(model).step.detach().clone()}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        set_step(model, int(state["pat_mask.step"]))
+
+    def report(self) -> dict[str, Any]:
+        return dict(self._report)
+

@@ -1,0 +1,180 @@
+"""The two PAT modules: the shared mask (USM) and the Hybrid Sparsification Module (HSM).
+
+``SharedMask`` owns the one trainable proxy ``W_M`` (d,) that every HSM multiplies by. Its gate
+``M = sigmoid(tau(s) W_M) + beta(s)`` is computed once per model forward (a forward pre-hook on the model root calls
+``refresh``) and read by all HSMs. In ``hard`` mode (inference, merge checks) ``M = 1[W_M active]`` exactly.
+
+``HybridSparsifier`` wraps a residual writer (embedding, o_proj, down_proj; possibly a peft LoRA layer) and maps its
+output ``y`` to ``s * M * (y + L1 (v * (L0 y)))``: identity at init because ``L1 = 0`` (official form) or ``v = 0``
+(paper form).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from . import schedule
+
+
+class Binarize(torch.autograd.Function):
+    """``1[x > 0]`` (or ``>= 0``) forward, identity gradient backward (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, inclusive: bool) -> torch.Tensor:
+        return (x >= 0).to(x.dtype) if inclusive else (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+class SharedMask(nn.Module):
+    """The unified sparsification mask shared by all HSMs.
+
+    Args:
+        hidden_size: d.
+        s0: milestone step (>= 2).
+        freeze_frac: fraction of s0 at which the task gradient to the proxy stops.
+        inclusive: count a proxy of exactly 0 as active (official training threshold) or not.
+    """
+
+    def __init__(self, hidden_size: int, s0: int, freeze_frac: float = 0.8, inclusive: bool = False):
+        super().__init__()
+        self.proxy = nn.Parameter(torch.zeros(hidden_size))  # W_M, fp32, init 0 -> M(0) = 0.5 + 0.5 = 1
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.s0 = int(s0)
+        self.freeze_frac = float(freeze_frac)
+        self.inclusive = bool(inclusive)
+        self.hard = False
+        self.gate_computations = 0  # how many times the gate was computed (tests: once per forward)
+        self._gate: torch.Tensor | None = None
+
+    def set_step(self, step: int) -> None:
+        self.step.fill_(int(step))
+
+    def tau(self) -> float:
+        return schedule.tau(int(self.step), self.s0, self.freeze_frac)
+
+    def beta(self) -> float:
+        return schedule.beta(int(self.step), self.s0)
+
+    def active(self) -> torch.Tensor:
+        """Boolean (d,) of active channels under the training/merge threshold."""
+        w = self.proxy.detach()
+        return w >= 0 if self.inclusive else w > 0
+
+    def compute_gate(self) -> torch.Tensor:
+        """The gate M (d,) for the current step; fp32."""
+        self.gate_computations += 1
+        if self.hard:
+            return self.active().to(self.proxy.dtype)
+        s = int(self.step)
+        w = self.proxy.detach() if schedule.mask_frozen(s, self.s0, self.freeze_frac) else self.proxy
+        t = schedule.tau(s, self.s0, self.freeze_frac)
+        # official form 1 / (1 + exp(min(-tau w, 10))): the clamp keeps a clearly-off channel at ~4.5e-5
+        return torch.sigmoid(torch.clamp(t * w, min=-10.0)) + schedule.beta(s, self.s0)
+
+    def refresh(self) -> None:
+        self._gate = self.compute_gate()
+
+    def gate(self) -> torch.Tensor:
+        if self._gate is None:  # called outside a root forward (the root hooks refresh and clear it)
+            self.refresh()
+        return self._gate
+
+    def clear(self) -> None:
+        self._gate = None
+
+    @torch.no_grad()
+    def snap(self, keep: int, margin: float = 0.5) -> int:
+        """Force exactly ``keep`` active channels: the ``keep`` largest proxies >= +margin, the rest <= -margin.
+
+        Returns the number of channels whose active state changed.
+        """
+        before = self.active().clone()
+        order = torch.argsort(self.proxy, descending=True, stable=True)
+        on = torch.zeros_like(before)
+        on[order[:keep]] = True
+        self.proxy[on] = torch.clamp(self.proxy[on], min=margin)
+        self.proxy[~on] = torch.clamp(self.proxy[~on], max=-margin)
+        self._gate = None
+        return int((before != self.active()).sum())
+
+
+class HybridSparsifier(nn.Module):
+    """HSM around a residual writer: ``y -> s * M * (y + L1 (v * (L0 y)))``.
+
+    Args:
+        inner: the wrapped module (its output has last dimension d).
+        mask: the model's ``SharedMask`` (held by reference, not registered as a submodule).
+        rank: HIO rank r; 0 means mask (and scale) only.
+        scale: learn a per-channel scale s (d,) after the mask (official identity-loss form).
+        diag: learn v (r,) inside the low-rank product (paper identity-loss form); L1 then starts orthonormal
+            and v at 0, else L1 starts at 0.
+    Tensors: L0 (r, d), L1 (d, r), v (r,), s (d,), all fp32.
+    """
+
+    def __init__(self, inner: nn.Module, mask: SharedMask, rank: int, scale: bool, diag: bool):
+        super().__init__()
+        self.inner = inner
+        object.__setattr__(self, "_mask", mask)  # plain attribute: one mask, many readers, one state-dict entry
+        d = mask.proxy.numel()
+        self.rank = int(rank)
+        if self.rank > 0:
+            self.L0 = nn.Parameter(torch.empty(self.rank, d))
+            nn.init.kaiming_uniform_(self.L0, a=math.sqrt(5))  # peft's LoRA-A init, bound 1/sqrt(d)
+            self.L1 = nn.Parameter(torch.zeros(d, self.rank))
+            if diag:
+                nn.init.orthogonal_(self.L1)
+                self.v = nn.Parameter(torch.zeros(self.rank))
+            else:
+                self.v = None
+        else:
+            self.L0 = self.L1 = self.v = None
+        self.s = nn.Parameter(torch.ones(d)) if scale else None
+
+    # attributes callers read off the wrapped module (get_input_embeddings().weight, in_features, ...). Not
+    # ``base_layer``: peft's merge must not mistake the HSM for one of its LoRA layers.
+    _DELEGATED = frozenset({"weight", "bias", "in_features", "out_features", "num_embeddings", "embedding_dim",
+                            "padding_idx", "embed_scale", "scalar_embed_scale"})
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in HybridSparsifier._DELEGATED:
+                return getattr(super().__getattr__("inner"), name)
+            raise
+
+    @property
+    def mask(self) -> SharedMask:
+        return self._mask
+
+    def forward(self, *args, **kwargs):
+        y = self.inner(*args, **kwargs)  # (B, T, d)
+        dtype = y.dtype
+        h = y.float()
+        if self.L0 is not None:
+            z = h @ self.L0.t()  # (B, T, r)
+            if self.v is not None:
+                z = z * self.v
+            h = h + z @ self.L1.t()
+        h = h * self.mask.gate()
+        if self.s is not None:
+            h = h * self.s
+        return h.to(dtype)
+
+    @torch.no_grad()
+    def operator(self) -> torch.Tensor:
+        """``diag(s) (I + L1 diag(v) L0)`` as a (d, d) fp64 matrix (the mask is applied separately)."""
+        d = self.mask.proxy.numel()
+        D = torch.eye(d, dtype=torch.float64)
+        if self.L0 is not None:
+            l1 = self.L1.double() * (self.v.double() if self.v is not None else 1.0)
+            D = D + l1 @ self.L0.double()
+        if self.s is not None:
+            D = self.s.double()[:, None] * D
+        return D
