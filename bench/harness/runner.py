@@ -1,0 +1,328 @@
+"""The grid loop: for each run of a suite, load the model, run its pipeline through the trainer, evaluate, time
+the finalized model and write one result JSON.
+
+It composes the other parts by name and never branches on a method's type:
+
+* stages: ``bench.harness.registry`` (``name -> "module:Class"``), built with the suite's ``[methods.<name>]`` args;
+  the run's prune ratio goes to each stage that takes one (a ``ratio_arg`` class attribute, else a ``ratio`` /
+  ``prune_ratio`` constructor or config field);
+* training: ``bench.harness.train.run_pipeline`` under the suite's ``TrainBudget`` (checkpoints in the run's work
+  directory, so a killed run resumes mid-training);
+* evaluation: ``bench.harness.evaluation.evaluate_tasks`` and ``bench.harness.perplexity.perplexity``;
+* throughput: ``bench.harness.throughput.measure`` on the finalized model.
+
+``preflight`` checks everything a suite needs (pieces importable, stage classes, models, data) before the first
+run. A run that raises is recorded as ``failed`` with its error, and the grid goes on. ``reuse_prefix``: a
+tune-then-prune run (``["lora", "llm_pruner"]``) starts from the finalized model of the suite's plain ``["lora"]``
+run of the same model, seed and budget when that run has finished, and then applies only the pruning stage (the
+same ``prepare``/``finalize`` calls the trainer would make after training; no second identical fine-tuning).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import time
+import traceback
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.harness import results as R
+from bench.harness.suites import RunSpec, Suite
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PIECES = {  # module -> the issue that builds it (for the "missing piece" message)
+    "bench.harness.train": "the trainer (issue 4)",
+    "bench.harness.budget": "the trainer (issue 4)",
+    "bench.harness.registry": "the trainer (issue 4)",
+    "bench.harness.evaluation": "evaluation (issue 3)",
+    "bench.harness.perplexity": "evaluation (issue 3)",
+    "pat.models": "the skeleton (pat/models.py)",
+}
+
+
+class MissingPieceError(RuntimeError):
+    """A module the runner composes cannot be imported."""
+
+
+def work_dir_default() -> Path:
+    """Checkpoints and finalized models: ``$PAT_WORK_DIR`` or ``runs/bench`` in the repository (gitignored)."""
+    return Path(os.environ.get("PAT_WORK_DIR", REPO_ROOT / "runs" / "bench")).expanduser()
+
+
+@dataclass
+class RunnerOptions:
+    out_dir: Path
+    work_dir: Path = field(default_factory=work_dir_default)
+    model_paths: dict[str, str] = field(default_factory=dict)
+    data_dir: str | None = None
+    retry_failed: bool = True
+    progress: bool = True
+    checkpoint_every: int | None = 10
+    device: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- preflight
+def _import(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingPieceError(
+            f"bench runner: cannot import {module} ({type(e).__name__}: {e}); it is built by {PIECES.get(module, 'another part')}. "
+            "Nothing was run."
+        ) from e
+
+
+def ratio_kwarg(cls: type) -> str | None:
+    """The constructor keyword through which a stage class takes the prune ratio, or ``None`` (e.g. LoRA)."""
+    explicit = getattr(cls, "ratio_arg", None)
+    if explicit:
+        return explicit
+    params = inspect.signature(cls.__init__).parameters
+    for k in ("ratio", "prune_ratio"):
+        if k in params:
+            return k
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: no config dataclass to inspect
+        hints = {}
+    for t in hints.values():
+        for c in typing.get_args(t) or (t,):
+            fields = getattr(c, "__dataclass_fields__", {})
+            for k in ("ratio", "prune_ratio"):
+                if k in fields:
+                    return k
+    return None
+
+
+def stage_args(spec: RunSpec, name: str, cls: type) -> dict[str, Any]:
+    args = dict(spec.method_args.get(name, {}))
+    key = ratio_kwarg(cls)
+    if key and spec.ratio > 0:
+        args[key] = spec.ratio
+    return args
+
+
+def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[str, str]:
+    """Check every piece, stage, model and dataset the runs need; returns ``{model name: local dir}``.
+
+    Raises:
+        MissingPieceError, MissingModelsError, DataError, ValueError: before any run starts.
+    """
+    from bench.harness.modelsrc import resolve_models
+
+    if any(r.trains for r in runs):
+        for m in ("bench.harness.train", "bench.harness.budget", "bench.harness.registry"):
+            _import(m)
+        registry = _import("bench.harness.registry")
+        budget_mod = _import("bench.harness.budget")
+        for r in (r for r in runs if r.trains):
+            budget_mod.TrainBudget.from_dict(r.budget)
+            for s in r.pipeline:
+                try:
+                    cls = registry.stage_class(s)
+                except ImportError as e:
+                    raise MissingPieceError(f"bench runner: stage {s!r} cannot be imported ({e}); nothing was run") from e
+                stage_args(r, s, cls)
+    if suite.eval.get("tasks"):
+        _import("bench.harness.evaluation").validate_tasks(list(suite.eval["tasks"]))
+    if suite.perplexity.get("datasets"):
+        _import("bench.harness.perplexity")
+    _import("pat.models")
+    from bench.harness.datadir import DATASETS, dataset_path
+
+    needed = set(suite.perplexity.get("datasets", []))
+    needed |= {t.removeprefix("paper_") for t in suite.eval.get("tasks", [])}
+    if any(r.trains for r in runs) and suite.train_data in DATASETS:
+        needed.add(suite.train_data)
+    if any(len(r.pipeline) > 1 or (r.pipeline and r.pipeline[0] not in ("lora", "pat")) for r in runs):
+        needed.add("c4")  # calibration text of the one-shot pruners
+    for d in sorted(needed & set(DATASETS)):
+        dataset_path(d, opts.data_dir)
+    models = sorted({r.model for r in runs})
+    return resolve_models(suite.models, models, opts.model_paths, suite.name, suite.runs_here)
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def kept_widths(model) -> dict[str, Any]:
+    """Hidden size and per-layer kept widths (query/key/value outputs, MLP intermediate) of a finalized model."""
+    from pat.arch import decoder_layers, get_arch, get_module
+
+    arch = get_arch(model)
+    layers = []
+    for layer in decoder_layers(model, arch):
+        q, k, v = (get_module(layer, p).out_features for p in arch.attn_in)
+        layers.append({"q": q, "k": k, "v": v, "mlp": get_module(layer, arch.mlp_in[0]).out_features})
+    uniform = all(x == layers[0] for x in layers)
+    return {"hidden_size": int(model.config.hidden_size), "uniform": uniform,
+            "layers": layers[:1] if uniform else layers, "n_layers": len(layers)}
+
+
+def _n_params(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _prefix_run(spec: RunSpec, all_runs: list[RunSpec]) -> RunSpec | None:
+    """The finished-able run whose whole pipeline is a strict prefix of ``spec``'s (same model, seed, budget, args)."""
+    for r in all_runs:
+        n = len(r.pipeline)
+        if (0 < n < len(spec.pipeline) and spec.pipeline[:n] == r.pipeline and r.model == spec.model
+                and r.seed == spec.seed and r.budget == spec.budget and r.ratio == 0.0
+                and all(r.method_args.get(s) == spec.method_args.get(s) for s in r.pipeline)):
+            return r
+    return None
+
+
+def _calibration(tokenizer, seed: int, data_dir):
+    from bench.harness.data import calibration_tokens
+
+    return lambda n=128, seq_len=128: calibration_tokens(tokenizer, "c4", n, seq_len, seed, data_dir)[0]
+
+
+def _apply_suffix(model, tokenizer, stages, names: list[str], offset: int, spec: RunSpec, opts: RunnerOptions):
+    """Apply the remaining (training-free) stages of a pipeline to a reused finalized prefix model."""
+    from bench.harness.method import RunContext
+
+    ctx = RunContext(tokenizer=tokenizer, total_steps=0, seed=spec.seed, out_dir=opts.work_dir / spec.suite / spec.run_id,
+                     data_dir=Path(opts.data_dir) if opts.data_dir else None,
+                     calibration=_calibration(tokenizer, spec.seed, opts.data_dir), extra={"pipeline": names})
+    for phase in ("prepare", "finalize"):
+        for j, st in enumerate(stages):
+            ctx.extra.update(stage_index=offset + j, phase=phase)
+            model = getattr(st, phase)(model, ctx)
+    return model, {f"{offset + j}-{n}": st.report() for j, (n, st) in enumerate(zip(names[offset:], stages))}
+
+
+def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpec], reuse: bool):
+    """Run the pipeline (or its suffix after a reused prefix); returns ``(final model, train record)``."""
+    from bench.harness.budget import TrainBudget
+    from bench.harness.registry import make_stage, stage_class
+
+    names = list(spec.pipeline)
+    prefix = _prefix_run(spec, all_runs) if reuse else None
+    prefix_dir = opts.work_dir / spec.suite / prefix.run_id / "model" if prefix else None
+    if prefix and (prefix_dir / "config.json").exists() and R.is_finished(opts.out_dir, prefix.run_id):
+        from pat.models import load
+
+        model, tok = load(str(prefix_dir), device=opts.device)
+        offset = len(prefix.pipeline)
+        stages = [make_stage(n, **stage_args(spec, n, stage_class(n))) for n in names[offset:]]
+        model, reports = _apply_suffix(model, tok, stages, names, offset, spec, opts)
+        prev = R.read_result(R.result_path(opts.out_dir, prefix.run_id)) or {}
+        return model, {"reused_prefix": prefix.run_id, "prefix_train": prev.get("train"), "stages": reports}
+    from bench.harness.train import run_pipeline
+
+    stages = [make_stage(n, **stage_args(spec, n, stage_class(n))) for n in names]
+    rec = run_pipeline(model, stages, TrainBudget.from_dict(spec.budget), spec.train_data,
+                       opts.work_dir / spec.suite / spec.run_id, data_dir=opts.data_dir,
+                       checkpoint_every=opts.checkpoint_every, tokenizer=tok, progress=opts.progress)
+    final = rec.pop("_model")
+    if rec.get("status") != "success" or final is None:
+        raise RuntimeError(f"training did not complete: status {rec.get('status')!r}")
+    for k in ("losses", "extra_losses"):  # keep result files small: at most ~200 points
+        if isinstance(rec.get(k), list) and len(rec[k]) > 200:
+            step = -(-len(rec[k]) // 200)
+            rec[k] = rec[k][::step]
+    return final, rec
+
+
+def _evaluate(model, tok, suite: Suite, spec: RunSpec, opts: RunnerOptions) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"main_metric": suite.main_metric}
+    ev = suite.eval
+    if ev.get("tasks"):
+        from bench.harness.evaluation import evaluate_tasks
+
+        out = evaluate_tasks(model, tok, list(ev["tasks"]), limit=ev.get("limit") or None, seed=ev.get("seed", 1234),
+                             batch_size=ev.get("batch_size", 8), data_dir=opts.data_dir)
+        metrics.update(tasks=out["tasks"], means=out.get("means", {}), mean=out.get("mean"),
+                       eval_seconds=out.get("seconds"), eval_data_sha256=out.get("data_sha256", {}))
+    pp = suite.perplexity
+    if pp.get("datasets"):
+        from bench.harness.perplexity import perplexity
+
+        metrics["perplexity"] = {
+            d: perplexity(model, tok, d, seq_len=pp.get("seq_len", 128), stride=pp.get("stride") or None,
+                          max_tokens=pp.get("max_tokens") or None, data_dir=opts.data_dir)
+            for d in pp["datasets"]}
+    return metrics
+
+
+def _trainable(train_rec: dict[str, Any] | None) -> int | None:
+    if not train_rec:
+        return 0
+    return train_rec.get("trainable_params") or (train_rec.get("prefix_train") or {}).get("trainable_params")
+
+
+def run_one(spec: RunSpec, suite: Suite, model_dir: str, opts: RunnerOptions, all_runs: list[RunSpec],
+            prov: dict[str, Any]) -> dict[str, Any]:
+    """Execute one run and return its ``success`` record (exceptions propagate to ``run_suite``)."""
+    import torch
+
+    from bench.harness.throughput import measure
+    from pat.models import load
+
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    model, tok = load(model_dir, device=opts.device)
+    dense_params = _n_params(model)
+    train_rec = None
+    if spec.trains:
+        model, train_rec = _train(spec, model, tok, opts, all_runs, suite.reuse_prefix)
+    model.eval()
+    metrics = _evaluate(model, tok, suite, spec, opts)
+    params = {"dense_total": dense_params, "total": _n_params(model),
+              "achieved_ratio": 1.0 - _n_params(model) / dense_params, "target_ratio": spec.ratio,
+              "trainable": _trainable(train_rec),
+              "widths": kept_widths(model)}
+    tp = None
+    if suite.throughput.get("enabled", True):
+        cfg = {k: v for k, v in suite.throughput.items() if k != "enabled"}
+        tp = measure(model, **cfg)
+    data = dict(prov.get("data_sha256", {}))
+    data.update(metrics.get("eval_data_sha256", {}))
+    for d, p in metrics.get("perplexity", {}).items():
+        data[d] = p.get("sha256")
+    return R.make_record(spec.to_dict(), "success", {**prov, "data_sha256": data}, model_source=model_dir,
+                         metrics=metrics, params=params, train=train_rec, throughput=tp,
+                         seconds=round(time.perf_counter() - t0, 2))
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: list[RunSpec] | None = None) -> dict[str, int]:
+    """Run ``runs`` (a selection of the suite's runs), skipping finished ones; one JSON per run in ``opts.out_dir``.
+
+    Returns:
+        counts: ``{"done", "skipped", "failed", "total"}``.
+    """
+    from tqdm.auto import tqdm
+
+    all_runs = all_runs if all_runs is not None else runs
+    model_dirs = preflight(suite, runs, opts)
+    datasets = [suite.train_data] if any(r.trains for r in runs) else []
+    prov = R.provenance([d for d in datasets], opts.data_dir)
+    counts = {"done": 0, "skipped": 0, "failed": 0, "total": len(runs)}
+    bar = tqdm(runs, desc=f"suite {suite.name}", unit="run", disable=not opts.progress)
+    for spec in bar:
+        path = R.result_path(opts.out_dir, spec.run_id)
+        old = R.read_result(path)
+        if old is not None and (old.get("status") == "success" or (old.get("status") == "failed" and not opts.retry_failed)):
+            counts["skipped"] += 1
+            continue
+        bar.set_postfix_str(spec.run_id)
+        t0 = time.perf_counter()
+        try:
+            rec = run_one(spec, suite, model_dirs[spec.model], opts, all_runs, prov)
+            counts["done"] += 1
+        except Exception as e:  # a failed run is recorded and the grid goes on
+            log.error("run %s failed: %s: %s", spec.run_id, type(e).__name__, e)
+            rec = R.make_record(spec.to_dict(), "failed", prov, error={"type": type(e).__name__, "message": str(e),
+                                "traceback": traceback.format_exc()}, seconds=round(time.perf_counter() - t0, 2))
+            counts["failed"] += 1
+        R.write_json_atomic(path, rec)
+    return counts

@@ -1,0 +1,344 @@
+"""Benchmark suites: declarative TOML files expanded by a pure function into runs.
+
+A suite file (``bench/suites/<name>.toml``) names, once, the training budget(s), the evaluation tasks and limits,
+the perplexity and throughput settings, the models and the stage arguments; its ``[[grid]]`` tables list
+models x ratios x pipelines x seeds. ``expand(suite)`` turns that into ``RunSpec`` objects with stable run ids
+(``smollm2-135m--pat--r0.25--s0``, ``llama2-7b--llm_pruner+lora--r0.20--s42``). A pipeline is a list of stage
+names (``["pat"]``, ``["lora"]``, ``["llm_pruner", "lora"]`` = prune then tune, ``["lora", "llm_pruner"]`` = tune
+then prune); the empty pipeline ``[]`` is the untouched dense model.
+
+This module imports neither torch nor transformers, so ``bench.run --list`` / ``--dry-run`` stay fast.
+
+To add a suite: drop a TOML file in ``bench/suites/``; ``tests/test_suites.py`` loads and validates every file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
+
+# Stage names used when the registry (bench.harness.registry, built by the trainer issue) is not importable yet.
+FALLBACK_STAGES = frozenset({"pat", "lora", "llm_pruner", "slicegpt", "flap", "wanda_sp"})
+
+SUITE_KEYS = {"name", "description", "seeds", "train_data", "reuse_prefix", "main_metric", "runs_here"}
+EVAL_KEYS = {"tasks", "limit", "seed", "batch_size"}
+PPL_KEYS = {"datasets", "seq_len", "stride", "max_tokens"}
+THROUGHPUT_KEYS = {"enabled", "batch_sizes", "context", "decode_tokens", "repeats", "warmup"}
+MODEL_KEYS = {"registered", "hub", "path", "env", "random", "size"}
+GRID_KEYS = {"models", "ratios", "pipelines", "seeds", "budget", "method_args"}
+
+
+class SuiteError(ValueError):
+    """A suite file that does not validate; the message names the file, the field and the expected form."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a suite's model comes from; resolved to a local directory by the runner, never here.
+
+    Attributes:
+        name: the suite-local model name (used in run ids).
+        registered: a name in ``pat.models.REGISTRY`` (e.g. ``smollm2-135m``).
+        hub: a hub id, used only when online.
+        path: a local Hugging Face directory (``~`` and ``$VARS`` expanded).
+        env: an environment variable that, when set, holds a local directory and overrides everything else.
+        random: a config dict for a tiny random model built on first use (smoke tests).
+        size: a human label for error messages ("7B").
+    """
+
+    name: str
+    registered: str | None = None
+    hub: str | None = None
+    path: str | None = None
+    env: str | None = None
+    random: dict[str, Any] | None = None
+    size: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a suite: model x ratio x pipeline x seed, with everything it needs resolved."""
+
+    suite: str
+    model: str
+    ratio: float
+    pipeline: tuple[str, ...]
+    seed: int
+    budget_name: str
+    budget: dict[str, Any]
+    method_args: dict[str, dict[str, Any]]
+    train_data: str
+
+    @property
+    def pipeline_id(self) -> str:
+        return "+".join(self.pipeline) if self.pipeline else "dense"
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.model}--{self.pipeline_id}--r{self.ratio:.2f}--s{self.seed}"
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.pipeline)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "suite": self.suite, "model": self.model, "ratio": self.ratio,
+            "pipeline": list(self.pipeline), "seed": self.seed, "budget_name": self.budget_name,
+            "budget": dict(self.budget), "method_args": {k: dict(v) for k, v in self.method_args.items()},
+            "train_data": self.train_data,
+        }
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A parsed suite file. ``grid`` keeps the raw grid tables; ``expand`` produces the runs."""
+
+    name: str
+    path: Path | None
+    description: str
+    train_data: str
+    seeds: tuple[int, ...]
+    eval: dict[str, Any]
+    perplexity: dict[str, Any]
+    throughput: dict[str, Any]
+    budgets: dict[str, dict[str, Any]]
+    models: dict[str, ModelSource]
+    method_args: dict[str, dict[str, Any]]
+    grid: tuple[dict[str, Any], ...]
+    main_metric: str = "acc"
+    reuse_prefix: bool = False
+    runs_here: str = "cpu"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def _where(path: Path | None, name: str) -> str:
+    return f"suite '{name}'" + (f" ({path})" if path else "")
+
+
+def _check_keys(table: dict, allowed: set[str], what: str, where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise SuiteError(f"{where}: unknown key(s) {unknown} in {what}; allowed: {sorted(allowed)}")
+
+
+def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
+    """Build a ``Suite`` from a TOML mapping, checking the structure (not the names; see ``validate``)."""
+    head = data.get("suite")
+    if not isinstance(head, dict) or "name" not in head:
+        raise SuiteError(f"suite file {path}: missing [suite] table with a 'name' key")
+    name = head["name"]
+    where = _where(path, name)
+    _check_keys(data, {"suite", "eval", "perplexity", "throughput", "budget", "models", "methods", "grid"}, "the top level", where)
+    _check_keys(head, SUITE_KEYS, "[suite]", where)
+    for key, allowed in (("eval", EVAL_KEYS), ("perplexity", PPL_KEYS), ("throughput", THROUGHPUT_KEYS)):
+        _check_keys(data.get(key, {}), allowed, f"[{key}]", where)
+    models = {}
+    for mname, spec in data.get("models", {}).items():
+        if isinstance(spec, str):
+            spec = {"registered": spec}
+        if not isinstance(spec, dict):
+            raise SuiteError(f"{where}: models.{mname} must be a table or a registered name, got {spec!r}")
+        _check_keys(spec, MODEL_KEYS, f"[models.{mname}]", where)
+        if not any(spec.get(k) for k in ("registered", "hub", "path", "env", "random")):
+            raise SuiteError(f"{where}: models.{mname} needs one of registered/hub/path/env/random")
+        models[mname] = ModelSource(name=mname, **spec)
+    grid = data.get("grid", [])
+    if not isinstance(grid, list) or not grid:
+        raise SuiteError(f"{where}: needs at least one [[grid]] table")
+    for i, g in enumerate(grid):
+        _check_keys(g, GRID_KEYS, f"grid[{i}]", where)
+        for req in ("models", "ratios", "pipelines"):
+            if req not in g:
+                raise SuiteError(f"{where}: grid[{i}].{req} is missing")
+    return Suite(
+        name=name, path=path, description=head.get("description", ""), train_data=head.get("train_data", "alpaca"),
+        seeds=tuple(head.get("seeds", [0])), eval=dict(data.get("eval", {})),
+        perplexity=dict(data.get("perplexity", {})), throughput=dict(data.get("throughput", {})),
+        budgets={k: dict(v) for k, v in data.get("budget", {}).items()}, models=models,
+        method_args={k: dict(v) for k, v in data.get("methods", {}).items()}, grid=tuple(grid),
+        main_metric=head.get("main_metric", "acc"), reuse_prefix=bool(head.get("reuse_prefix", False)),
+        runs_here=head.get("runs_here", "cpu"), raw=data,
+    )
+
+
+def suite_path(name_or_path: str | os.PathLike) -> Path:
+    """``bench/suites/<name>.toml`` for a suite name, or the given path if it is a file."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        return p
+    cand = SUITES_DIR / f"{name_or_path}.toml"
+    if not cand.exists():
+        known = ", ".join(sorted(q.stem for q in SUITES_DIR.glob("*.toml")))
+        raise SuiteError(f"--suite {name_or_path!r}: no such suite; known suites: {known} (or a path to a .toml file)")
+    return cand
+
+
+def load_suite(name_or_path: str | os.PathLike) -> Suite:
+    """Read and parse a suite by name or path (structure only; call ``validate`` for names)."""
+    path = suite_path(name_or_path)
+    with open(path, "rb") as fh:
+        try:
+            data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as e:
+            raise SuiteError(f"suite file {path}: invalid TOML: {e}") from e
+    return parse_suite(data, path)
+
+
+def _as_list(value: Any, field_name: str, where: str, kind: type) -> list:
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise SuiteError(f"{where}: {field_name} must be a list of {kind.__name__}, got {value!r}")
+    return value
+
+
+def expand(suite: Suite) -> list[RunSpec]:
+    """All runs of a suite, in grid order; pure (no I/O). Duplicate run ids are an error.
+
+    Args:
+        suite: a parsed suite.
+    Returns:
+        ``RunSpec`` list; each grid table contributes models x ratios x pipelines x seeds.
+    """
+    where = _where(suite.path, suite.name)
+    runs: list[RunSpec] = []
+    seen: dict[str, int] = {}
+    for i, g in enumerate(suite.grid):
+        models = _as_list(g["models"], f"grid[{i}].models", where, str)
+        ratios = [float(r) for r in _as_list(g["ratios"], f"grid[{i}].ratios", where, (int, float))]
+        pipes = g["pipelines"]
+        if not isinstance(pipes, list) or not all(isinstance(p, list) and all(isinstance(s, str) for s in p) for p in pipes):
+            raise SuiteError(f"{where}: grid[{i}].pipelines must be a list of lists of stage names, e.g. [[\"pat\"], [\"llm_pruner\", \"lora\"]]")
+        seeds = [int(s) for s in _as_list(g.get("seeds", list(suite.seeds)), f"grid[{i}].seeds", where, int)]
+        budget_name = g.get("budget", "default")
+        budget = suite.budgets.get(budget_name, {})
+        args = {k: dict(v) for k, v in suite.method_args.items()}
+        for stage, over in g.get("method_args", {}).items():  # per-grid deltas over the suite's [methods.*]
+            args[stage] = {**args.get(stage, {}), **over}
+        for model in models:
+            for ratio in ratios:
+                for pipe in pipes:
+                    for seed in seeds:
+                        used = {s: args[s] for s in pipe if s in args}
+                        resolved = {**budget, "seed": seed} if pipe else {}  # the run's seed drives training init/dropout
+                        spec = RunSpec(suite.name, model, ratio, tuple(pipe), seed, budget_name, resolved, used, suite.train_data)
+                        if spec.run_id in seen:
+                            raise SuiteError(f"{where}: run {spec.run_id} appears twice (grid[{seen[spec.run_id]}] and grid[{i}])")
+                        seen[spec.run_id] = i
+                        runs.append(spec)
+    return runs
+
+
+def known_tasks(tasks_dir: Path = TASKS_DIR) -> set[str]:
+    """Task names the evaluation accepts (``bench.harness.evaluation.VALID_TASKS``, torch-free), plus any task or
+    group names declared in the lm-eval YAMLs of ``bench/tasks`` (read as text)."""
+    names: set[str] = set()
+    try:
+        from bench.harness.evaluation import VALID_TASKS  # the evaluation issue's task list
+
+        names.update(VALID_TASKS)
+    except ImportError:
+        pass
+    pat = re.compile(r"^(task|group|tag):\s*['\"]?([A-Za-z0-9_.-]+)['\"]?\s*$")
+    for y in sorted(tasks_dir.rglob("*.yaml")):
+        for line in y.read_text().splitlines():
+            m = pat.match(line)
+            if m:
+                names.add(m.group(2))
+    return names
+
+
+def known_stages() -> set[str]:
+    """Stage names of the method registry (``bench.harness.registry.methods()``), or the expected set until it exists."""
+    try:
+        from bench.harness import registry  # lazy name -> "module:Class" map (trainer issue)
+    except ImportError:
+        return set(FALLBACK_STAGES)
+    return set(registry.methods())
+
+
+def validate(suite: Suite, runs: Iterable[RunSpec] | None = None, *, stages: set[str] | None = None,
+             tasks: set[str] | None = None) -> list[RunSpec]:
+    """Check every name a suite uses before any work: models, stages, tasks, budgets, ratios.
+
+    Args:
+        suite: the parsed suite.
+        runs: its expanded runs (``expand(suite)`` when omitted).
+        stages: known stage names (default: the registry's).
+        tasks: known task names (default: the task YAMLs' names).
+    Returns:
+        The runs, for chaining.
+    Raises:
+        SuiteError: naming the suite, the field, the bad value and the known values.
+    """
+    where = _where(suite.path, suite.name)
+    runs = list(expand(suite) if runs is None else runs)
+    stages = known_stages() if stages is None else stages
+    tasks = known_tasks() if tasks is None else tasks
+    for i, g in enumerate(suite.grid):
+        for m in g["models"]:
+            if m not in suite.models:
+                raise SuiteError(f"{where}: grid[{i}].models: unknown model {m!r}; models defined in [models]: {sorted(suite.models)}")
+        for j, pipe in enumerate(g["pipelines"]):
+            for s in pipe:
+                if s not in stages:
+                    raise SuiteError(f"{where}: grid[{i}].pipelines[{j}]: unknown method/stage {s!r}; known stages: {sorted(stages)}")
+        b = g.get("budget", "default")
+        if any(g["pipelines"]) and b not in suite.budgets:
+            raise SuiteError(f"{where}: grid[{i}].budget: unknown budget {b!r}; budgets defined: {sorted(suite.budgets)}")
+        for r in g["ratios"]:
+            if not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
+                raise SuiteError(f"{where}: grid[{i}].ratios: {r!r} is not a prune ratio in [0, 1)")
+        for s in g.get("method_args", {}):
+            if s not in stages:
+                raise SuiteError(f"{where}: grid[{i}].method_args: unknown method/stage {s!r}; known stages: {sorted(stages)}")
+    _validate_budgets(suite, where)
+    for s in suite.method_args:
+        if s not in stages:
+            raise SuiteError(f"{where}: [methods.{s}]: unknown method/stage {s!r}; known stages: {sorted(stages)}")
+    for t in suite.eval.get("tasks", []):
+        if t not in tasks:
+            raise SuiteError(f"{where}: eval.tasks: unknown task {t!r}; known tasks (bench/tasks/*.yaml): {sorted(tasks)}")
+    for r in runs:
+        if r.ratio > 0 and not any(s != "lora" for s in r.pipeline):
+            raise SuiteError(f"{where}: run {r.run_id}: ratio {r.ratio} needs a pruning stage in its pipeline")
+    return runs
+
+
+def _validate_budgets(suite: Suite, where: str) -> None:
+    try:
+        from bench.harness.budget import TrainBudget  # pure dataclass, no torch; built by the trainer issue
+    except ImportError:
+        return
+    for name, table in suite.budgets.items():
+        try:
+            TrainBudget.from_dict(table)
+        except ValueError as e:
+            raise SuiteError(f"{where}: [budget.{name}]: {e}") from e
+
+
+def select(runs: list[RunSpec], *, models: list[str] | None = None, ratios: list[float] | None = None,
+           only: str | None = None, shard: tuple[int, int] | None = None) -> list[RunSpec]:
+    """Filter runs: by model, by ratio, by a glob on the run id, then every n-th run for shard ``(i, n)``."""
+    out = [r for r in runs if (not models or r.model in models)
+           and (not ratios or any(abs(r.ratio - x) < 1e-9 for x in ratios))
+           and (not only or fnmatch.fnmatch(r.run_id, only) or only in r.run_id)]
+    if shard is not None:
+        i, n = shard
+        out = out[i::n]
+    return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` with ``0 <= i < n`` -> ``(i, n)``; a clear error otherwise."""
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise SuiteError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4 (Slurm: $SLURM_ARRAY_TASK_ID/4)")
+    return int(m.group(1)), int(m.group(2))

@@ -1,0 +1,96 @@
+"""Run a benchmark suite: ``python -m bench.run --suite NAME [--out DIR] [--models ...] [--ratios ...] [--only PAT]``.
+
+``--list`` / ``--dry-run`` print the expanded runs (and validate every name) without importing torch.
+``--shard i/n`` runs every n-th run starting at i (a Slurm job array: ``--shard $SLURM_ARRAY_TASK_ID/$N``).
+Results: one JSON per run in ``results/<suite>/`` (or ``--out``); finished runs are skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bench.harness.suites import SuiteError, expand, load_suite, parse_shard, select, validate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", required=True, help="suite name (bench/suites/<name>.toml) or a path to a .toml")
+    ap.add_argument("--out", help="result directory (default results/<suite>)")
+    ap.add_argument("--models", nargs="+", help="only these suite model names")
+    ap.add_argument("--ratios", nargs="+", type=float, help="only these prune ratios, e.g. 0.25")
+    ap.add_argument("--only", help="only run ids matching this glob or substring, e.g. '*pat*'")
+    ap.add_argument("--shard", help="i/n: run every n-th selected run starting at i (cluster job arrays)")
+    ap.add_argument("--list", action="store_true", help="print the run ids and exit (no torch import)")
+    ap.add_argument("--dry-run", action="store_true", help="print runs with their status and config, then exit")
+    ap.add_argument("--model-path", action="append", default=[], metavar="NAME=DIR",
+                    help="local Hugging Face directory for a suite model (repeatable)")
+    ap.add_argument("--data-dir", help="data directory (default $PAT_DATA_DIR)")
+    ap.add_argument("--work-dir", help="checkpoints and finalized models (default $PAT_WORK_DIR or runs/bench)")
+    ap.add_argument("--skip-failed", action="store_true", help="do not retry runs recorded as failed")
+    ap.add_argument("--device", help="device for models, e.g. cuda (default: where the loader puts them)")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap.parse_args(argv)
+
+
+def _model_paths(items: list[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        name, sep, path = it.partition("=")
+        if not sep or not name or not path:
+            raise SuiteError(f"--model-path {it!r}: expected NAME=DIR, e.g. llama2-7b=/models/Llama-2-7b-hf")
+        out[name] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("lm_eval", "httpx", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        suite = load_suite(args.suite)
+        all_runs = validate(suite)
+        runs = select(all_runs, models=args.models, ratios=args.ratios, only=args.only,
+                      shard=parse_shard(args.shard) if args.shard else None)
+        model_paths = _model_paths(args.model_path)
+        unknown = sorted(set(model_paths) - set(suite.models))
+        if unknown:
+            raise SuiteError(f"--model-path: unknown model name(s) {unknown}; suite models: {sorted(suite.models)}")
+    except SuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else REPO_ROOT / "results" / suite.name
+    if args.list or args.dry_run:
+        from bench.harness.results import read_result, result_path
+
+        for r in runs:
+            rec = read_result(result_path(out, r.run_id)) if args.dry_run else None
+            status = (rec or {}).get("status", "todo") if args.dry_run else ""
+            extra = f"  steps={r.budget.get('steps', '-')} args={r.method_args}" if args.dry_run else ""
+            print(f"{r.run_id}{('  [' + status + ']') if status else ''}{extra}")
+        print(f"# {len(runs)} of {len(all_runs)} runs of suite '{suite.name}'; results in {out}", file=sys.stderr)
+        return 0
+    from bench.harness.runner import RunnerOptions, run_suite, work_dir_default
+
+    opts = RunnerOptions(out_dir=out, work_dir=Path(args.work_dir) if args.work_dir else work_dir_default(),
+                         model_paths=model_paths, data_dir=args.data_dir, retry_failed=not args.skip_failed,
+                         progress=not args.no_progress, device=args.device)
+    try:
+        counts = run_suite(suite, runs, opts, all_runs)
+    except Exception as e:  # preflight failures: nothing ran
+        if type(e).__name__ in ("MissingModelsError", "MissingPieceError", "DataError", "SuiteError", "ValueError"):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+    print(f"suite {suite.name}: {counts['done']} done, {counts['skipped']} skipped (finished), "
+          f"{counts['failed']} failed, of {counts['total']}; results in {out}")
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
