@@ -1,0 +1,258 @@
+"""The one training loop: hooks, union of trainable parameters, gradient accumulation, parity, resume, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from baselines.lora import LoRAConfig, LoRAStage, lora_param_count
+from bench.harness.budget import ParityError, TrainBudget
+from bench.harness.train import run_pipeline
+from tests.tiny import VOCAB, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run several times faster on one thread when the shared CPUs are oversubscribed."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+class CharTokenizer:
+    """A character tokenizer for the tiny models (vocab 128): 0 = EOS, 1 = pad, 2.. = characters."""
+
+    eos_token_id, pad_token_id, eos_token, pad_token = 0, 1, "<eos>", "<pad>"
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [2 + ord(c) % (VOCAB - 2) for c in text]}
+
+    def decode(self, ids) -> str:
+        return "".join("\0" if i == 0 else chr(i - 2) for i in ids)
+
+    def save_pretrained(self, path) -> None:
+        Path(path, "char_tokenizer.json").write_text(json.dumps({"vocab": VOCAB}))
+
+
+def write_alpaca(path: Path, n: int = 40) -> Path:
+    """A small Alpaca-format JSONL file with deterministic, learnable rows."""
+    rows = []
+    for i in range(n):
+        a, b = i % 7, (3 * i) % 5
+        rows.append({"instruction": f"add {a} and {b}", "input": "" if i % 3 else f"n{i}", "output": f"{a + b} is the sum"})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+class GateStage:
+    """A test method: trains the final norm gain, adds an L2 extra loss, keeps a mask derived after each step."""
+
+    name = "gate"
+
+    def __init__(self):
+        self.mask = None
+        self.calls: list[tuple] = []
+
+    @staticmethod
+    def _gain(model: nn.Module) -> nn.Parameter:
+        return next(p for n, p in model.named_parameters() if n.endswith("model.norm.weight"))
+
+    def prepare(self, model, ctx):
+        self.calls.append(("prepare", ctx.extra["stage_index"], ctx.extra["phase"]))
+        self.mask = torch.ones_like(self._gain(model), dtype=torch.bool)
+        return model
+
+    def param_groups(self, model, lr):
+        return [{"name": "gate", "params": [self._gain(model)], "lr": lr}]
+
+    def extra_loss(self, model):
+        return 0.01 * (self._gain(model) - 1).pow(2).sum()
+
+    def on_optimizer_step(self, model, step):
+        self.calls.append(("step", step))
+        g = self._gain(model).detach()
+        self.mask = g >= g.median()
+
+    def log_values(self, model):
+        return {"active": int(self.mask.sum())}
+
+    def finalize(self, model, ctx):
+        self.calls.append(("finalize", ctx.extra["stage_index"], ctx.extra["phase"]))
+        return model
+
+    def state_dict(self, model):
+        return {"mask": self.mask.clone()}
+
+    def load_state_dict(self, model, state):
+        self.mask = state["mask"].clone()
+
+    def report(self):
+        return {"active": int(self.mask.sum())}
+
+
+def budget(**kw) -> TrainBudget:
+    base = dict(steps=8, global_batch=4, micro_batch=2, seq_len=192, lr=1e-2, schedule="cosine", warmup_steps=2,
+                max_grad_norm=1.0, seed=0, data_seed=3)
+    base.update(kw)
+    return TrainBudget(**base)
+
+
+def lora_gate(dropout: float = 0.0):
+    return [LoRAStage(LoRAConfig(rank=4, dropout=dropout)), GateStage()]
+
+
+def run(tmp_path, stages=None, b=None, name="run", **kw):
+    data = kw.pop("data", None) or write_alpaca(tmp_path / "alpaca.jsonl")
+    return run_pipeline(tiny_model("llama-gqa-tied"), stages or lora_gate(), b or budget(), str(data),
+                        tmp_path / name, tokenizer=CharTokenizer(), progress=False, **kw)
+
+
+def trainable_state(rec_or_dir) -> dict:
+    from safetensors.torch import load_file
+
+    d = Path(rec_or_dir)
+    return {f.name: load_file(f) for f in sorted((d / "method_state").glob("*.safetensors"))}
+
+
+# --------------------------------------------------------------------------------------------- tests
+def test_pipeline_trains_records_and_saves(tmp_path):
+    rec = run(tmp_path, checkpoint_every=0)
+    out = tmp_path / "run"
+    assert rec["status"] == "success" and rec["steps_done"] == 8 and len(rec["losses"]) == 8
+    assert rec["losses"][-1] < rec["losses"][0] - 0.1, rec["losses"]
+    cfg = tiny_model("llama-gqa-tied").config
+    assert rec["trainable_params"] == lora_param_count(cfg, 4) + cfg.hidden_size
+    assert rec["trainable_by_group"] == {"lora": lora_param_count(cfg, 4), "gate": cfg.hidden_size}
+    assert rec["tokens_seen"] > rec["response_tokens_seen"] > 0 and rec["tokens_per_s"] > 0
+    assert rec["peak_memory"]["cpu_max_rss_mib"] > 0
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["budget"]["total_steps"] == 8 and saved["stages"]["1-gate"]["active"] == rec["stages"]["1-gate"]["active"]
+    assert saved["data"]["examples"] + saved["data"]["dropped_no_response"] == 40 and saved["data"]["data_seed"] == 3
+    assert saved["data"]["examples"] >= 20
+    # the finalized model is a plain HF model that reloads and gives the same logits
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    x = torch.randint(2, VOCAB, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, rec["_model"](x).logits, atol=1e-5, rtol=1e-5)
+    assert not any("lora" in n for n, _ in reloaded.named_parameters())
+    assert set(trainable_state(out)) == {"0-lora.safetensors", "1-gate.safetensors"}
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_hooks_order_and_steps(tmp_path):
+    a, b = GateStage(), GateStage()
+    run(tmp_path, stages=[a, b], b=budget(steps=3, warmup_steps=0), checkpoint_every=0, save_finalized=False)
+    assert a.calls == [("prepare", 0, "prepare"), ("step", 1), ("step", 2), ("step", 3), ("finalize", 0, "finalize")]
+    assert b.calls[0] == ("prepare", 1, "prepare") and b.calls[-1] == ("finalize", 1, "finalize")
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    r1 = run(tmp_path, b=budget(micro_batch=4), name="a", checkpoint_every=0, save_finalized=False)
+    r2 = run(tmp_path, b=budget(micro_batch=1), name="b", checkpoint_every=0, save_finalized=False)
+    assert r1["accumulation"] == 1 and r2["accumulation"] == 4
+    assert r1["losses"] == pytest.approx(r2["losses"], abs=1e-5)
+
+
+def test_parity_is_checked_before_training(tmp_path):
+    with pytest.raises(ParityError, match="lora-64"):
+        run(tmp_path, b=budget(param_parity="lora-64", parity_tol=0.05), checkpoint_every=0)
+    assert not (tmp_path / "run" / "run.json").exists()
+    rec = run(tmp_path, stages=[LoRAStage(rank=4, dropout=0.0)], b=budget(steps=1, warmup_steps=0, param_parity="lora-4",
+                                                                      parity_tol=0.0), checkpoint_every=0, save_finalized=False)
+    assert rec["parity"]["rel_diff"] == 0.0
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path):
+    """Time-sliced run (stop_after) with LoRA dropout on: same losses, parameters, mask as one run."""
+    full = run(tmp_path, stages=lora_gate(0.1), name="full", checkpoint_every=0, save_finalized=False)
+    part = run(tmp_path, stages=lora_gate(0.1), name="cut", checkpoint_every=2, stop_after=4, save_finalized=False)
+    assert part["status"] == "stopped" and part["steps_done"] == 4
+    rest = run(tmp_path, stages=lora_gate(0.1), name="cut", checkpoint_every=2, save_finalized=False)
+    assert rest["steps_done"] == 8 and rest["losses"] == pytest.approx(full["losses"], abs=1e-5)
+    a, b = trainable_state(tmp_path / "full"), trainable_state(tmp_path / "cut")
+    for f in a:
+        for k in a[f]:
+            torch.testing.assert_close(a[f][k], b[f][k], atol=1e-6, rtol=0)
+    assert torch.equal(a["1-gate.safetensors"]["mask"], b["1-gate.safetensors"]["mask"])
+
+
+def test_resume_rejects_other_budget(tmp_path):
+    run(tmp_path, name="cut", checkpoint_every=2, stop_after=2, save_finalized=False)
+    with pytest.raises(ValueError, match="another budget"):
+        run(tmp_path, b=budget(lr=5e-3), name="cut", checkpoint_every=2, save_finalized=False)
+
+
+def _child(out: str, kill_at: int) -> None:
+    """Subprocess body: the run of ``test_resume_after_kill``, SIGKILLed right after optimizer step ``kill_at``."""
+    class Killer(GateStage):
+        def on_optimizer_step(self, model, step):
+            super().on_optimizer_step(model, step)
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    tmp = Path(out)
+    run(tmp, stages=[LoRAStage(LoRAConfig(rank=4, dropout=0.1)), Killer()], name="cut", checkpoint_every=2,
+        data=tmp / "alpaca.jsonl")
+
+
+def test_resume_after_kill(tmp_path):
+    write_alpaca(tmp_path / "alpaca.jsonl")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, __file__, str(tmp_path), "5"], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 4 and not (tmp_path / "cut" / "run.json").exists()
+    resumed = run(tmp_path, stages=lora_gate(0.1), name="cut", checkpoint_every=2, save_finalized=False)
+    full = run(tmp_path, stages=lora_gate(0.1), name="full", checkpoint_every=0, save_finalized=False)
+    assert abs(resumed["final_loss"] - full["final_loss"]) < 1e-5
+    assert resumed["losses"] == pytest.approx(full["losses"], abs=1e-5)
+    a, b = trainable_state(tmp_path / "full"), trainable_state(tmp_path / "cut")
+    assert torch.equal(a["1-gate.safetensors"]["mask"], b["1-gate.safetensors"]["mask"])
+    for k in a["0-lora.safetensors"]:
+        torch.testing.assert_close(a["0-lora.safetensors"][k], b["0-lora.safetensors"][k], atol=1e-6, rtol=0)
+
+
+def _pat_stage():
+    pytest.importorskip("pat.method")
+    from pat.config import PATConfig
+    from pat.method import PATMethod
+
+    return PATMethod(PATConfig(prune_ratio=0.25, hio_rank=4, lora_rank=4, lora_dropout=0.0, milestone_frac=0.5))
+
+
+def test_pat_resume_same_mask_and_exact_width(tmp_path):
+    """PAT through the loop: stop halfway, resume; same losses and mask as an uninterrupted run; exact width."""
+    from pat.attach import get_mask
+
+    b = budget(steps=8, lr=5e-3)
+    full = run(tmp_path, stages=[_pat_stage()], b=b, name="full", checkpoint_every=0, save_finalized=False)
+    run(tmp_path, stages=[_pat_stage()], b=b, name="cut", checkpoint_every=3, stop_after=3, save_finalized=False)
+    rest = run(tmp_path, stages=[_pat_stage()], b=b, name="cut", checkpoint_every=3, save_finalized=False)
+    assert rest["losses"] == pytest.approx(full["losses"], abs=1e-5)
+    rep = full["stages"]["0-pat"]
+    assert rep["active_at_s0"] == rep["target_keep"] == rest["stages"]["0-pat"]["active_at_s0"]
+    assert full["_model"].config.hidden_size == rep["target_keep"] == rest["_model"].config.hidden_size
+    x = torch.randint(2, VOCAB, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(full["_model"](x).logits, rest["_model"](x).logits, atol=1e-4, rtol=1e-4)
+    del get_mask
+
+
+if __name__ == "__main__":  # the killed child of test_resume_after_kill
+    torch.set_num_threads(1)
+    _child(sys.argv[1], int(sys.argv[2]))
