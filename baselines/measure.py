@@ -1,0 +1,171 @@
+"""Pruned-only quality of the baselines on one model: parameters, WikiText-2 perplexity, forward time vs dense.
+
+    python -m baselines.measure --model smollm2-135m --ratios 0.2,0.25,0.3 \\
+        --methods llm_pruner,llm_pruner_random,wanda_sp,flap,slicegpt --out results/pruned/smollm2-135m.json
+
+Every (method, ratio) is pruned from a fresh copy of the dense model with no tuning. Results are merged into ``--out``
+(keyed by method and ratio; written atomically after every entry), so runs can be split or resumed.
+``--memory`` adds the peak-RSS probe of Taylor scoring (one subprocess per ``chunk_layers`` setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+METHODS = {
+    "llm_pruner": ("baselines.llm_pruner", {"importance": "first"}, (10, 64)),
+    "llm_pruner_random": ("baselines.llm_pruner", {"importance": "random"}, (10, 64)),
+    "llm_pruner_second": ("baselines.llm_pruner", {"importance": "second"}, (10, 64)),
+    "llm_pruner_vector": ("baselines.llm_pruner", {"importance": "first", "mode": "vector"}, (10, 64)),
+    "wanda_sp": ("baselines.wanda_sp", {}, (128, 128)),
+    "flap": ("baselines.flap", {}, (128, 128)),
+    "slicegpt": ("baselines.slicegpt", {}, (128, 128)),
+}
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def forward_seconds(model, ids: torch.Tensor, reps: int) -> float:
+    """Median wall time of one forward pass over ``ids`` (B, L)."""
+    model(input_ids=ids, use_cache=False)  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        model(input_ids=ids, use_cache=False)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ppl(model, tok, seq_len: int, max_tokens: int, batch: int) -> dict:
+    from bench.harness.perplexity import perplexity
+
+    t0 = time.perf_counter()
+    r = perplexity(model, tok, dataset="wikitext2", seq_len=seq_len, max_tokens=max_tokens, batch_size=batch)
+    r["seconds"] = round(time.perf_counter() - t0, 1)
+    return r
+
+
+def evaluate(model, dense, tok, args) -> dict:
+    from baselines.common import count_params
+
+    ids = torch.randint(0, tok.vocab_size, (args.time_batch, args.time_seq), generator=torch.Generator().manual_seed(0))
+    t_dense, t_model = [], []
+    for _ in range(2):  # interleave to share the machine's load between both
+        t_dense.append(forward_seconds(dense, ids, args.time_reps))
+        t_model.append(forward_seconds(model, ids, args.time_reps))
+    return {
+        "params": count_params(model),
+        "ppl128": ppl(model, tok, 128, args.max_tokens_128, 8),
+        "ppl2048": ppl(model, tok, 2048, args.max_tokens_2048, 1),
+        "forward_s": min(t_model), "dense_forward_s": min(t_dense), "time_ratio_vs_dense": min(t_model) / min(t_dense),
+        "time_shape": [args.time_batch, args.time_seq],
+    }
+
+
+def memory_probe(model_name: str, chunk: int | None) -> dict:
+    """Peak RSS of LLM-Pruner first-order Taylor scoring (10 x 64 tokens), this process only."""
+    from baselines.common import layer_range
+    from baselines.llm_pruner import taylor_scores
+    from bench.harness.calibration import load_calibration
+    from pat.arch import decoder_layers
+    from pat.models import load
+
+    model, tok = load(model_name)
+    calib, _ = load_calibration(tok, "c4", 10, 64, seed=0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    s, e = layer_range(len(decoder_layers(model)))
+    t0 = time.perf_counter()
+    taylor_scores(model, calib, list(range(s, e)), chunk_layers=chunk)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"chunk_layers": chunk, "layers": [s, e], "rss_before_mib": before / 1024, "rss_peak_mib": after / 1024,
+            "scoring_extra_mib": (after - before) / 1024, "weights_mib": weights / 2**20,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--ratios", default="0.2,0.25,0.3")
+    ap.add_argument("--methods", default="llm_pruner,llm_pruner_random,wanda_sp,flap,slicegpt")
+    ap.add_argument("--out", default="results/pruned/smollm2-135m.json")
+    ap.add_argument("--max-tokens-128", type=int, default=16384)
+    ap.add_argument("--max-tokens-2048", type=int, default=16384)
+    ap.add_argument("--time-batch", type=int, default=4)
+    ap.add_argument("--time-seq", type=int, default=256)
+    ap.add_argument("--time-reps", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-dense", action="store_true", help="skip (re)measuring the dense model")
+    ap.add_argument("--memory", action="store_true", help="add the Taylor-scoring memory probe")
+    ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.memory_probe is not None:
+        print(json.dumps(memory_probe(args.model, int(args.memory_probe) or None)))
+        return
+
+    import importlib
+
+    from bench.harness.calibration import load_calibration
+    from pat.models import load
+
+    out = Path(args.out)
+    res = json.loads(out.read_text()) if out.exists() else {}
+    res.setdefault("entries", {})
+    res.update(model=args.model, command="python -m baselines.measure " + " ".join(sys.argv[1:] if argv is None else argv),
+               torch=torch.__version__, threads=torch.get_num_threads(),
+               ppl_protocol={"dataset": "wikitext2 test", "max_tokens_128": args.max_tokens_128,
+                             "max_tokens_2048": args.max_tokens_2048, "stride": "seq_len (non-overlapping)"})
+    dense, tok = load(args.model)
+    if not args.no_dense:
+        res["dense"] = evaluate(dense, dense, tok, args)
+        write_json(out, res)
+        print("dense", json.dumps({k: v for k, v in res["dense"].items() if k != "ppl128"}), flush=True)
+    for method in [m for m in args.methods.split(",") if m]:
+        if method not in METHODS:
+            raise SystemExit(f"--methods: unknown '{method}'; expected some of {', '.join(METHODS)}")
+        mod_name, opts, (n, L) = METHODS[method]
+        calib, calib_rec = load_calibration(tok, "c4", n, L, seed=args.seed)
+        for ratio in [float(r) for r in args.ratios.split(",")]:
+            t0 = time.perf_counter()
+            model, rep = importlib.import_module(mod_name).prune(copy.deepcopy(dense), ratio, calib, **opts)
+            prune_s = time.perf_counter() - t0
+            entry = {"method": method, "ratio": ratio, "opts": opts, "calibration": calib_rec,
+                     "prune_seconds": round(prune_s, 1), "report": rep, **evaluate(model, dense, tok, args)}
+            res["entries"][f"{method}@{ratio}"] = entry
+            write_json(out, res)
+            print(method, ratio, "params", entry["params"], "ppl128", round(entry["ppl128"]["ppl"], 2),
+                  "ppl2048", round(entry["ppl2048"]["ppl"], 2), "time", round(entry["time_ratio_vs_dense"], 3), flush=True)
+            del model
+    if args.memory:
+        probes = []
+        for chunk in (0, 1):
+            r = subprocess.run([sys.executable, "-m", "baselines.measure", "--model", args.model, "--memory-probe",
+                                str(chunk)], capture_output=True, text=True, check=True)
+            probes.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        res["taylor_memory"] = probes
+        write_json(out, res)
+        print("memory", json.dumps(probes))
+
+
+if __name__ == "__main__":
+    main()

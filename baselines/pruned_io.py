@@ -1,0 +1,200 @@
+"""Save and load structurally pruned models.
+
+Baselines leave per-layer widths (heads, KV heads, MLP channels), extra biases (FLAP) or extra modules (SliceGPT's
+shortcut rotations) that stock ``from_pretrained`` cannot rebuild; ``ignore_mismatched_sizes`` would silently
+re-initialise them, so it is never used. The format here is a directory with
+
+- ``config.json``: the model config (``head_dim`` explicit; true ``hidden_size`` even when transformers' validator
+  would refuse it, see below),
+- ``model.safetensors``: all weights (tied weights stored once),
+- ``pruned_manifest.json``: per decoder layer, every ``nn.Linear`` as ``[in, out, has_bias]``, the attention head
+  counts, and the layer wrapper (``null`` or ``"shortcut"`` with its matrix shapes),
+- the tokenizer files.
+
+The loader rebuilds the model from the config, reshapes each layer per the manifest, then loads the weights with
+``strict=True``. Models whose shapes a stock build of their config reproduces are saved as plain Hugging Face
+directories (``save_pretrained``), loadable with ``AutoModelForCausalLM.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from pat.arch import base_model, decoder_layers, get_arch, get_module, head_dim, set_module
+from baselines.common import attn_module_path, set_attn_counts
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "pruned_manifest.json"
+FORMAT = "pat-bench-pruned"
+VERSION = 1
+
+
+class PrunedCheckpointError(ValueError):
+    """A pruned checkpoint that does not match its manifest; the message names the field."""
+
+
+def is_pruned_checkpoint(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a directory holding a pruned manifest (not a plain Hugging Face directory)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def _layer_manifest(layer: nn.Module, arch, config) -> dict:
+    linears = {n: [m.in_features, m.out_features, m.bias is not None]
+               for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+    hd = head_dim(config)
+    entry = {
+        "linears": linears,
+        "num_heads": get_module(layer, arch.attn_in[0]).out_features // hd,
+        "num_key_value_heads": get_module(layer, arch.attn_in[1]).out_features // hd,
+        "wrapper": None,
+    }
+    shortcut = getattr(layer, "shortcut_manifest", None)
+    if callable(shortcut):
+        entry["wrapper"] = shortcut()
+    return entry
+
+
+def build_manifest(model: nn.Module) -> dict:
+    model = base_model(model)
+    arch, cfg = get_arch(model), model.config
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_type": cfg.model_type,
+        "hidden_size": int(cfg.hidden_size),
+        "head_dim": head_dim(cfg),
+        "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
+        "layers": [_layer_manifest(layer, arch, cfg) for layer in decoder_layers(model, arch)],
+    }
+
+
+def is_stock_loadable(model: nn.Module) -> bool:
+    """True when a stock build of the model's config has exactly the model's parameter names and shapes."""
+    from transformers import AutoModelForCausalLM
+
+    model = base_model(model)
+    if any(callable(getattr(layer, "shortcut_manifest", None)) for layer in decoder_layers(model)):
+        return False
+    try:
+        model.config.validate()
+    except Exception:  # noqa: BLE001 - transformers refuses e.g. hidden % heads != 0; the manifest format carries it
+        return False
+    with torch.device("meta"):
+        ref = AutoModelForCausalLM.from_config(model.config)
+    want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return want == have
+
+
+def needs_pruned_format(model: nn.Module) -> bool:
+    """True when ``model`` cannot be saved as a plain Hugging Face directory (used by ``bench.harness.train``)."""
+    return not is_stock_loadable(model)
+
+
+def save_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike | None = None) -> Path:
+    """Save ``model`` (and ``tokenizer``) to ``out_dir`` atomically: plain HF when stock-loadable, else the manifest format.
+
+    ``save_pruned(model, out_dir)`` (no tokenizer) is accepted too.
+
+    Returns:
+        The output directory.
+    """
+    from safetensors.torch import save_model
+
+    if out_dir is None:
+        tokenizer, out_dir = None, tokenizer
+    model = base_model(model)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        if is_stock_loadable(model):
+            model.save_pretrained(tmp)
+        else:
+            (tmp / "config.json").write_text(model.config.to_json_string(use_diff=False))
+            save_model(model, str(tmp / "model.safetensors"))
+            (tmp / MANIFEST).write_text(json.dumps(build_manifest(model), indent=1))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("saved %s model to %s", "pruned-manifest" if is_pruned_checkpoint(out) else "plain HF", out)
+    return out
+
+
+def _load_config(path: Path, manifest: dict):
+    """The config; transformers refuses ``hidden_size % num_attention_heads != 0`` even with an explicit ``head_dim``
+    (SliceGPT widths), so it is built with a valid placeholder and the true value set afterwards."""
+    from transformers import AutoConfig
+
+    raw = json.loads((path / "config.json").read_text())
+    hidden = int(manifest["hidden_size"])
+    raw["hidden_size"] = int(raw["num_attention_heads"]) * int(manifest["head_dim"])
+    model_type = raw.pop("model_type")
+    for k in ("transformers_version", "architectures"):
+        raw.pop(k, None)
+    cfg = AutoConfig.for_model(model_type, **raw)
+    cfg.hidden_size = hidden
+    cfg.head_dim = int(manifest["head_dim"])
+    return cfg
+
+
+def _reshape_layer(layer: nn.Module, entry: dict, arch, config, dtype: torch.dtype, index: int) -> nn.Module:
+    wrapper = entry.get("wrapper")
+    if wrapper is not None:
+        if wrapper.get("kind") != "shortcut":
+            raise PrunedCheckpointError(f"layers[{index}].wrapper.kind: unknown '{wrapper.get('kind')}'; expected 'shortcut'")
+        from baselines.slicegpt import ShortcutDecoderLayer
+
+        layer = ShortcutDecoderLayer.from_manifest(layer, arch, wrapper, dtype)
+    for name, spec in entry["linears"].items():
+        if not (isinstance(spec, list) and len(spec) == 3):
+            raise PrunedCheckpointError(f"layers[{index}].linears.{name}: expected [in, out, has_bias], got {spec!r}")
+        n_in, n_out, bias = spec
+        set_module(layer, name, nn.Linear(int(n_in), int(n_out), bias=bool(bias), dtype=dtype))
+    set_attn_counts(get_module(layer, attn_module_path(arch)), int(entry["num_heads"]), int(entry["num_key_value_heads"]))
+    return layer
+
+
+def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
+    """Rebuild a model saved by ``save_pruned`` in the manifest format and load its weights strictly.
+
+    Raises:
+        PrunedCheckpointError: when the manifest is not ours, or its layers/weights disagree with the files.
+    """
+    from safetensors.torch import load_model
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise PrunedCheckpointError(f"{path / MANIFEST}: format/version {manifest.get('format')}/{manifest.get('version')}; "
+                                    f"expected {FORMAT}/{VERSION}")
+    cfg = _load_config(path, manifest)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    arch = get_arch(model)
+    layers = decoder_layers(model, arch)
+    if len(manifest["layers"]) != len(layers):
+        raise PrunedCheckpointError(f"{MANIFEST}: layers has {len(manifest['layers'])} entries; config has {len(layers)} layers")
+    for i, entry in enumerate(manifest["layers"]):
+        layers[i] = _reshape_layer(layers[i], entry, arch, cfg, dtype, i)
+    if manifest.get("tie_word_embeddings"):
+        model.tie_weights()
+    try:
+        load_model(model, str(path / "model.safetensors"), strict=True)
+    except RuntimeError as e:
+        raise PrunedCheckpointError(f"{path}: model.safetensors does not match {MANIFEST}: {e}") from e
+    return model.eval()
