@@ -1,0 +1,361 @@
+"""Tables and plots from a suite's result JSONs: ``results/<suite>/TABLES.md``, CSVs (pandas), PNGs (matplotlib).
+
+Nothing here is typed by hand: every number comes from a run record (``bench.harness.results``), except the
+paper's own Table 1, which is read from ``bench/paper_table1.toml`` (with its citation) and printed as a separate
+reference table beside ours.
+
+Sections of ``TABLES.md``: the main table laid out like the paper's Table 1 (rows: ratio x method x mode; columns:
+models; cells: mean accuracy in %), the paper's reference table, delta vs LoRA, per-task accuracy, perplexity and
+parameters, throughput (speedup vs batch size against the dense model), failed runs, and the plots.
+
+To add a stage's display name, add it to ``DISPLAY``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.harness.results import load_results, write_json_atomic  # noqa: F401  (write_json_atomic: re-export)
+
+log = logging.getLogger(__name__)
+
+PAPER_TABLE = Path(__file__).resolve().parents[1] / "paper_table1.toml"
+DISPLAY = {"pat": "PAT", "lora": "LoRA", "llm_pruner": "LLM-Pruner", "slicegpt": "SliceGPT", "flap": "FLAP",
+           "wanda_sp": "Wanda-SP"}
+METHOD_ORDER = ["Dense", "LoRA", "LLM-Pruner", "SliceGPT", "FLAP", "Wanda-SP", "PAT"]
+MODE_ORDER = ["—", "FT", "P", "P→FT", "FT→P", "PAT"]
+LOGLIK = "lm-eval-loglik-0shot"
+LETTER = "paper-first-capital-gen"
+
+
+# ---------------------------------------------------------------------------------------------- frames
+def label(pipeline: list[str], method_args: dict[str, dict] | None = None) -> tuple[str, str, str]:
+    """``(method family, display name, mode)`` of a pipeline: ``[]`` Dense, ``["lora"]`` LoRA-r FT, ``["pat"]``
+    PAT, ``[X, "lora"]`` X P→FT, ``["lora", X]`` X FT→P, ``[X]`` X P (no tuning)."""
+    args = method_args or {}
+    if not pipeline:
+        return "Dense", "Dense", "—"
+    if list(pipeline) == ["lora"]:
+        rank = args.get("lora", {}).get("rank")
+        return "LoRA", f"LoRA-{rank}" if rank else "LoRA", "FT"
+    if list(pipeline) == ["pat"]:
+        return "PAT", "PAT", "PAT"
+    if len(pipeline) == 2 and pipeline[1] == "lora":
+        name = DISPLAY.get(pipeline[0], pipeline[0])
+        return name, name, "P→FT"
+    if len(pipeline) == 2 and pipeline[0] == "lora":
+        name = DISPLAY.get(pipeline[1], pipeline[1])
+        return name, name, "FT→P"
+    name = "+".join(DISPLAY.get(s, s) for s in pipeline)
+    return name, name, "P" if len(pipeline) == 1 else "+".join(pipeline)
+
+
+def _mean_acc(metrics: dict, protocol: str, key: str = "acc") -> float | None:
+    m = (metrics.get("means") or {}).get(protocol) or {}
+    v = m.get(key)
+    return 100.0 * v if isinstance(v, (int, float)) else None
+
+
+def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per run record: ids, labels, status, mean accuracies (%), perplexities, params, timings."""
+    rows = []
+    for r in records:
+        s = r["spec"]
+        fam, name, mode = label(s["pipeline"], s.get("method_args"))
+        m = r.get("metrics") or {}
+        p = r.get("params") or {}
+        row = {"run_id": r["run_id"], "model": s["model"], "ratio": float(s["ratio"]), "pipeline": "+".join(s["pipeline"]) or "dense",
+               "seed": s["seed"], "family": fam, "method": name, "mode": mode, "status": r["status"],
+               "main_metric": m.get("main_metric", "acc"),
+               "acc": _mean_acc(m, LOGLIK), "acc_norm": _mean_acc(m, LOGLIK, "acc_norm"), "letter_acc": _mean_acc(m, LETTER),
+               "params": p.get("total"), "achieved_ratio": p.get("achieved_ratio"), "trainable": p.get("trainable"),
+               "hidden_size": (p.get("widths") or {}).get("hidden_size"),
+               "final_loss": (r.get("train") or {}).get("final_loss"), "seconds": r.get("seconds"),
+               "error": (r.get("error") or {}).get("message")}
+        for d, pp in (m.get("perplexity") or {}).items():
+            row[f"ppl_{d}"] = pp.get("ppl")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tasks_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        if r["status"] != "success":
+            continue
+        s = r["spec"]
+        fam, name, mode = label(s["pipeline"], s.get("method_args"))
+        for t, m in ((r.get("metrics") or {}).get("tasks") or {}).items():
+            rows.append({"run_id": r["run_id"], "model": s["model"], "ratio": float(s["ratio"]), "seed": s["seed"],
+                         "family": fam, "method": name, "mode": mode, "task": t, "protocol": m.get("protocol"),
+                         "acc": None if m.get("acc") is None else 100 * m["acc"],
+                         "acc_stderr": None if m.get("acc_stderr") is None else 100 * m["acc_stderr"],
+                         "acc_norm": None if m.get("acc_norm") is None else 100 * m["acc_norm"], "n": m.get("n")})
+    return pd.DataFrame(rows)
+
+
+def throughput_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        tp = r.get("throughput")
+        if r["status"] != "success" or not tp:
+            continue
+        s = r["spec"]
+        fam, name, mode = label(s["pipeline"], s.get("method_args"))
+        for p in tp.get("prefill", []):
+            rows.append({"run_id": r["run_id"], "model": s["model"], "ratio": float(s["ratio"]), "family": fam,
+                         "method": name, "mode": mode, "batch_size": p["batch_size"], "context": p.get("context"), "prefill_s": p.get("median_s"),
+                         "oom": bool(p.get("oom")), "device": tp["device"].get("kind"), "device_name": tp["device"].get("name"),
+                         "comparable": tp["device"].get("comparable"), "weights_mb": tp["memory"]["weights_bytes"] / 2**20,
+                         "cuda_mb": (tp["memory"].get("cuda_allocated_bytes") or 0) / 2**20 or None,
+                         "decode_tok_s": (tp.get("decode") or {}).get("decode_tokens_per_s"), "params": tp.get("params")})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    dense = df[df["family"].isin(["Dense"])]
+    if dense.empty:
+        dense = df[(df["family"] == "LoRA") & (df["ratio"] == 0)]
+    base = dense.groupby(["model", "batch_size"])["prefill_s"].median().rename("dense_prefill_s")
+    df = df.join(base, on=["model", "batch_size"])
+    df["speedup"] = df["dense_prefill_s"] / df["prefill_s"]
+    df["bound"] = 1.0 / (1.0 - df["ratio"])  # linear-dominated prefill upper bound (pat-spec.md §11)
+    return df
+
+
+def _order(df: pd.DataFrame) -> pd.DataFrame:
+    key_m = {m: i for i, m in enumerate(METHOD_ORDER)}
+    key_o = {m: i for i, m in enumerate(MODE_ORDER)}
+    return df.assign(_m=df["family"].map(lambda x: key_m.get(x, 50)), _o=df["mode"].map(lambda x: key_o.get(x, 50))) \
+             .sort_values(["ratio", "_m", "_o", "method"]).drop(columns=["_m", "_o"])
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def main_table(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
+    """Table 1 layout: rows (ratio %, method, mode), columns models, cells the seed-mean of ``value``."""
+    ok = runs[runs["status"] == "success"].dropna(subset=[value])
+    if ok.empty:
+        return pd.DataFrame()
+    g = ok.groupby(["ratio", "family", "method", "mode", "model"], dropna=False)[value].mean().reset_index()
+    t = g.pivot_table(index=["ratio", "family", "method", "mode"], columns="model", values=value, aggfunc="mean").reset_index()
+    t = _order(t)
+    t.insert(0, "Ratio", t.pop("ratio").map(lambda r: f"{100 * r:.0f} %"))
+    return t.drop(columns=["family"]).rename(columns={"method": "Method", "mode": "Mode"}).reset_index(drop=True)
+
+
+def delta_vs_lora(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
+    """Each run's ``value`` minus the unpruned LoRA run's of the same model and seed, in points."""
+    ok = runs[runs["status"] == "success"].dropna(subset=[value])
+    ref = ok[(ok["family"] == "LoRA") & (ok["ratio"] == 0)].groupby(["model", "seed"])[value].mean().rename("lora")
+    if ref.empty:
+        return pd.DataFrame()
+    d = ok.join(ref, on=["model", "seed"]).dropna(subset=["lora"])
+    d = d.assign(delta=d[value] - d["lora"])
+    d = d[~((d["family"] == "LoRA") & (d["ratio"] == 0))]
+    t = d.pivot_table(index=["ratio", "family", "method", "mode"], columns="model", values="delta", aggfunc="mean").reset_index()
+    t = _order(t)
+    t.insert(0, "Ratio", t.pop("ratio").map(lambda r: f"{100 * r:.0f} %"))
+    return t.drop(columns=["family"]).rename(columns={"method": "Method", "mode": "Mode"}).reset_index(drop=True)
+
+
+def per_task_table(tasks: pd.DataFrame, model: str) -> pd.DataFrame:
+    d = tasks[tasks["model"] == model]
+    if d.empty:
+        return pd.DataFrame()
+    t = d.pivot_table(index=["ratio", "family", "method", "mode"], columns="task", values="acc", aggfunc="mean").reset_index()
+    t = _order(t)
+    t.insert(0, "Ratio", t.pop("ratio").map(lambda r: f"{100 * r:.0f} %"))
+    return t.drop(columns=["family"]).rename(columns={"method": "Method", "mode": "Mode"}).reset_index(drop=True)
+
+
+def paper_table(path: Path = PAPER_TABLE) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The paper's Table 1 (values in %) and its ``[meta]`` (citation, metric, model labels)."""
+    with open(path, "rb") as fh:
+        data = tomllib.load(fh)
+    meta = data["meta"]
+    rows = [{"Ratio": f"{100 * r['ratio']:.0f} %", "Method": r["method"], "Mode": r["mode"],
+             **dict(zip(meta["model_labels"], r["values"]))} for r in data["row"]]
+    return pd.DataFrame(rows), meta
+
+
+def _fmt(v: Any, digits: int = 2, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    return str(v)
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 2, signed: bool = False, bold_max_by: str | None = None) -> str:
+    """A GitHub markdown table; with ``bold_max_by="Ratio"`` the best value per ratio and column is bold."""
+    if df.empty:
+        return "_(no data)_\n"
+    cols = list(df.columns)
+    best: dict[tuple, float] = {}
+    if bold_max_by:
+        num = [c for c in cols if pd.api.types.is_numeric_dtype(df[c])]
+        for (grp, sub) in df.groupby(bold_max_by):
+            for c in num:
+                if sub[c].notna().sum() > 1:
+                    best[(grp, c)] = sub[c].max()
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in df.iterrows():
+        cells = []
+        for c in cols:
+            s = _fmt(row[c], digits, signed)
+            if bold_max_by and (row[bold_max_by], c) in best and row[c] == best[(row[bold_max_by], c)]:
+                s = f"**{s}**"
+            cells.append(s)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_acc_vs_ratio(runs: pd.DataFrame, model: str, path: Path, value: str = "acc") -> Path | None:
+    ok = runs[(runs["status"] == "success") & (runs["model"] == model)].dropna(subset=[value])
+    if ok.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (name, mode), sub in ok[ok["ratio"] > 0].groupby(["method", "mode"]):
+        sub = sub.groupby("ratio")[value].mean()
+        ax.plot(100 * sub.index, sub.values, marker="o", label=f"{name} {mode}")
+    for fam, style in (("LoRA", "--"), ("Dense", ":")):
+        ref = ok[(ok["family"] == fam) & (ok["ratio"] == 0)]
+        if not ref.empty:
+            ax.axhline(ref[value].mean(), ls=style, color="grey", label=f"{ref['method'].iloc[0]} (0 %)")
+    ax.set_xlabel("prune ratio (%)")
+    ax.set_ylabel(f"mean accuracy (%) [{value}]")
+    ax.set_title(f"{model}: accuracy vs prune ratio")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_speedup(tp: pd.DataFrame, model: str, path: Path) -> Path | None:
+    d = tp[(tp["model"] == model) & (tp["ratio"] > 0) & ~tp["oom"]].dropna(subset=["speedup"])
+    if d.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (name, mode, ratio), sub in d.groupby(["method", "mode", "ratio"]):
+        sub = sub.sort_values("batch_size")
+        ax.plot(sub["batch_size"], sub["speedup"], marker="o", label=f"{name} {mode} {100 * ratio:.0f} %")
+    for ratio in sorted(d["ratio"].unique()):
+        ax.axhline(1 / (1 - ratio), ls=":", color="grey", lw=0.8)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xscale("log", base=2)
+    dev = d["device"].iloc[0]
+    ax.set_xlabel(f"batch size (context {int(d['context'].iloc[0])})")
+    ax.set_ylabel("prefill speedup vs dense")
+    ax.set_title(f"{model}: prefill speedup vs batch size ({dev}{'' if dev == 'cuda' else ', not comparable with the paper'})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- the report
+def _header(suite: str, records: list[dict], results_dir: Path) -> list[str]:
+    ok = sum(r["status"] == "success" for r in records)
+    shas = sorted({(r["provenance"].get("git") or {}).get("sha") or "?" for r in records})
+    dirty = any((r["provenance"].get("git") or {}).get("dirty") for r in records)
+    devs = sorted({f"{(r['provenance'].get('device') or {}).get('kind')} {(r['provenance'].get('device') or {}).get('name')}" for r in records})
+    return [f"# Results of suite `{suite}`", "",
+            f"Generated by `python -m bench.report --suite {suite}` from {len(records)} run records in `{results_dir}` "
+            f"({ok} succeeded, {len(records) - ok} failed). Do not edit by hand.", "",
+            f"- git: {', '.join(s[:10] for s in shas)}{' (dirty tree)' if dirty else ''}",
+            f"- device: {', '.join(devs)}", ""]
+
+
+def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str | Path | None = None) -> Path:
+    """Write ``TABLES.md``, CSVs and PNGs for the run records in ``results_dir``; returns the TABLES.md path."""
+    results_dir = Path(results_dir)
+    out = Path(out_dir) if out_dir else results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    records = [r for r in load_results(results_dir) if suite is None or r.get("suite") == suite]
+    if not records:
+        raise FileNotFoundError(f"no run records (*.json) for suite {suite!r} in {results_dir}; run python -m bench.run --suite {suite} first")
+    suite = suite or records[0]["suite"]
+    runs, tasks, tp = runs_frame(records), tasks_frame(records), throughput_frame(records)
+    runs.to_csv(out / "runs.csv", index=False)
+    tasks.to_csv(out / "per_task.csv", index=False)
+    tp.to_csv(out / "throughput.csv", index=False)
+    md = _header(suite, records, results_dir)
+    value = "acc" if runs["acc"].notna().any() else "letter_acc"
+    proto = LOGLIK if value == "acc" else LETTER
+    main = main_table(runs, value)
+    main.to_csv(out / "main_table.csv", index=False)
+    md += ["## Main table (layout of the paper's Table 1)", "",
+           f"Mean zero-shot accuracy (%) over the suite's tasks, protocol `{proto}`; mean over seeds. Bold: best per ratio.", "",
+           to_markdown(main, bold_max_by="Ratio")]
+    if value == "acc" and runs["letter_acc"].notna().any():
+        md += [f"Same layout, the paper's letter protocol (`{LETTER}`):", "", to_markdown(main_table(runs, "letter_acc"), bold_max_by="Ratio")]
+    ref, meta = paper_table()
+    md += ["## Reference: the paper's Table 1 (not produced by this code)", "",
+           f"{meta['metric']}. Source: {meta['citation']}. Different models, data scale and protocol than ours: "
+           "compare orderings, not values.", "", to_markdown(ref, bold_max_by="Ratio")]
+    dl = delta_vs_lora(runs, value)
+    md += ["## Delta vs LoRA (points of mean accuracy vs the unpruned LoRA run)", "", to_markdown(dl, signed=True)]
+    for model in sorted(runs["model"].unique()):
+        pt = per_task_table(tasks, model)
+        md += [f"## Per-task accuracy (%): {model}", "", to_markdown(pt, digits=1)]
+    ppl_cols = [c for c in runs.columns if c.startswith("ppl_")]
+    info = _order(runs[runs["status"] == "success"].copy())[["run_id", "achieved_ratio", "params", "hidden_size", "trainable", "final_loss", *ppl_cols, "seconds"]]
+    md += ["## Parameters, perplexity and cost per run", "", to_markdown(info.reset_index(drop=True), digits=3)]
+    md += _throughput_section(tp)
+    failed = runs[runs["status"] != "success"]
+    if not failed.empty:
+        md += ["## Failed runs", "", to_markdown(failed[["run_id", "error"]].reset_index(drop=True))]
+    plots = []
+    for model in sorted(runs["model"].unique()):
+        plots.append(plot_acc_vs_ratio(runs, model, out / f"acc_vs_ratio_{model}.png", value))
+        if not tp.empty:
+            plots.append(plot_speedup(tp, model, out / f"speedup_vs_batch_{model}.png"))
+    md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p] + [""]
+    path = out / "TABLES.md"
+    write_text_atomic(path, "\n".join(md))
+    return path
+
+
+def _throughput_section(tp: pd.DataFrame) -> list[str]:
+    if tp.empty:
+        return []
+    dev = tp["device"].iloc[0]
+    note = "" if dev == "cuda" else " CPU figures (`comparable=false`): not comparable with the paper's A100 numbers."
+    t = tp.pivot_table(index=["model", "ratio", "method", "mode"], columns="batch_size", values="speedup", aggfunc="median").reset_index()
+    t.columns = [f"speedup @ bs {c}" if isinstance(c, (int, float)) else c for c in t.columns]
+    mem = tp.groupby(["model", "ratio", "method", "mode"])[["weights_mb", "decode_tok_s"]].first().reset_index()
+    t = t.merge(mem, on=["model", "ratio", "method", "mode"])
+    t["bound 1/(1-r)"] = 1 / (1 - t["ratio"])
+    ctx = ", ".join(str(int(c)) for c in sorted(tp["context"].dropna().unique()))
+    return [f"## Throughput: prefill speedup vs the dense model (context {ctx}, median of repeats)", "",
+            f"Device: {tp['device_name'].iloc[0]} ({dev}).{note} The bound 1/(1-r) is the linear-dominated limit.", "",
+            to_markdown(t, digits=2)]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

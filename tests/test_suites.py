@@ -1,0 +1,161 @@
+"""Suite files: expansion into runs, stable run ids, validation of every name before any work, selection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.harness.suites import (
+    SUITES_DIR, SuiteError, expand, load_suite, parse_shard, parse_suite, select, validate,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = {"pat", "lora", "llm_pruner", "slicegpt", "flap", "wanda_sp"}
+TASKS = {"piqa", "boolq", "arc_easy", "paper_piqa"}
+
+
+def _suite(**over) -> dict:
+    data = {
+        "suite": {"name": "t", "seeds": [0], "train_data": "alpaca"},
+        "eval": {"tasks": ["piqa"], "limit": 4},
+        "budget": {"b": {"steps": 2, "global_batch": 2, "micro_batch": 2, "seq_len": 32}},
+        "models": {"m1": "smollm2-135m", "m2": {"path": "/nowhere"}},
+        "methods": {"lora": {"rank": 4}},
+        "grid": [{"models": ["m1", "m2"], "ratios": [0.2, 0.25], "pipelines": [["pat"], ["llm_pruner", "lora"]], "budget": "b"},
+                 {"models": ["m1"], "ratios": [0.0], "pipelines": [[], ["lora"]], "budget": "b"}],
+    }
+    for k, v in over.items():
+        data[k] = v
+    return data
+
+
+def test_expand_product_and_stable_ids():
+    runs = expand(parse_suite(_suite()))
+    assert len(runs) == 2 * 2 * 2 + 2
+    ids = [r.run_id for r in runs]
+    assert ids[:4] == ["m1--pat--r0.20--s0", "m1--llm_pruner+lora--r0.20--s0", "m1--pat--r0.25--s0", "m1--llm_pruner+lora--r0.25--s0"]
+    assert ids[-2:] == ["m1--dense--r0.00--s0", "m1--lora--r0.00--s0"]
+    assert [r.run_id for r in expand(parse_suite(_suite()))] == ids  # pure: same input, same output
+    lora = runs[-1]
+    assert lora.budget == {"steps": 2, "global_batch": 2, "micro_batch": 2, "seq_len": 32, "seed": 0}
+    assert lora.method_args == {"lora": {"rank": 4}}
+    assert runs[-2].budget == {} and not runs[-2].trains  # the dense run trains nothing
+
+
+def test_seeds_and_per_grid_method_args():
+    d = _suite()
+    d["grid"] = [{"models": ["m1"], "ratios": [0.0], "pipelines": [["lora"]], "seeds": [1, 2], "budget": "b",
+                  "method_args": {"lora": {"alpha": 8.0}}}]
+    runs = expand(parse_suite(d))
+    assert [r.run_id for r in runs] == ["m1--lora--r0.00--s1", "m1--lora--r0.00--s2"]
+    assert runs[0].method_args["lora"] == {"rank": 4, "alpha": 8.0}
+    assert runs[1].budget["seed"] == 2
+
+
+def test_shipped_suites_expand_to_the_documented_grids():
+    ids = [r.run_id for r in expand(load_suite("cpu"))]
+    assert len(ids) == 17 and ids[0] == "smollm2-135m--dense--r0.00--s0" and "smollm2-135m--pat--r0.25--s0" in ids
+    assert {i.split("--")[1] for i in ids} == {"dense", "lora", "pat", "llm_pruner+lora", "lora+llm_pruner",
+                                              "slicegpt+lora", "lora+slicegpt"}
+    assert len(expand(load_suite("paper"))) == 5 + 5 * 3 * 5
+    assert [r.run_id for r in expand(load_suite("ci"))] == [
+        "smollm2-135m--dense--r0.00--s0", "smollm2-135m--lora--r0.00--s0", "smollm2-135m--pat--r0.25--s0"]
+
+
+@pytest.mark.parametrize("path", sorted(SUITES_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_suite_validates_against_the_real_registry_and_tasks(path):
+    suite = load_suite(path)
+    runs = validate(suite)  # the registry's stages, the evaluation's task names, TrainBudget fields
+    assert runs and all(r.model in suite.models for r in runs)
+
+
+@pytest.mark.parametrize("mutate, field, bad", [
+    (lambda d: d["grid"][0].update(models=["m1", "nope-7b"]), "grid[0].models", "nope-7b"),
+    (lambda d: d["grid"][0].update(pipelines=[["pat"], ["magic", "lora"]]), "grid[0].pipelines[1]", "magic"),
+    (lambda d: d["eval"].update(tasks=["piqa", "mmlu_fake"]), "eval.tasks", "mmlu_fake"),
+    (lambda d: d["grid"][0].update(budget="huge"), "grid[0].budget", "huge"),
+    (lambda d: d["grid"][0].update(ratios=[1.5]), "grid[0].ratios", "1.5"),
+    (lambda d: d["methods"].update(sparsegpt={}), "[methods.sparsegpt]", "sparsegpt"),
+])
+def test_unknown_names_fail_before_any_work_naming_the_field(mutate, field, bad):
+    d = _suite()
+    mutate(d)
+    with pytest.raises(SuiteError) as e:
+        validate(parse_suite(d), stages=STAGES, tasks=TASKS)
+    assert field in str(e.value) and bad in str(e.value)
+
+
+def test_structural_errors_name_the_key():
+    with pytest.raises(SuiteError, match=r"unknown key\(s\) \['ratio'\] in grid\[0\]"):
+        parse_suite(_suite(grid=[{"models": ["m1"], "ratio": [0.2], "ratios": [0.2], "pipelines": [["pat"]]}]))
+    with pytest.raises(SuiteError, match=r"unknown key\(s\) \['limt'\] in \[eval\]"):
+        parse_suite(_suite(eval={"tasks": ["piqa"], "limt": 3}))
+    with pytest.raises(SuiteError, match=r"grid\[0\].pipelines is missing"):
+        parse_suite(_suite(grid=[{"models": ["m1"], "ratios": [0.2]}]))
+    with pytest.raises(SuiteError, match="pipelines must be a list of lists"):
+        expand(parse_suite(_suite(grid=[{"models": ["m1"], "ratios": [0.2], "pipelines": ["pat"]}])))
+
+
+def test_bad_budget_field_is_named():
+    pytest.importorskip("bench.harness.budget")
+    d = _suite()
+    d["budget"]["b"]["lr"] = -1.0
+    with pytest.raises(SuiteError, match=r"\[budget.b\].*TrainBudget.lr"):
+        validate(parse_suite(d), stages=STAGES, tasks=TASKS)
+
+
+def test_duplicate_runs_and_pruning_without_a_pruner_are_errors():
+    d = _suite()
+    d["grid"].append({"models": ["m1"], "ratios": [0.0], "pipelines": [["lora"]], "budget": "b"})
+    with pytest.raises(SuiteError, match=r"m1--lora--r0.00--s0 appears twice"):
+        expand(parse_suite(d))
+    d = _suite(grid=[{"models": ["m1"], "ratios": [0.25], "pipelines": [["lora"]], "budget": "b"}])
+    with pytest.raises(SuiteError, match="needs a pruning stage"):
+        validate(parse_suite(d), stages=STAGES, tasks=TASKS)
+
+
+def test_select_filters_and_shards_partition_the_grid():
+    runs = expand(parse_suite(_suite()))
+    assert {r.model for r in select(runs, models=["m2"])} == {"m2"}
+    assert {r.ratio for r in select(runs, ratios=[0.25])} == {0.25}
+    assert [r.run_id for r in select(runs, only="*pat--r0.2*")] == ["m1--pat--r0.20--s0", "m1--pat--r0.25--s0",
+                                                                   "m2--pat--r0.20--s0", "m2--pat--r0.25--s0"]
+    shards = [select(runs, shard=(i, 3)) for i in range(3)]
+    assert sorted(r.run_id for s in shards for r in s) == sorted(r.run_id for r in runs)
+    assert not set(r.run_id for r in shards[0]) & set(r.run_id for r in shards[1])
+
+
+@pytest.mark.parametrize("text", ["3/3", "a/b", "1", "-1/2", "0/0"])
+def test_bad_shard_is_rejected(text):
+    with pytest.raises(SuiteError, match="expected i/n"):
+        parse_shard(text)
+
+
+def test_unknown_suite_lists_the_known_ones():
+    with pytest.raises(SuiteError, match="known suites: .*cpu.*smoke"):
+        load_suite("no-such-suite")
+
+
+def test_list_and_dry_run_do_not_import_torch():
+    code = ("import sys; from bench.run import main; "
+            "rc = main(['--suite', 'cpu', '--list']) + main(['--suite', 'paper', '--dry-run', '--only', '*pat*']); "
+            "assert rc == 0, rc; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "smollm2-135m--lora+slicegpt--r0.30--s0" in lines
+    assert any(line.startswith("llama2-7b--pat--r0.25--s42  [todo]") for line in lines)
+
+
+def test_run_cli_reports_a_bad_suite_field_with_exit_code_2(tmp_path, capsys):
+    from bench.run import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[suite]\nname = "bad"\n[models.m]\nregistered = "smollm2-135m"\n'
+                   '[[grid]]\nmodels = ["m", "ghost"]\nratios = [0.0]\npipelines = [[]]\n')
+    assert main(["--suite", str(bad), "--list"]) == 2
+    assert "grid[0].models: unknown model 'ghost'" in capsys.readouterr().err
