@@ -1,0 +1,357 @@
+"""Zero-shot evaluation through lm-eval, from the local data directory, under two protocols.
+
+- ``lm-eval-loglik-0shot`` (task names ``boolq piqa hellaswag winogrande arc_easy arc_challenge openbookqa``): the
+  stock lm-eval tasks. At run time a task YAML is written per task into a temporary directory; it ``include:``s the
+  stock YAML shipped inside the installed lm-eval package and overrides only the task name, ``dataset_path: json``,
+  ``dataset_kwargs.data_files`` (the sha256-checked local file), the unused splits and the metric list (``acc`` and
+  ``acc_norm`` for every task). Prompts, choices, targets and preprocessing (hellaswag's ``process_docs``,
+  winogrande's partial scoring) therefore come from lm-eval itself; ``tests/test_evaluation.py`` proves it.
+- ``paper-first-capital-gen`` (task names ``paper_<task>``): PAT's own letter protocol (spec §10) as lm-eval
+  ``generate_until`` tasks: lettered question in the Alpaca template, greedy decoding, 5 new tokens, scored by the
+  first capital letter that is a valid choice (a regex filter). See ``bench/tasks/paper_letter.py``. Its numbers
+  are not comparable with log-likelihood numbers.
+
+The model is passed in memory (``HFLM(pretrained=model, tokenizer=tokenizer)``) and run by ``simple_evaluate``.
+``limit`` takes a seeded random subset of doc ids (``random.Random(seed).sample``, then sorted) that is recorded
+in the result; ``None`` evaluates every document.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness.datadir import DataError, dataset_path, dataset_sha256
+
+log = logging.getLogger(__name__)
+
+LOGLIK_PROTOCOL = "lm-eval-loglik-0shot"
+LETTER_PROTOCOL = "paper-first-capital-gen"
+STD_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+PAPER_TASKS = tuple(f"paper_{t}" for t in STD_TASKS)
+VALID_TASKS = STD_TASKS + PAPER_TASKS
+
+# stock task YAML inside lm_eval/tasks, and the split our local file stands for
+STOCK_YAML = {
+    "boolq": "super_glue/boolq/default.yaml",
+    "piqa": "piqa/piqa.yaml",
+    "hellaswag": "hellaswag/hellaswag.yaml",
+    "winogrande": "winogrande/default.yaml",
+    "arc_easy": "arc/arc_easy.yaml",
+    "arc_challenge": "arc/arc_challenge.yaml",
+    "openbookqa": "openbookqa/openbookqa.yaml",
+}
+SPLIT = {"boolq": "validation", "piqa": "validation", "hellaswag": "validation", "winogrande": "validation",
+         "arc_easy": "test", "arc_challenge": "test", "openbookqa": "test"}
+# letters a valid answer may take under the letter protocol (ARC keeps its few 5-choice items)
+N_LETTERS = {"boolq": 2, "piqa": 2, "winogrande": 2, "hellaswag": 4, "openbookqa": 4, "arc_easy": 5, "arc_challenge": 5}
+ACC_METRICS = [
+    {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+    {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+]
+PAPER_BASE_YAML = Path(__file__).resolve().parent.parent / "tasks" / "paper_letter.yaml"
+
+
+def protocol_of(task: str) -> str:
+    """The protocol name of a task name."""
+    return LETTER_PROTOCOL if task.startswith("paper_") else LOGLIK_PROTOCOL
+
+
+def base_task(task: str) -> str:
+    """``paper_piqa`` -> ``piqa``; standard names map to themselves."""
+    return task[len("paper_"):] if task.startswith("paper_") else task
+
+
+def validate_tasks(tasks: list[str] | str) -> list[str]:
+    """Check task names (a list or a comma-separated string); raises ``ValueError`` listing the valid names."""
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    tasks = list(tasks)
+    bad = [t for t in tasks if t not in VALID_TASKS]
+    if bad or not tasks:
+        what = f"unknown task(s) {', '.join(repr(t) for t in bad)}" if bad else "no tasks given"
+        raise ValueError(f"tasks: {what}; valid names: {' '.join(VALID_TASKS)}")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks: duplicate names in {','.join(tasks)}")
+    return tasks
+
+
+def stock_yaml_path(task: str) -> Path:
+    """Absolute path of the stock lm-eval YAML of a standard task inside the installed package."""
+    import lm_eval.tasks
+
+    path = Path(lm_eval.tasks.__file__).resolve().parent / STOCK_YAML[task]
+    if not path.exists():
+        raise FileNotFoundError(f"stock lm-eval task file {path} not found; lm-eval {_version('lm_eval')} is not supported")
+    return path
+
+
+def count_docs(path: Path) -> int:
+    """Number of JSONL rows (documents) in a local dataset file."""
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def sample_ids(n_docs: int, limit: int | None, seed: int) -> list[int]:
+    """Deterministic seeded subset of ``limit`` doc ids out of ``n_docs`` (sorted); all ids when ``limit`` is None."""
+    if limit is None or limit >= n_docs:
+        return list(range(n_docs))
+    return sorted(random.Random(seed).sample(range(n_docs), limit))
+
+
+def _q(value) -> str:
+    return json.dumps(str(value))  # a JSON string is a valid YAML scalar
+
+
+def task_yaml_text(task: str, data_file: Path) -> str:
+    """YAML text of one task config over ``data_file`` (standard: includes the stock YAML; paper: the letter base)."""
+    name = base_task(task)
+    split = SPLIT[name]
+    lines = [f"task: {task}", "dataset_path: json", "dataset_name: null",
+             "dataset_kwargs:", "  data_files:", f"    {split}: {_q(data_file)}", "training_split: null"]
+    lines += [f"validation_split: {_q(split) if split == 'validation' else 'null'}",
+              f"test_split: {_q(split) if split == 'test' else 'null'}", "fewshot_split: null"]
+    if protocol_of(task) == LOGLIK_PROTOCOL:
+        lines.insert(0, f"include: {_q(stock_yaml_path(name))}")
+        lines.append(f"metric_list: {json.dumps(ACC_METRICS)}")
+        lines.append(f"metadata: {json.dumps({'version': 1.0, 'protocol': LOGLIK_PROTOCOL})}")
+    else:
+        letters = "ABCDEFGH"[:N_LETTERS[name]]
+        lines.insert(0, f"include: {_q(PAPER_BASE_YAML)}")
+        lines.append(f"process_docs: !function bench.tasks.paper_letter.process_{name}")
+        flt = [{"name": "first_capital", "filter": [
+            {"function": "regex", "regex_pattern": f"[{letters}]", "group_select": 0, "fallback": "[invalid]"},
+            {"function": "take_first"}]}]
+        lines.append(f"filter_list: {json.dumps(flt)}")
+    return "\n".join(lines) + "\n"
+
+
+def resolve_task_files(tasks: list[str], data_dir=None) -> dict[str, Path]:
+    """sha256-checked local file of each task (raises ``DataError`` naming the dataset, path and fix)."""
+    return {t: dataset_path(base_task(t), data_dir) for t in tasks}
+
+
+def write_task_dir(tasks: list[str], data_dir=None, dest: str | os.PathLike | None = None) -> Path:
+    """Write one YAML per task into ``dest`` (a new temporary directory if None); returns the directory."""
+    files = resolve_task_files(tasks, data_dir)
+    out = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="pat-bench-tasks-"))
+    out.mkdir(parents=True, exist_ok=True)
+    for t in tasks:
+        (out / f"{t}.yaml").write_text(task_yaml_text(t, files[t]))
+    return out
+
+
+def task_manager(task_dir: Path):
+    """An lm-eval ``TaskManager`` that sees only our generated tasks (no scan of the 10k stock YAMLs)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(task_dir), include_defaults=False)
+
+
+def load_tasks(tasks: list[str], data_dir=None, dest=None) -> dict:
+    """Build lm-eval ``Task`` objects for our task names: ``{name: Task}``."""
+    tm = task_manager(write_task_dir(tasks, data_dir, dest))
+    return tm.load(tasks)["tasks"]
+
+
+def _version(pkg: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
+def _metrics(task: str, res: dict, n: int) -> dict:
+    """Per-task metrics from lm-eval's result entry: acc, acc_norm (loglik only), stderr and n."""
+    if protocol_of(task) == LETTER_PROTOCOL:
+        acc, se = res.get("exact_match,first_capital"), res.get("exact_match_stderr,first_capital")
+        return {"acc": acc, "acc_stderr": se, "acc_norm": None, "acc_norm_stderr": None, "n": n}
+    return {"acc": res.get("acc,none"), "acc_stderr": res.get("acc_stderr,none"),
+            "acc_norm": res.get("acc_norm,none"), "acc_norm_stderr": res.get("acc_norm_stderr,none"), "n": n}
+
+
+def _num(x):
+    return x if isinstance(x, (int, float)) else None
+
+
+def means(per_task: dict) -> dict:
+    """Plain mean of acc and acc_norm over tasks, per protocol: ``{protocol: {"acc", "acc_norm", "n_tasks"}}``."""
+    out: dict[str, dict] = {}
+    for proto in (LOGLIK_PROTOCOL, LETTER_PROTOCOL):
+        rows = [m for t, m in per_task.items() if protocol_of(t) == proto]
+        if not rows:
+            continue
+        accs = [m["acc"] for m in rows if _num(m["acc"]) is not None]
+        norms = [m["acc_norm"] for m in rows if _num(m["acc_norm"]) is not None]
+        out[proto] = {"acc": sum(accs) / len(accs) if accs else None,
+                      "acc_norm": sum(norms) / len(norms) if norms else None, "n_tasks": len(rows)}
+    return out
+
+
+def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, seed: int = 1234,
+                   batch_size: int = 8, data_dir=None) -> dict:
+    """Evaluate an in-memory causal LM on our zero-shot tasks.
+
+    Args:
+        model: a ``transformers`` causal LM (any supported architecture, dense or pruned).
+        tokenizer: its tokenizer.
+        tasks: names from ``VALID_TASKS`` (standard names: log-likelihood protocol; ``paper_*``: letter protocol).
+        limit: documents per task (a seeded random subset); None for all.
+        seed: seed of the subset.
+        batch_size: lm-eval batch size (requests are sorted by length, so padding stays small).
+        data_dir: data directory (default ``$PAT_DATA_DIR``).
+    Returns:
+        ``{"tasks": {name: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "protocol", "doc_ids",
+        "sha256", ...}}, "mean": {...}, "means": {protocol: {...}}, "protocols": [...], "data_sha256": {...},
+        "limit", "seed", "batch_size", "seconds"}``. ``mean`` is the mean of the single protocol present, or of
+        the log-likelihood tasks when both are present (never a mix of the two).
+    """
+    tasks = validate_tasks(tasks)
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit: expected a positive integer or None, got {limit!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    files = resolve_task_files(tasks, data_dir)
+    doc_ids = {t: sample_ids(count_docs(files[t]), limit, seed) for t in tasks}
+    shas = {base_task(t): dataset_sha256(base_task(t), data_dir) for t in tasks}
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    with tempfile.TemporaryDirectory(prefix="pat-bench-tasks-") as tmp:
+        tm = task_manager(write_task_dir(tasks, data_dir, tmp))
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        t0 = time.perf_counter()
+        res = lm_eval.simple_evaluate(
+            model=lm, tasks=tasks, num_fewshot=0, task_manager=tm, samples=doc_ids, log_samples=True,
+            bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+        seconds = time.perf_counter() - t0
+    per_task = {}
+    for t in tasks:
+        samples = res["samples"][t]
+        n = len(samples)
+        m = _metrics(t, res["results"][t], n)
+        m.update(protocol=protocol_of(t), doc_ids=sorted(int(s["doc_id"]) for s in samples),
+                 n_docs_total=count_docs(files[t]), sha256=shas[base_task(t)], data_file=str(files[t]))
+        if m["protocol"] == LETTER_PROTOCOL:
+            m["invalid_rate"] = sum(s["filtered_resps"][0] == "[invalid]" for s in samples) / max(n, 1)
+        per_task[t] = m
+    by_proto = means(per_task)
+    mean = by_proto.get(LOGLIK_PROTOCOL) or by_proto.get(LETTER_PROTOCOL)
+    return {
+        "tasks": per_task, "mean": mean, "means": by_proto,
+        "protocols": sorted({protocol_of(t) for t in tasks}),
+        "data_sha256": shas, "limit": limit, "seed": seed, "batch_size": batch_size, "seconds": round(seconds, 2),
+    }
+
+
+def load_model(name_or_path: str):
+    """``(model, tokenizer)`` for a registered name or HF directory, through ``pat.models.load``."""
+    from pat import models
+
+    try:
+        return models.load(name_or_path)
+    except ModuleNotFoundError as err:  # pat.models needs baselines.pruned_io, which may not exist yet
+        if "baselines" not in str(err):
+            raise
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        src = models.resolve(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(src).eval()
+        tok = AutoTokenizer.from_pretrained(src)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return model, tok
+
+
+def check_inputs(tasks, ppl, data_dir=None) -> tuple[list[str], list[str]]:
+    """Validate task and perplexity dataset names and their local files before any model work."""
+    from bench.harness.perplexity import PPL_DATASETS
+
+    ppl = [p.strip() for p in ppl.split(",") if p.strip()] if isinstance(ppl, str) else list(ppl or [])
+    bad = [p for p in ppl if p not in PPL_DATASETS]
+    if bad:
+        raise ValueError(f"ppl: unknown dataset(s) {', '.join(bad)}; valid names: {' '.join(PPL_DATASETS)}")
+    tasks = validate_tasks(tasks) if (tasks or not ppl) else []
+    resolve_task_files(tasks, data_dir)
+    for p in ppl:
+        dataset_path(p, data_dir)
+    return tasks, ppl
+
+
+def write_json_atomic(obj: dict, out: str | os.PathLike) -> Path:
+    """Write ``obj`` as JSON to ``out`` atomically (temp file in the same folder, then ``os.replace``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_len: int = 2048,
+             stride: int | None = None, max_tokens: int | None = None, out=None, data_dir=None,
+             batch_size: int = 8, seed: int = 1234, tokenizer=None) -> dict:
+    """Evaluate a model on zero-shot tasks and perplexity and (optionally) write the full JSON record.
+
+    Args:
+        model_or_name: a registered name, an HF directory (e.g. a finalized PAT model), or an in-memory model
+            (then pass ``tokenizer``).
+        tasks: task names (list or comma-separated); may be empty when ``ppl`` is given.
+        limit: documents per task (seeded subset), None for all.
+        ppl: perplexity datasets (``wikitext2``, ``ptb``; list or comma-separated), or None.
+        seq_len, stride, max_tokens: perplexity windowing, see ``bench.harness.perplexity``.
+        out: JSON file to write atomically, or None.
+    Returns:
+        ``{"model", "n_params", "tasks", "mean", "means", "protocols", "perplexity", "data_sha256", "versions",
+        "config", ...}``.
+    """
+    import torch
+
+    from bench.harness.perplexity import perplexity
+
+    tasks, ppl = check_inputs(tasks, ppl, data_dir)
+    if isinstance(model_or_name, (str, os.PathLike)):
+        name = str(model_or_name)
+        model, tokenizer = load_model(name)
+    else:
+        if tokenizer is None:
+            raise ValueError("tokenizer: required when model_or_name is an in-memory model")
+        model, name = model_or_name, type(model_or_name).__name__
+    t0 = time.perf_counter()
+    record: dict = {"model": name, "n_params": sum(p.numel() for p in model.parameters())}
+    if tasks:
+        record.update(evaluate_tasks(model, tokenizer, tasks, limit=limit, seed=seed, batch_size=batch_size,
+                                     data_dir=data_dir))
+    record["perplexity"] = {
+        p: perplexity(model, tokenizer, p, seq_len=seq_len, stride=stride, max_tokens=max_tokens, data_dir=data_dir)
+        for p in ppl
+    }
+    sha = dict(record.get("data_sha256", {}))
+    sha.update({p: r["sha256"] for p, r in record["perplexity"].items()})
+    record["data_sha256"] = sha
+    record["versions"] = {"torch": torch.__version__, "transformers": _version("transformers"),
+                          "lm_eval": _version("lm_eval"), "datasets": _version("datasets"),
+                          "pat_bench": _version("pat-bench")}
+    record["config"] = {"tasks": tasks, "limit": limit, "seed": seed, "batch_size": batch_size, "ppl": ppl,
+                        "seq_len": seq_len, "stride": stride, "max_tokens": max_tokens,
+                        "torch_threads": torch.get_num_threads(), "dtype": str(next(model.parameters()).dtype)}
+    record["total_seconds"] = round(time.perf_counter() - t0, 2)
+    if out is not None:
+        write_json_atomic(record, out)
+        log.info("wrote %s", out)
+    return record
