@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from bench.harness.evaluation import check_inputs, evaluate
+    from pat.models import ModelNotFoundError, resolve
 
     if args.threads is not None:
         import torch
@@ -71,8 +72,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--stride: expected at most --seq-len ({args.seq_len}), got {args.stride}")
         if args.max_tokens is not None and args.max_tokens < args.seq_len:
             raise ValueError(f"--max-tokens: expected at least --seq-len ({args.seq_len}), got {args.max_tokens}")
-        from pat.models import ModelNotFoundError, resolve
-
         resolve(args.model)
     except (ValueError, DataError, ModelNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
