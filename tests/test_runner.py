@@ -259,3 +259,25 @@ def test_missing_piece_is_named(env, monkeypatch):
     with pytest.raises(runner.MissingPieceError, match=r"cannot import bench.harness.evaluation .*evaluation \(issue 3\)"):
         run_suite(suite, expand(suite), env)
     assert not env.out_dir.exists()  # nothing was run
+
+
+@pytest.mark.integration
+def test_smoke_suite_end_to_end_then_report(tmp_path, monkeypatch):
+    """``python -m bench.run --suite smoke`` (tiny random Llama built to disk) then ``python -m bench.report``."""
+    from bench.report import main as report_main
+    from bench.run import main as run_main
+
+    monkeypatch.setenv("PAT_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "smoke"
+    assert run_main(["--suite", "smoke", "--out", str(out), "--work-dir", str(tmp_path / "work"), "--no-progress"]) == 0
+    recs = {r["run_id"]: r for r in R.load_results(out)}
+    assert set(recs) == {r.run_id for r in expand(parse_suite(__import__("tomllib").loads(
+        (REPO / "bench" / "suites" / "smoke.toml").read_text())))}
+    for r in recs.values():
+        R.validate_record(r)
+        assert r["status"] == "success", r.get("error")
+    pat = recs["tiny-llama--pat--r0.25--s0"]
+    assert pat["params"]["widths"]["hidden_size"] == 36 and pat["params"]["achieved_ratio"] > 0.2
+    assert recs["tiny-llama--lora+llm_pruner--r0.25--s0"]["train"]["reused_prefix"] == "tiny-llama--lora--r0.00--s0"
+    assert report_main(["--suite", "smoke", "--results", str(out)]) == 0
+    assert "| 25 % | PAT | PAT |" in (out / "TABLES.md").read_text()

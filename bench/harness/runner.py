@@ -311,7 +311,9 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: 
     for spec in bar:
         path = R.result_path(opts.out_dir, spec.run_id)
         old = R.read_result(path)
-        if old is not None and (old.get("status") == "success" or (old.get("status") == "failed" and not opts.retry_failed)):
+        if old is not None and old.get("spec") != spec.to_dict():
+            log.warning("run %s: the suite changed since %s was written; running it again", spec.run_id, path)
+        elif old is not None and (old.get("status") == "success" or (old.get("status") == "failed" and not opts.retry_failed)):
             counts["skipped"] += 1
             continue
         bar.set_postfix_str(spec.run_id)

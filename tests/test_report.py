@@ -1,0 +1,111 @@
+"""The report, built from fixture run records (tests/fixtures/report: real records of the runner, plus a failed one)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.harness import reporting as REP
+from bench.harness.results import load_results
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "report"
+SPEC_DOC = Path(__file__).resolve().parents[2] / "shared" / "docs" / "pat-spec.md"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rep")
+    path = REP.build_report(FIX, "smoke", out)
+    return out, path.read_text(), load_results(FIX)
+
+
+def _expected_mean(rec, protocol="lm-eval-loglik-0shot") -> float:
+    accs = [t["acc"] for t in rec["metrics"]["tasks"].values() if t["protocol"] == protocol]
+    return 100 * sum(accs) / len(accs)
+
+
+def test_tables_md_has_every_section_and_the_paper_reference(report):
+    out, md, recs = report
+    for section in ("## Main table (layout of the paper's Table 1)", "## Reference: the paper's Table 1",
+                    "## Delta vs LoRA", "## Per-task accuracy (%): tiny-llama", "## Parameters, perplexity and cost per run",
+                    "## Throughput: prefill speedup vs the dense model", "## Failed runs", "## Plots"):
+        assert section in md, section
+    assert "arXiv:2408.14721" in md and "| 25 % | PAT | PAT | **52.98** | **66.68** | **60.02** | **66.58** | **78.90** |" in md
+    assert f"from {len(recs)} run records" in md and "(3 succeeded, 1 failed)" in md
+    assert "tiny-llama--llm_pruner+lora--r0.25--s0 | stage 'llm_pruner' cannot be imported" in md
+    assert "CPU figures (`comparable=false`)" in md
+
+
+def test_main_table_cells_are_the_records_means(report):
+    out, md, recs = report
+    main = pd.read_csv(out / "main_table.csv")
+    by_id = {r["run_id"]: r for r in recs}
+    pat = main[(main["Method"] == "PAT") & (main["Ratio"] == "25 %")]
+    assert pat["tiny-llama"].item() == pytest.approx(_expected_mean(by_id["tiny-llama--pat--r0.25--s0"]))
+    lora = main[main["Method"].str.startswith("LoRA")]
+    assert lora["Method"].item() == "LoRA-2" and lora["Mode"].item() == "FT"
+    assert list(main["Method"]) == ["Dense", "LoRA-2", "PAT"]  # Table 1 order: 0 % rows, then by ratio
+
+
+def test_csvs_reload_and_delta_vs_lora_is_a_difference(report):
+    out, md, recs = report
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == len(recs) and set(runs["status"]) == {"success", "failed"}
+    tasks = pd.read_csv(out / "per_task.csv")
+    assert set(tasks["task"]) == {"piqa", "arc_easy"} and (tasks["protocol"] == "lm-eval-loglik-0shot").all()
+    by_id = {r["run_id"]: r for r in recs}
+    dl = REP.delta_vs_lora(REP.runs_frame(recs))
+    got = dl[dl["Method"] == "PAT"]["tiny-llama"].item()
+    want = _expected_mean(by_id["tiny-llama--pat--r0.25--s0"]) - _expected_mean(by_id["tiny-llama--lora--r0.00--s0"])
+    assert got == pytest.approx(want)
+    tp = pd.read_csv(out / "throughput.csv")
+    pat = tp[(tp["method"] == "PAT") & (tp["batch_size"] == 1)]
+    dense = tp[(tp["method"] == "Dense") & (tp["batch_size"] == 1)]
+    assert pat["speedup"].item() == pytest.approx(dense["prefill_s"].item() / pat["prefill_s"].item())
+    assert pat["bound"].item() == pytest.approx(1 / 0.75)
+
+
+def test_plots_are_pngs(report):
+    out, md, _ = report
+    for name in ("acc_vs_ratio_tiny-llama.png", "speedup_vs_batch_tiny-llama.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in md
+
+
+def test_report_cli_and_missing_results(tmp_path, capsys):
+    from bench.report import main
+
+    shutil.copytree(FIX, tmp_path / "smoke")
+    assert main(["--suite", "smoke", "--results", str(tmp_path / "smoke")]) == 0
+    assert (tmp_path / "smoke" / "TABLES.md").exists()
+    assert main(["--suite", "nothing", "--results", str(tmp_path / "empty")]) == 2
+    assert "no run records" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pipeline, expected", [
+    ([], ("Dense", "—")), (["lora"], ("LoRA-64", "FT")), (["pat"], ("PAT", "PAT")),
+    (["llm_pruner", "lora"], ("LLM-Pruner", "P→FT")), (["lora", "slicegpt"], ("SliceGPT", "FT→P")),
+    (["wanda_sp"], ("Wanda-SP", "P")),
+])
+def test_pipeline_labels(pipeline, expected):
+    _, name, mode = REP.label(pipeline, {"lora": {"rank": 64}})
+    assert (name, mode) == expected
+
+
+def test_paper_table_matches_the_spec_transcription():
+    with open(REP.PAPER_TABLE, "rb") as fh:
+        data = tomllib.load(fh)
+    assert len(data["row"]) == 16 and all(len(r["values"]) == 5 for r in data["row"])
+    if not SPEC_DOC.exists():
+        pytest.skip("shared/docs/pat-spec.md not present")
+    lines = [ln for ln in SPEC_DOC.read_text().splitlines() if re.match(r"^\| \d+ % \| (LoRA|LLM|Slice|\*\*PAT)", ln)]
+    spec_rows = []
+    for ln in lines[:16]:
+        cells = [c.strip().strip("*") for c in ln.strip("|").split("|")]
+        spec_rows.append([float(c) for c in cells[3:8]])
+    assert spec_rows == [r["values"] for r in data["row"]]
