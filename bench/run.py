@@ -8,6 +8,7 @@ Results: one JSON per run in ``results/<suite>/`` (or ``--out``); finished runs 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model-path", action="append", default=[], metavar="NAME=DIR",
                     help="local Hugging Face directory for a suite model (repeatable)")
     ap.add_argument("--data-dir", help="data directory (default $PAT_DATA_DIR)")
+    ap.add_argument("--train-data", help="override the suite's train_data (a data-directory name, a local .jsonl or a hub id)")
     ap.add_argument("--work-dir", help="checkpoints and finalized models (default $PAT_WORK_DIR or runs/bench)")
     ap.add_argument("--skip-failed", action="store_true", help="do not retry runs recorded as failed")
     ap.add_argument("--device", help="device for models, e.g. cuda (default: where the loader puts them)")
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         suite = load_suite(args.suite)
+        if args.train_data:
+            suite = dataclasses.replace(suite, train_data=args.train_data)
         all_runs = validate(suite)
         runs = select(all_runs, models=args.models, ratios=args.ratios, only=args.only,
                       shard=parse_shard(args.shard) if args.shard else None)

@@ -24,6 +24,7 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 import time
 import traceback
 import typing
@@ -135,7 +136,15 @@ def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[st
     if suite.perplexity.get("datasets"):
         _import("bench.harness.perplexity")
     _import("pat.models")
-    from bench.harness.datadir import DATASETS, dataset_path
+    models = resolve_models(suite.models, sorted({r.model for r in runs}), opts.model_paths, suite.name, suite.runs_here)
+    from bench.harness.datadir import DATASETS, DataError, dataset_path
+
+    td = suite.train_data
+    offline = os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false", "False")
+    if any(r.trains for r in runs) and td not in DATASETS and not Path(td).expanduser().exists() and offline:
+        raise DataError(f"suite '{suite.name}': train_data {td!r} is neither a dataset of the data directory "
+                        f"({', '.join(sorted(DATASETS))}) nor a local file, and the hub is offline (HF_DATASETS_OFFLINE=1); "
+                        "fix: --train-data FILE.jsonl (LaMini/Alpaca-style rows), or go online")
 
     needed = set(suite.perplexity.get("datasets", []))
     needed |= {t.removeprefix("paper_") for t in suite.eval.get("tasks", [])}
@@ -145,8 +154,7 @@ def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[st
         needed.add("c4")  # calibration text of the one-shot pruners
     for d in sorted(needed & set(DATASETS)):
         dataset_path(d, opts.data_dir)
-    models = sorted({r.model for r in runs})
-    return resolve_models(suite.models, models, opts.model_paths, suite.name, suite.runs_here)
+    return models
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -260,8 +268,8 @@ def _trainable(train_rec: dict[str, Any] | None) -> int | None:
 
 
 def run_one(spec: RunSpec, suite: Suite, model_dir: str, opts: RunnerOptions, all_runs: list[RunSpec],
-            prov: dict[str, Any]) -> dict[str, Any]:
-    """Execute one run and return its ``success`` record (exceptions propagate to ``run_suite``)."""
+            prov: dict[str, Any]) -> dict[str, Any] | None:
+    """Execute one run and return its ``success`` record (``None`` on ranks > 0); exceptions propagate."""
     import torch
 
     from bench.harness.throughput import measure
@@ -274,6 +282,8 @@ def run_one(spec: RunSpec, suite: Suite, model_dir: str, opts: RunnerOptions, al
     train_rec = None
     if spec.trains:
         model, train_rec = _train(spec, model, tok, opts, all_runs, suite.reuse_prefix)
+    if _rank() != 0:  # under torchrun every rank trains; only rank 0 evaluates, times and writes
+        return None
     model.eval()
     metrics = _evaluate(model, tok, suite, spec, opts)
     params = {"dense_total": dense_params, "total": _n_params(model),
@@ -321,10 +331,28 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: 
         try:
             rec = run_one(spec, suite, model_dirs[spec.model], opts, all_runs, prov)
             counts["done"] += 1
+            if rec is not None:
+                log.info("run %s done in %.0f s: mean acc %s", spec.run_id, rec["seconds"],
+                         (rec["metrics"].get("mean") or {}).get("acc"))
         except Exception as e:  # a failed run is recorded and the grid goes on
             log.error("run %s failed: %s: %s", spec.run_id, type(e).__name__, e)
             rec = R.make_record(spec.to_dict(), "failed", prov, error={"type": type(e).__name__, "message": str(e),
                                 "traceback": traceback.format_exc()}, seconds=round(time.perf_counter() - t0, 2))
             counts["failed"] += 1
-        R.write_json_atomic(path, rec)
+        if rec is not None and _rank() == 0:
+            R.write_json_atomic(path, rec)
+        _free()
     return counts
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _free() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
