@@ -39,6 +39,24 @@ def test_tables_md_has_every_section_and_the_paper_reference(report):
     assert f"from {len(recs)} run records" in md and "(3 succeeded, 1 failed)" in md
     assert "tiny-llama--llm_pruner+lora--r0.25--s0 | stage 'llm_pruner' cannot be imported" in md
     assert "CPU figures (`comparable=false`)" in md
+    assert "## The paper's claims beside ours" in md
+    assert "| PAT > LoRA FT at 25 % | 1.26 | tiny-llama |" in md  # 60.02 - 58.76, from paper_table1.toml
+
+
+def test_claims_compare_pat_with_each_baseline_and_the_speedup_bound(report):
+    out, md, recs = report
+    runs, tp = REP.runs_frame(recs), REP.throughput_frame(recs)
+    cl = REP.claims_table(runs, tp)
+    lora = cl[cl["claim"] == "PAT > LoRA FT at 25 %"].iloc[0]
+    by_id = {r["run_id"]: r for r in recs}
+    want = _expected_mean(by_id["tiny-llama--pat--r0.25--s0"]) - _expected_mean(by_id["tiny-llama--lora--r0.00--s0"])
+    assert lora["ours"] == pytest.approx(want)
+    assert lora["PAT beats it here"] in ("yes", "no", "within noise")
+    pruner = cl[cl["claim"] == "PAT > LLM-Pruner P→FT at 25 %"].iloc[0]
+    assert pruner["paper (Llama2-7B)"] == pytest.approx(60.02 - 52.50) and pd.isna(pruner["ours"])  # its run failed
+    speed = cl[cl["claim"].str.startswith("25 % model")].iloc[0]
+    pat_tp = tp[(tp["family"] == "PAT")]
+    assert speed["ours"] == pytest.approx(pat_tp["speedup"].max())
 
 
 def test_main_table_cells_are_the_records_means(report):
