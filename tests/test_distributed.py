@@ -113,4 +113,4 @@ def test_two_processes_match_one(tmp_path):
 if __name__ == "__main__":  # the torchrun worker
     torch.set_num_threads(1)
     root = Path(sys.argv[1])
-    _run(root / "multi", root / f"rank{os.environ['RANK']}.pt")
+    _run(root / "multi", root / f"rank{os.environ.get('RANK', '0')}.pt")

@@ -460,7 +460,7 @@ def run_pipeline(
         "status": "success" if rec["completed"] else "stopped",
         "model": model_name, "pipeline": names, "budget": budget.to_dict(), "data": data.record,
         "total_params_before": total_before, "parity": parity, **rec,
-        "versions": _versions(), "device": str(device),
+        "versions": _versions(), "device": str(device), "torch_threads": torch.get_num_threads(),
     }
     stage_states = [st.state_dict(model) for st in stages] if rec["completed"] else []
     final_model = None
@@ -487,3 +487,55 @@ def run_pipeline(
     if world > 1:
         dist.barrier()
     return {**record, "_model": final_model}
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _parse(argv: list[str] | None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.harness.train", description="Train a pipeline of stages under a budget.")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--pipeline", default="lora", help="comma-separated stage names, e.g. pat | lora | llm_pruner,lora")
+    p.add_argument("--method-args", default="{}", help='JSON {stage: {arg: value}}, e.g. {"lora": {"rank": 64}}')
+    p.add_argument("--parity-solve", default=None, help="solve PAT's hio_rank/lora_rank to match this reference (lora-64)")
+    p.add_argument("--budget", default="{}", help="JSON of TrainBudget fields (steps, global_batch, micro_batch, ...)")
+    p.add_argument("--train-data", default="alpaca")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on an oversubscribed CPU)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``python -m bench.harness.train --pipeline pat --method-args '{"pat": {"prune_ratio": 0.25}}' ...``."""
+    from bench.harness.budget import solve_pat_ranks
+    from bench.harness.registry import make_pipeline
+
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = TrainBudget.from_dict(json.loads(args.budget))
+    names = [n.strip() for n in args.pipeline.split(",") if n.strip()]
+    margs = json.loads(args.method_args)
+    if args.parity_solve:
+        from transformers import AutoConfig
+
+        from pat.models import resolve
+
+        sol = solve_pat_ranks(AutoConfig.from_pretrained(resolve(args.model)), args.parity_solve, budget.parity_tol)
+        margs.setdefault("pat", {}).update(hio_rank=sol["hio_rank"], lora_rank=sol["lora_rank"])
+        log.info("parity %s: %s", args.parity_solve, sol)
+    rec = run_pipeline(args.model, make_pipeline(names, margs), budget, args.train_data, args.out,
+                       data_dir=args.data_dir, checkpoint_every=args.checkpoint_every, resume=not args.no_resume)
+    rec.pop("_model", None)
+    if rec.get("status") == "success" or int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: rec.get(k) for k in ("status", "steps_done", "final_loss", "trainable_params",
+                                                  "tokens_per_s", "train_seconds", "peak_memory")}))
+    return 0 if rec.get("status") == "success" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
