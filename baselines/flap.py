@@ -125,8 +125,9 @@ def prune(model: nn.Module, ratio: float, calibration, batch_size: int = 8) -> t
     stats = flap_stats(model, calibration, batch_size)
     groups, chans = wifv_scores(model, stats)
     layers = decoder_layers(model, arch)
-    gmasks, cmasks = global_select(groups, chans, layer_costs(model, list(range(len(layers)))), ratio * total)
-    _add_compensation_biases(model)
+    _add_compensation_biases(model)  # first, so that the budget pays for the added biases too
+    remove = count_params(model) - (1 - ratio) * total
+    gmasks, cmasks = global_select(groups, chans, layer_costs(model, list(range(len(layers)))), remove)
     widths = []
     for i, layer in enumerate(layers):
         g = attn_geom(layer, arch, cfg)
