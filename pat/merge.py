@@ -140,8 +140,8 @@ def merge_check(pat_model: nn.Module, finalized: nn.Module, input_ids: torch.Ten
     """Max abs logit difference between ``pat_model`` with its hard mask and ``finalized`` on ``input_ids``."""
     set_hard(pat_model, True)
     try:
-        a = pat_model(input_ids=input_ids).logits.float()
+        a = pat_model(input_ids=input_ids).logits.double()
     finally:
         set_hard(pat_model, False)
-    b = finalized(input_ids=input_ids.to(next(finalized.parameters()).device)).logits.float()
+    b = finalized(input_ids=input_ids.to(next(finalized.parameters()).device)).logits.double()
     return float((a - b.to(a.device)).abs().max())

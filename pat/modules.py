@@ -156,15 +156,15 @@ class HybridSparsifier(nn.Module):
     def forward(self, *args, **kwargs):
         y = self.inner(*args, **kwargs)  # (B, T, d)
         dtype = y.dtype
-        h = y.float()
+        h = y.to(torch.promote_types(y.dtype, torch.float32))  # fp32 math for bf16/fp16 models
         if self.L0 is not None:
-            z = h @ self.L0.t()  # (B, T, r)
+            z = h @ self.L0.t().to(h.dtype)  # (B, T, r)
             if self.v is not None:
-                z = z * self.v
-            h = h + z @ self.L1.t()
-        h = h * self.mask.gate()
+                z = z * self.v.to(h.dtype)
+            h = h + z @ self.L1.t().to(h.dtype)
+        h = h * self.mask.gate().to(h.dtype)
         if self.s is not None:
-            h = h * self.s
+            h = h * self.s.to(h.dtype)
         return h.to(dtype)
 
     @torch.no_grad()
