@@ -102,6 +102,21 @@ def memory_probe(model_name: str, chunk: int | None) -> dict:
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def table(res: dict) -> str:
+    """A markdown table of a results file (dense first, then each method and ratio)."""
+    rows = ["| method | ratio | achieved param ratio | params | PPL@128 | PPL@2048 | forward time vs dense |",
+            "|---|---|---|---|---|---|---|"]
+    d = res.get("dense")
+    if d:
+        rows.append(f"| dense | 0 | 0 | {d['params']:,} | {d['ppl128']['ppl']:.2f} | {d['ppl2048']['ppl']:.2f} | "
+                    f"{d['time_ratio_vs_dense']:.2f} (dense vs dense: noise) |")
+    for e in res.get("entries", {}).values():
+        extra = f" (d'={e['report']['hidden_after']})" if "hidden_after" in e["report"] else ""
+        rows.append(f"| {e['method']} | {e['ratio']}{extra} | {e['report']['achieved_ratio']:.4f} | {e['params']:,} | "
+                    f"{e['ppl128']['ppl']:.2f} | {e['ppl2048']['ppl']:.2f} | {e['time_ratio_vs_dense']:.2f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -117,7 +132,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-dense", action="store_true", help="skip (re)measuring the dense model")
     ap.add_argument("--memory", action="store_true", help="add the Taylor-scoring memory probe")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = ap.parse_args(argv)
+
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return
 
     if args.memory_probe is not None:
         print(json.dumps(memory_probe(args.model, int(args.memory_probe) or None)))
@@ -158,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
             del model
     if args.memory:
         probes = []
-        for chunk in (0, 1):
+        for chunk in (0, 8):
             r = subprocess.run([sys.executable, "-m", "baselines.measure", "--model", args.model, "--memory-probe",
                                 str(chunk)], capture_output=True, text=True, check=True)
             probes.append(json.loads(r.stdout.strip().splitlines()[-1]))
