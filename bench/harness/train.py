@@ -401,6 +401,7 @@ def run_pipeline(
     stop_after: int | None = None,
     progress: bool = True,
     save_finalized: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Prepare, train and finalize a pipeline of stages under ``budget``; write outputs to ``out_dir``.
 
@@ -417,6 +418,7 @@ def run_pipeline(
         stop_after: stop after this many steps of this invocation (resumable); no finalize then.
         progress: tqdm bar on rank 0.
         save_finalized: write ``model/`` (tests may skip it).
+        extra: merged into ``RunContext.extra`` (e.g. ``heldout_ids`` for PAT's merge check).
     Returns:
         the run record (also written to ``out_dir/run.json``); ``"model"`` is not in it — the finalized model is
         returned under the key ``"_model"`` of the returned dict only.
@@ -444,7 +446,7 @@ def run_pipeline(
                      data_dir=Path(data_dir) if data_dir else None,
                      calibration=lambda n=128, seq_len=budget.seq_len: calibration_tokens(
                          tokenizer, "c4", n, seq_len, budget.seed, data_dir)[0],
-                     extra={"pipeline": names})
+                     extra={"pipeline": names, **(extra or {})})
     torch.manual_seed(budget.seed)
     for i, st in enumerate(stages):
         ctx.extra.update(stage_index=i, phase="prepare")

@@ -1,0 +1,143 @@
+"""``python -m pat tune``: PAT on instruction data, then finalize into a smaller stock Hugging Face model.
+
+Example::
+
+    python -m pat tune --model smollm2-135m --ratio 0.25 --train-data alpaca --max-steps 60 --out runs/pat-25
+
+writes to ``--out``: the finalized model (``config.json``, ``model.safetensors``) and its tokenizer, loadable with
+``AutoModelForCausalLM.from_pretrained``; ``pat_report.json`` (widths, parameters, achieved ratio, merge check);
+``run/run.json`` (budget, losses, throughput, versions) and ``run/method_state/``. An interrupted run resumes from its last
+checkpoint when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+log = logging.getLogger("pat")
+
+
+class UsageError(ValueError):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pat", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("tune", help="PAT-tune a model and write the smaller finalized model")
+    t.add_argument("--model", default="smollm2-135m", help="registered name, local HF directory or hub id")
+    t.add_argument("--ratio", type=float, required=True, help="fraction of hidden channels to remove, in (0, 1)")
+    t.add_argument("--train-data", default="alpaca", help="dataset name in the data directory, a .jsonl file, or a hub id")
+    t.add_argument("--max-steps", type=int, required=True, help="optimizer steps (s0 = 1/3 of them by default)")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--data-dir", default=None, help="data directory (default: $PAT_DATA_DIR)")
+    t.add_argument("--hio-rank", type=int, default=None, help="HIO rank r (default: 5 %% of the hidden size)")
+    t.add_argument("--lora-rank", type=int, default=20)
+    t.add_argument("--lora-alpha", type=float, default=None, help="default: the LoRA rank (scaling 1)")
+    t.add_argument("--align", type=int, default=None, help="kept width multiple (default: num_attention_heads)")
+    t.add_argument("--identity-loss", default="official", choices=["official", "paper", "none"])
+    t.add_argument("--embed-hsm", default="auto", choices=["auto", "full", "mask_only"])
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--global-batch", type=int, default=8)
+    t.add_argument("--micro-batch", type=int, default=8)
+    t.add_argument("--seq-len", type=int, default=128)
+    t.add_argument("--warmup-steps", type=int, default=None, help="default: 5 %% of the steps")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--checkpoint-every", type=int, default=25)
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def _validate(a: argparse.Namespace) -> None:
+    if not 0.0 < a.ratio < 1.0:
+        raise UsageError(f"--ratio {a.ratio}: expected a number in (0, 1), e.g. 0.25")
+    if a.max_steps < 3:
+        raise UsageError(f"--max-steps {a.max_steps}: expected an integer >= 3 (the mask milestone is 1/3 of it)")
+    if a.hio_rank is not None and a.hio_rank < 1:
+        raise UsageError(f"--hio-rank {a.hio_rank}: expected an integer >= 1 and at most the hidden size")
+    if a.lora_rank < 0:
+        raise UsageError(f"--lora-rank {a.lora_rank}: expected an integer >= 0")
+    td = a.train_data
+    if (td.endswith(".jsonl") or os.sep in td) and not Path(td).expanduser().exists():
+        raise UsageError(f"--train-data {td}: file not found")
+
+
+def _heldout_ids(tokenizer, data_dir, n: int = 2, seq_len: int = 128):
+    """Tokens the merge check runs on: the start of WikiText-2 test (never trained on)."""
+    import torch
+
+    from bench.harness.datadir import DataError, dataset_path
+
+    try:
+        path = dataset_path("wikitext2", data_dir)
+        text = "".join(json.loads(line)["text"] for _, line in zip(range(400), open(path, encoding="utf-8")))
+    except DataError:
+        text = "The quick brown fox jumps over the lazy dog. " * 64
+    ids = tokenizer(text, return_tensors="pt").input_ids[0, : n * seq_len]
+    return ids.reshape(n, -1) if ids.numel() == n * seq_len else ids[None]
+
+
+def tune(a: argparse.Namespace) -> dict:
+    import torch
+
+    from bench.harness.budget import TrainBudget
+    from bench.harness.train import run_pipeline, save_model, write_json_atomic
+    from pat.config import PATConfig
+    from pat.method import PATMethod
+    from pat.models import load
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, tok = load(a.model)
+    if a.hio_rank is not None and a.hio_rank > model.config.hidden_size:
+        raise UsageError(f"--hio-rank {a.hio_rank}: expected at most the hidden size {model.config.hidden_size}")
+    cfg = PATConfig(prune_ratio=a.ratio, hio_rank=a.hio_rank, lora_rank=a.lora_rank, align=a.align,
+                    lora_alpha=a.lora_alpha if a.lora_alpha is not None else float(a.lora_rank),
+                    identity_loss=a.identity_loss, embed_hsm=a.embed_hsm)
+    warmup = a.warmup_steps if a.warmup_steps is not None else max(1, a.max_steps // 20)
+    budget = TrainBudget(steps=a.max_steps, global_batch=a.global_batch, micro_batch=a.micro_batch, seq_len=a.seq_len,
+                         lr=a.lr, warmup_steps=warmup, seed=a.seed)
+    out = Path(a.out)
+    method = PATMethod(cfg)
+    # training state (checkpoints, run.json, method_state/) lives in OUT/run; the model files go to OUT itself
+    rec = run_pipeline(model, [method], budget, a.train_data, out / "run", data_dir=a.data_dir, tokenizer=tok,
+                       checkpoint_every=a.checkpoint_every, save_finalized=False,
+                       extra={"heldout_ids": _heldout_ids(tok, a.data_dir)})
+    small = rec.pop("_model", None)
+    if small is None:
+        raise RuntimeError(f"training stopped before the end ({rec.get('status')}); rerun the command to resume")
+    staging = out.with_name(out.name + ".staging")
+    save_model(small, tok, staging)
+    os.replace(out / "run", staging / "run")
+    shutil.rmtree(out)
+    os.replace(staging, out)
+    r = method.report()
+    report = {
+        "model": a.model, "ratio": a.ratio, **{k: r.get(k) for k in (
+            "hidden_size_before", "hidden_size_after", "params_before", "params_after", "achieved_ratio",
+            "param_ratio", "merge_max_abs_logit_diff", "target_keep", "hio_rank", "lora_rank", "milestone_step",
+            "active_at_s0", "snap_changed", "embed_hsm")},
+        "config": cfg.to_dict(), "final_loss": rec.get("final_loss"), "steps": rec.get("steps_done"),
+    }
+    write_json_atomic(out / "pat_report.json", report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    a = _parser().parse_args(argv)
+    try:
+        _validate(a)
+        report = tune(a)
+    except (UsageError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: report[k] for k in ("hidden_size_before", "hidden_size_after", "params_before",
+                                             "params_after", "achieved_ratio", "merge_max_abs_logit_diff")}))
+    return 0

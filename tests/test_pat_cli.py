@@ -1,0 +1,58 @@
+"""``python -m pat tune`` end to end on a tiny Llama with SmolLM2's tokenizer, and its argument errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pat.cli import main
+from tests.tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smollm2):
+    _, tok = smollm2
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama-gqa-tied", vocab_size=len(tok)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_tune_writes_a_stock_smaller_model_and_report(tiny_dir, tmp_path):
+    out = tmp_path / "pat"
+    rc = main(["tune", "--model", str(tiny_dir), "--ratio", "0.25", "--train-data", "alpaca", "--max-steps", "6",
+               "--global-batch", "2", "--micro-batch", "2", "--seq-len", "128", "--hio-rank", "4", "--lora-rank", "2",
+               "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "pat_report.json").read_text())
+    assert rep["hidden_size_before"] == 48 and rep["hidden_size_after"] == 36 and rep["achieved_ratio"] == 0.25
+    assert rep["params_after"] < rep["params_before"]
+    assert rep["active_at_s0"] == 36
+    assert rep["merge_max_abs_logit_diff"] <= 1e-4
+    run = json.loads((out / "run" / "run.json").read_text())
+    assert run["status"] == "success" and run["budget"]["steps"] == 6
+    model = AutoModelForCausalLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out)
+    assert model.config.hidden_size == 36 and type(model).__name__ == "LlamaForCausalLM"
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ratio", "1.2"], "--ratio 1.2: expected a number in (0, 1)"),
+    (["--ratio", "0"], "--ratio 0.0: expected a number in (0, 1)"),
+    (["--hio-rank", "0"], "--hio-rank 0"),
+    (["--train-data", "/no/such/file.jsonl"], "file not found"),
+])
+def test_bad_arguments_exit_nonzero_with_one_line(args, message, tmp_path):
+    base = {"--ratio": "0.25", "--max-steps": "6", "--out": str(tmp_path / "o")}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    argv = [sys.executable, "-m", "pat", "tune"] + [x for kv in base.items() for x in kv]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0]
+    assert "Traceback" not in p.stderr
