@@ -253,6 +253,57 @@ def test_pat_resume_same_mask_and_exact_width(tmp_path):
     del get_mask
 
 
+
+
+class ShrinkStage(GateStage):
+    """A test pruner: at finalize, keeps only the first half of layer 0's MLP channels (non-uniform widths)."""
+
+    name = "shrink"
+
+    def finalize(self, model, ctx):
+        from baselines.lora import merge_lora
+
+        model = merge_lora(model)
+        mlp = model.model.layers[0].mlp
+        keep = mlp.gate_proj.out_features // 2
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = nn.Linear(old.in_features, keep, bias=False)
+            new.weight.data.copy_(old.weight.data[:keep])
+            setattr(mlp, name, new)
+        new = nn.Linear(keep, mlp.down_proj.out_features, bias=False)
+        new.weight.data.copy_(mlp.down_proj.weight.data[:, :keep])
+        mlp.down_proj = new
+        return model
+
+
+def test_non_uniform_model_is_saved_in_pruned_format(tmp_path):
+    pruned_io = pytest.importorskip("baselines.pruned_io")
+    rec = run(tmp_path, stages=[LoRAStage(rank=4, dropout=0.0), ShrinkStage()], b=budget(steps=2, warmup_steps=0),
+              checkpoint_every=0)
+    assert rec["model_format"] == "pruned" and pruned_io.is_pruned_checkpoint(tmp_path / "run" / "model")
+    reloaded = pruned_io.load_pruned(tmp_path / "run" / "model").eval()
+    x = torch.randint(2, VOCAB, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, rec["_model"](x).logits, atol=1e-5, rtol=1e-5)
+    assert reloaded.model.layers[0].mlp.down_proj.in_features == 48 and rec["total_params_after"] < rec["total_params_before"]
+
+
+def test_registry_builds_stages_lazily():
+    from bench.harness.registry import make_pipeline, make_stage, methods, stage_class
+
+    assert {"pat", "lora"} <= set(methods())
+    assert stage_class("lora") is LoRAStage and make_stage("lora", rank=8).cfg.rank == 8
+    stages = make_pipeline(["lora"], {"lora": {"rank": 2, "dropout": 0.0}})
+    assert isinstance(stages[0], LoRAStage) and stages[0].cfg.rank == 2
+    with pytest.raises(ValueError, match="unknown method/stage 'nope'; known: .*lora"):
+        stage_class("nope")
+    with pytest.raises(ValueError, match="not in the pipeline"):
+        make_pipeline(["lora"], {"pat": {}})
+    with pytest.raises(ValueError, match="lora rank must be a positive integer"):
+        make_stage("lora", rank=0)
+
+
 if __name__ == "__main__":  # the killed child of test_resume_after_kill
     torch.set_num_threads(1)
     _child(sys.argv[1], int(sys.argv[2]))

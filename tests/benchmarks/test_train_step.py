@@ -28,6 +28,7 @@ from bench.harness.method import RunContext
 from bench.harness.train import _lm_loss_sum, collect_trainable, make_optimizer
 
 BATCH, SEQ, ROUNDS = 8, 128, 3
+THREADS = int(os.environ.get("PAT_BENCH_THREADS", "1"))  # one thread: fastest and steadiest on a shared CPU
 GOAL = 0.87  # PAT tokens/s / LoRA tokens/s
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,6 +94,7 @@ def _peak_memory(which: str) -> dict:
 def test_pat_vs_lora_train_step(benchmark, smollm2):
     model, tok = smollm2
     dev = _device()
+    torch.set_num_threads(THREADS)
     lora = Stepper(copy.deepcopy(model), tok, "lora", dev)
     pat = Stepper(copy.deepcopy(model), tok, "pat", dev)
     assert abs(pat.trainable / lora.trainable - 1) < 0.05  # matched trainable parameters
@@ -121,6 +123,7 @@ if __name__ == "__main__":  # peak-memory child: python tests/benchmarks/test_tr
     from pat.models import load
 
     dev = _device()
+    torch.set_num_threads(THREADS)
     model, tok = load("smollm2-135m")
     s = Stepper(model, tok, sys.argv[1], dev)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
