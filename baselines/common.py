@@ -21,7 +21,7 @@ from pat.arch import ArchSpec, base_model, decoder_layers, get_arch, get_module,
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------------------------------------------- shapes
+# ------------------------------------------------------------------------------------------------------ shapes
 def count_params(model: nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     seen: set[int] = set()
@@ -59,7 +59,7 @@ def attn_module_path(arch: ArchSpec) -> str:
 
 
 def group_q_rows(groups: torch.Tensor, geom: AttnGeom) -> torch.Tensor:
-    """Row indices of ``q_proj`` (= columns of ``o_proj``) belonging to KV groups ``groups`` (sorted), shape (k*g*hd,)."""
+    """Rows of ``q_proj`` (= columns of ``o_proj``) of the KV groups ``groups`` (sorted), shape (k*g*hd,)."""
     heads = (groups[:, None] * geom.group + torch.arange(geom.group)[None, :]).reshape(-1)
     return (heads[:, None] * geom.hd + torch.arange(geom.hd)[None, :]).reshape(-1)
 
@@ -138,7 +138,8 @@ def layer_range(n_layers: int, start: int | None = None, end: int | None = None)
     s = round(4 * n_layers / 32) if start is None else start
     e = round(30 * n_layers / 32) if end is None else end
     if not 0 <= s < e <= n_layers:
-        raise ValueError(f"layer range [{s}, {e}) is invalid for {n_layers} layers; expected 0 <= start < end <= n_layers")
+        raise ValueError(f"layer range [{s}, {e}) is invalid for {n_layers} layers; "
+                         "expected 0 <= start < end <= n_layers")
     return s, e
 
 
@@ -160,10 +161,12 @@ def layer_costs(model: nn.Module, layers: list[int]) -> list[LayerCost]:
         layer = decoder_layers(model, arch)[i]
         g = attn_geom(layer, arch, cfg)
         q_rows = g.group * g.hd
-        per_group = sum(_row_params(get_module(layer, p)) * (q_rows if j == 0 else g.hd) for j, p in enumerate(arch.attn_in))
+        per_group = sum(_row_params(get_module(layer, p)) * (q_rows if j == 0 else g.hd)
+                        for j, p in enumerate(arch.attn_in))
         per_group += get_module(layer, arch.attn_out).out_features * q_rows
         n_ch = get_module(layer, arch.mlp_out).in_features
-        per_ch = sum(_row_params(get_module(layer, p)) for p in arch.mlp_in) + get_module(layer, arch.mlp_out).out_features
+        per_ch = sum(_row_params(get_module(layer, p)) for p in arch.mlp_in)
+        per_ch += get_module(layer, arch.mlp_out).out_features
         out.append(LayerCost(g.n_kv, per_group, n_ch, per_ch))
     return out
 
@@ -238,7 +241,8 @@ def apply_uniform(model: nn.Module, layers: list[int], group_scores: list[torch.
     return out
 
 
-def prune_layer(layer: nn.Module, arch: ArchSpec, config, keep_groups: torch.Tensor, keep_channels: torch.Tensor) -> None:
+def prune_layer(layer: nn.Module, arch: ArchSpec, config, keep_groups: torch.Tensor,
+                keep_channels: torch.Tensor) -> None:
     g = attn_geom(layer, arch, config)
     if keep_groups.numel() < g.n_kv:
         prune_attention_groups(layer, arch, config, keep_groups)

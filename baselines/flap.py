@@ -1,4 +1,5 @@
-"""FLAP: fluctuation-based adaptive structured pruning (An et al., AAAI 2024), as in CASIA-IVA-Lab/FLAP ``lib/prune.py``.
+"""FLAP: fluctuation-based adaptive structured pruning (An et al., AAAI 2024), after CASIA-IVA-Lab/FLAP
+``lib/prune.py``.
 
 - **Statistics.** For the inputs of ``o_proj`` and ``down_proj``: per-channel mean and variance over all calibration
   tokens (the "fluctuation"; 128 C4 windows of 128 tokens by default; FLAP used 1024 WikiText-2 train windows).
@@ -97,7 +98,8 @@ def _add_compensation_biases(model: nn.Module) -> None:
     arch, cfg = get_arch(model), model.config
     attn_flag, mlp_flag = hasattr(cfg, "attention_bias"), hasattr(cfg, "mlp_bias")
     for layer in decoder_layers(model, arch):
-        paths = [arch.attn_out, arch.mlp_out] + (list(arch.attn_in) if attn_flag else []) + (list(arch.mlp_in) if mlp_flag else [])
+        paths = [arch.attn_out, arch.mlp_out]
+        paths += (list(arch.attn_in) if attn_flag else []) + (list(arch.mlp_in) if mlp_flag else [])
         for p in paths:
             _ensure_bias(get_module(layer, p))
     if attn_flag:

@@ -85,7 +85,8 @@ def _lm_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def taylor_scores(model: nn.Module, calibration: torch.Tensor, layers: list[int], kind: str = "first",
-                  mode: str = "element", chunk_layers: int | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                  mode: str = "element", chunk_layers: int | None = None
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Taylor group importance of ``layers`` on ``calibration`` (n, seq_len).
 
     Only the linears of at most ``chunk_layers`` layers hold gradients at a time (one forward/backward per chunk).

@@ -67,7 +67,8 @@ def ppl(model, tok, seq_len: int, max_tokens: int, batch: int) -> dict:
 def evaluate(model, dense, tok, args) -> dict:
     from baselines.common import count_params
 
-    ids = torch.randint(0, tok.vocab_size, (args.time_batch, args.time_seq), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, tok.vocab_size, (args.time_batch, args.time_seq), generator=gen)
     t_dense, t_model = [], []
     for _ in range(2):  # interleave to share the machine's load between both
         t_dense.append(forward_seconds(dense, ids, args.time_reps))
@@ -133,7 +134,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory", action="store_true", help="add the Taylor-scoring memory probe")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
+    ap.add_argument("--merge", default="", help="comma-separated result files whose entries are merged into --out")
     args = ap.parse_args(argv)
+
+    if args.merge:
+        out = Path(args.out)
+        res = json.loads(out.read_text()) if out.exists() else {"entries": {}}
+        for part in args.merge.split(","):
+            other = json.loads(Path(part).read_text())
+            res.setdefault("entries", {}).update(other.get("entries", {}))
+            res.setdefault("parts", []).append({"file": part, "command": other.get("command")})
+            res.setdefault("taylor_memory", other.get("taylor_memory")) if other.get("taylor_memory") else None
+        write_json(out, res)
+        return
 
     if args.table:
         print(table(json.loads(Path(args.out).read_text())))
@@ -151,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     res = json.loads(out.read_text()) if out.exists() else {}
     res.setdefault("entries", {})
-    res.update(model=args.model, command="python -m baselines.measure " + " ".join(sys.argv[1:] if argv is None else argv),
+    cmd = "python -m baselines.measure " + " ".join(sys.argv[1:] if argv is None else argv)
+    res.update(model=args.model, command=cmd,
                torch=torch.__version__, threads=torch.get_num_threads(),
                ppl_protocol={"dataset": "wikitext2 test", "max_tokens_128": args.max_tokens_128,
                              "max_tokens_2048": args.max_tokens_2048, "stride": "seq_len (non-overlapping)"})
@@ -174,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
             res["entries"][f"{method}@{ratio}"] = entry
             write_json(out, res)
             print(method, ratio, "params", entry["params"], "ppl128", round(entry["ppl128"]["ppl"], 2),
-                  "ppl2048", round(entry["ppl2048"]["ppl"], 2), "time", round(entry["time_ratio_vs_dense"], 3), flush=True)
+                  "ppl2048", round(entry["ppl2048"]["ppl"], 2), "time", round(entry["time_ratio_vs_dense"], 3),
+                  flush=True)
             del model
     if args.memory:
         probes = []

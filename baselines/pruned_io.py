@@ -101,7 +101,8 @@ def needs_pruned_format(model: nn.Module) -> bool:
 
 
 def save_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike | None = None) -> Path:
-    """Save ``model`` (and ``tokenizer``) to ``out_dir`` atomically: plain HF when stock-loadable, else the manifest format.
+    """Save ``model`` (and ``tokenizer``) to ``out_dir`` atomically: plain HF when stock-loadable, else the manifest
+    format.
 
     ``save_pruned(model, out_dir)`` (no tokenizer) is accepted too.
 
@@ -156,7 +157,8 @@ def _reshape_layer(layer: nn.Module, entry: dict, arch, config, dtype: torch.dty
     wrapper = entry.get("wrapper")
     if wrapper is not None:
         if wrapper.get("kind") != "shortcut":
-            raise PrunedCheckpointError(f"layers[{index}].wrapper.kind: unknown '{wrapper.get('kind')}'; expected 'shortcut'")
+            raise PrunedCheckpointError(f"layers[{index}].wrapper.kind: unknown '{wrapper.get('kind')}'; "
+                                        "expected 'shortcut'")
         from baselines.slicegpt import ShortcutDecoderLayer
 
         layer = ShortcutDecoderLayer.from_manifest(layer, arch, wrapper, dtype)
@@ -165,7 +167,8 @@ def _reshape_layer(layer: nn.Module, entry: dict, arch, config, dtype: torch.dty
             raise PrunedCheckpointError(f"layers[{index}].linears.{name}: expected [in, out, has_bias], got {spec!r}")
         n_in, n_out, bias = spec
         set_module(layer, name, nn.Linear(int(n_in), int(n_out), bias=bool(bias), dtype=dtype))
-    set_attn_counts(get_module(layer, attn_module_path(arch)), int(entry["num_heads"]), int(entry["num_key_value_heads"]))
+    attn = get_module(layer, attn_module_path(arch))
+    set_attn_counts(attn, int(entry["num_heads"]), int(entry["num_key_value_heads"]))
     return layer
 
 
@@ -181,14 +184,16 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     path = Path(path)
     manifest = json.loads((path / MANIFEST).read_text())
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise PrunedCheckpointError(f"{path / MANIFEST}: format/version {manifest.get('format')}/{manifest.get('version')}; "
+        raise PrunedCheckpointError(f"{path / MANIFEST}: format/version "
+                                    f"{manifest.get('format')}/{manifest.get('version')}; "
                                     f"expected {FORMAT}/{VERSION}")
     cfg = _load_config(path, manifest)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     arch = get_arch(model)
     layers = decoder_layers(model, arch)
     if len(manifest["layers"]) != len(layers):
-        raise PrunedCheckpointError(f"{MANIFEST}: layers has {len(manifest['layers'])} entries; config has {len(layers)} layers")
+        raise PrunedCheckpointError(f"{MANIFEST}: layers has {len(manifest['layers'])} entries; "
+                                    f"config has {len(layers)} layers")
     for i, entry in enumerate(manifest["layers"]):
         layers[i] = _reshape_layer(layers[i], entry, arch, cfg, dtype, i)
     if manifest.get("tie_word_embeddings"):

@@ -63,8 +63,9 @@ class ShortcutDecoderLayer(nn.Module):
                 "mlp_shortcut_Q": list(self.mlp_shortcut_Q.shape)}
 
     @classmethod
-    def from_manifest(cls, layer: nn.Module, arch: ArchSpec, entry: dict, dtype: torch.dtype) -> "ShortcutDecoderLayer":
-        return cls(layer, arch, torch.zeros(entry["attn_shortcut_Q"], dtype=dtype), torch.zeros(entry["mlp_shortcut_Q"], dtype=dtype))
+    def from_manifest(cls, layer: nn.Module, arch: ArchSpec, entry: dict, dtype: torch.dtype) -> ShortcutDecoderLayer:
+        attn_q = torch.zeros(entry["attn_shortcut_Q"], dtype=dtype)
+        return cls(layer, arch, attn_q, torch.zeros(entry["mlp_shortcut_Q"], dtype=dtype))
 
 
 # --------------------------------------------------------------------------------------------------- norm folding
@@ -232,7 +233,8 @@ def _slice_layer(layer: nn.Module, arch: ArchSpec, Q: torch.Tensor, xs: list, kw
     return wrapped, Qn, [o @ Qn for o in out]
 
 
-def prune(model: nn.Module, ratio: float, calibration, round_to: int = 8, batch_size: int = 8) -> tuple[nn.Module, dict]:
+def prune(model: nn.Module, ratio: float, calibration, round_to: int = 8,
+          batch_size: int = 8) -> tuple[nn.Module, dict]:
     """SliceGPT: fold norms, then rotate and slice ``ratio`` of the hidden dimension (in place).
 
     Args:

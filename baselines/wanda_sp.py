@@ -24,7 +24,8 @@ from pat.arch import base_model, decoder_layers, get_arch, get_module
 log = logging.getLogger(__name__)
 
 
-def wanda_scores(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def wanda_scores(model: nn.Module, calibration: torch.Tensor,
+                 batch_size: int = 8) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per layer: KV-group scores (n_kv,) and MLP-channel scores (intermediate,)."""
     model = base_model(model)
     arch, cfg = get_arch(model), model.config
@@ -43,7 +44,8 @@ def wanda_scores(model: nn.Module, calibration: torch.Tensor, batch_size: int = 
     return groups, chans
 
 
-def prune(model: nn.Module, ratio: float, calibration, batch_size: int = 8, tol: float = 0.01) -> tuple[nn.Module, dict]:
+def prune(model: nn.Module, ratio: float, calibration, batch_size: int = 8,
+          tol: float = 0.01) -> tuple[nn.Module, dict]:
     """Wanda-SP: remove ``ratio`` of the whole model's parameters with one uniform ratio over all layers (in place).
 
     Args:
@@ -62,7 +64,8 @@ def prune(model: nn.Module, ratio: float, calibration, batch_size: int = 8, tol:
     widths = apply_uniform(model, layers, groups, chans, sol["attn_ratio"], sol["mlp_ratio"])
     after = count_params(model)
     report = {
-        "method": "wanda_sp", "target_ratio": ratio, "group_ratio": sol["group_ratio"], "attn_ratio": sol["attn_ratio"],
+        "method": "wanda_sp", "target_ratio": ratio, "group_ratio": sol["group_ratio"],
+        "attn_ratio": sol["attn_ratio"],
         "mlp_ratio": sol["mlp_ratio"], "params_before": total, "params_after": after,
         "achieved_ratio": 1 - after / total, "widths": widths, "calibration_shape": list(calibration.shape),
         "score_seconds": round(t_score, 3),

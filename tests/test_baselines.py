@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from baselines import STAGE_CLASSES, flap, llm_pruner, pruned_io, slicegpt, wanda_sp
 from baselines.common import (
-    LayerCost, attn_geom, attn_module_path, count_params, get_module, group_q_rows, prune_attention_groups, prune_mlp_channels,
+    LayerCost, attn_geom, attn_module_path, count_params, get_module, group_q_rows, prune_attention_groups,
+    prune_mlp_channels,
     solve_uniform_ratio,
 )
 from bench.harness.method import Method, RunContext

@@ -33,7 +33,8 @@ def _source_file(source: str, data_dir: str | os.PathLike | None) -> tuple[Path,
     if source == "wikitext2_train":
         path = resolve_data_dir(data_dir) / WIKITEXT2_TRAIN
         if not path.is_file():
-            raise DataError(f"calibration source 'wikitext2_train': {path} does not exist (the data directory ships only "
+            raise DataError(f"calibration source 'wikitext2_train': {path} does not exist "
+                            "(the data directory ships only "
                             "the WikiText-2 test split); fix: use source='c4' or add the train split as that file")
         return path, sha256_file(path)
     raise ValueError(f"calibration source: unknown '{source}'; expected one of {', '.join(SOURCES)}")
@@ -81,6 +82,7 @@ def load_calibration(
         windows.append(rest[:seq_len])
         rest = rest[seq_len:]
     if len(windows) < n:
-        raise ValueError(f"calibration source '{source}' gives only {len(windows)} windows of {seq_len} tokens; need n={n}")
+        raise ValueError(f"calibration source '{source}' gives only {len(windows)} windows of {seq_len} tokens; "
+                         f"need n={n}")
     tokens = torch.tensor(windows[:n], dtype=torch.long)
     return tokens, {"source": source, "sha256": sha, "n": n, "seq_len": seq_len, "seed": seed}
