@@ -8,6 +8,7 @@ with the ``num_key_value_groups`` query heads that read it; removing a group kee
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -343,6 +344,10 @@ class OneShotStage:
         self.ratio = float(ratio)
         self.calib_n = calib_n or type(self).calib_n
         self.calib_len = calib_len or type(self).calib_len
+        known = set(inspect.signature(type(self).prune_fn).parameters) - {"model", "ratio", "calibration"}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown option(s) {unknown}; expected some of {sorted(known)}")
         self.opts = opts
         self._report: dict = {}
 

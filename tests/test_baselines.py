@@ -186,7 +186,9 @@ def test_bad_inputs_name_the_field():
     with pytest.raises(ValueError, match="layer range"):
         llm_pruner.prune(m, 0.2, CALIB, layer_start=1, layer_end=9)
     with pytest.raises(ValueError, match="ratio"):
-        STAGE_CLASSES and llm_pruner.LLMPrunerStage(ratio=1.2)
+        llm_pruner.LLMPrunerStage(ratio=1.2)
+    with pytest.raises(ValueError, match="taylor"):
+        llm_pruner.LLMPrunerStage(ratio=0.2, taylor="param_first")
 
 
 def test_calibration_loader(smollm2_tokenizer):
