@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import tomllib
@@ -127,3 +128,14 @@ def test_paper_table_matches_the_spec_transcription():
         cells = [c.strip().strip("*") for c in ln.strip("|").split("|")]
         spec_rows.append([float(c) for c in cells[3:8]])
     assert spec_rows == [r["values"] for r in data["row"]]
+
+
+def test_timings_on_a_loaded_host_are_flagged(tmp_path):
+    for f in FIX.glob("*.json"):
+        r = json.loads(f.read_text())
+        if r.get("throughput"):
+            r["throughput"]["host_load"] = {"loadavg_1min_before": 9.0, "loadavg_1min_after": 8.0, "cpu_count": 2}
+        (tmp_path / f.name).write_text(json.dumps(r))
+    md = REP.build_report(tmp_path, "smoke").read_text()
+    assert "**Warning:** 3 run(s) were timed while the host's load average exceeded its core count" in md
+    assert "(UNRELIABLE: timed on a loaded host)" in md

@@ -109,6 +109,13 @@ def tasks_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _loaded(tp: dict[str, Any]) -> bool:
+    """True when the host's 1-min load average exceeded its core count while timing (timings unreliable)."""
+    h = tp.get("host_load") or {}
+    n = h.get("cpu_count") or 0
+    return bool(n) and max(h.get("loadavg_1min_before", 0), h.get("loadavg_1min_after", 0)) > n
+
+
 def throughput_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
@@ -123,7 +130,8 @@ def throughput_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
                          "oom": bool(p.get("oom")), "device": tp["device"].get("kind"), "device_name": tp["device"].get("name"),
                          "comparable": tp["device"].get("comparable"), "weights_mb": tp["memory"]["weights_bytes"] / 2**20,
                          "cuda_mb": (tp["memory"].get("cuda_allocated_bytes") or 0) / 2**20 or None,
-                         "decode_tok_s": (tp.get("decode") or {}).get("decode_tokens_per_s"), "params": tp.get("params")})
+                         "decode_tok_s": (tp.get("decode") or {}).get("decode_tokens_per_s"), "params": tp.get("params"),
+                         "loaded": _loaded(tp)})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -273,9 +281,12 @@ def claims_table(runs: pd.DataFrame, tp: pd.DataFrame, value: str = "acc") -> pd
             d = tp[(tp["model"] == model) & (tp["family"] == "PAT") & ((tp["ratio"] - 0.25).abs() < 1e-9) & ~tp["oom"]].dropna(subset=["speedup"])
             if not d.empty:
                 best = d.loc[d["speedup"].idxmax()]
+                sel = (tp["model"] == model) & ((tp["run_id"] == best["run_id"]) | (tp["family"] == "Dense"))
+                loaded = bool(tp[sel]["loaded"].any())
                 rows.append({"claim": "25 % model: prefill speedup (paper: 1.33x; bound 1/(1-r) = 1.33x)", "paper (Llama2-7B)": 1.33,
                              "model": model, "ours": best["speedup"], "± 1 s.e.": None,
-                             "PAT beats it here": f"best at batch {int(best['batch_size'])} on {best['device']}"})
+                             "PAT beats it here": f"best at batch {int(best['batch_size'])} on {best['device']}"
+                             + (" (UNRELIABLE: timed on a loaded host)" if loaded else "")})
     return pd.DataFrame(rows)
 
 
@@ -414,6 +425,9 @@ def _throughput_section(tp: pd.DataFrame) -> list[str]:
     t = t.merge(mem, on=["model", "ratio", "method", "mode"])
     t["bound 1/(1-r)"] = 1 / (1 - t["ratio"])
     ctx = ", ".join(str(int(c)) for c in sorted(tp["context"].dropna().unique()))
+    if tp["loaded"].any():
+        note += (f" **Warning:** {tp[tp['loaded']]['run_id'].nunique()} run(s) were timed while the host's load average "
+                 "exceeded its core count; their speedups are not reliable (rerun `python -m bench.harness.throughput` on a quiet machine).")
     return [f"## Throughput: prefill speedup vs the dense model (context {ctx}, median of repeats)", "",
             f"Device: {tp['device_name'].iloc[0]} ({dev}).{note} The bound 1/(1-r) is the linear-dominated limit.", "",
             to_markdown(t, digits=2)]

@@ -22,6 +22,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -163,6 +164,7 @@ def measure(model: nn.Module, batch_sizes: list[int] = (1, 8), context: int = 12
     rec: dict[str, Any] = {"device": device_label(device), "memory": memory_bytes(model), "params": param_count(model),
                            "macs": macs(model, context), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                            "protocol": {"context": context, "repeats": repeats, "warmup": warmup, "statistic": "median"}}
+    load0 = os.getloadavg()[0]  # contention makes CPU timings meaningless; the report flags loaded hosts
     rec["prefill"] = []
     for b in batch_sizes:
         try:
@@ -172,6 +174,7 @@ def measure(model: nn.Module, batch_sizes: list[int] = (1, 8), context: int = 12
             rec["prefill"].append({"batch_size": int(b), "context": context, "oom": True})
     if decode_tokens:
         rec["decode"] = decode_speed(model, 1, context, decode_tokens, repeats, warmup, seed)
+    rec["host_load"] = {"loadavg_1min_before": load0, "loadavg_1min_after": os.getloadavg()[0], "cpu_count": os.cpu_count()}
     return rec
 
 

@@ -36,6 +36,7 @@ def test_record_structure_and_analytic_macs():
     assert rec["decode"]["new_tokens"] == 3 and rec["decode"]["decode_tokens_per_s"] > 0
     assert rec["device"] == {**rec["device"], "kind": "cpu", "comparable": False}
     assert "not comparable" in rec["device"]["note"]
+    assert rec["host_load"]["cpu_count"] == os.cpu_count() and rec["host_load"]["loadavg_1min_before"] >= 0
 
 
 def test_smaller_model_has_fewer_macs_and_weights():
