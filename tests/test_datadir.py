@@ -78,6 +78,7 @@ def test_missing_dataset_names_dataset_path_and_fix(tmp_path):
 
 def test_no_data_dir_at_all(monkeypatch):
     monkeypatch.delenv("PAT_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # offline: no hub fallback, never a download attempt
     with pytest.raises(DataError, match="no data directory: pass --data-dir DIR or set PAT_DATA_DIR"):
         ev.evaluate_tasks(ExplodingModel(), None, ["piqa"])
 
@@ -118,3 +119,17 @@ def test_cli_bad_arguments(tmp_path, args, needle):
     r = _cli("--model", "smollm2-135m", "--out", str(tmp_path / "o.json"), *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert needle in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+
+
+def test_hub_fallback_only_without_data_dir_and_online(monkeypatch):
+    monkeypatch.delenv("PAT_DATA_DIR", raising=False)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    assert ev.resolve_task_files(["piqa", "paper_arc_easy"]) == {"piqa": None, "paper_arc_easy": None}
+    stock = ev.task_yaml_text("piqa", None)
+    assert "dataset_path" not in stock and "data_files" not in stock and str(ev.stock_yaml_path("piqa")) in stock
+    paper = ev.task_yaml_text("paper_arc_easy", None)
+    assert 'dataset_path: "allenai/ai2_arc"' in paper and 'dataset_name: "ARC-Easy"' in paper
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="no data directory"):
+        ev.resolve_task_files(["piqa"])

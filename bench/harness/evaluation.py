@@ -12,6 +12,10 @@
   are not comparable with log-likelihood numbers.
 
 The model is passed in memory (``HFLM(pretrained=model, tokenizer=tokenizer)``) and run by ``simple_evaluate``.
+Data: every task reads its sha256-checked file from the data directory (``data_dir``, else ``$PAT_DATA_DIR``).
+Only when neither is set and the hub is online (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` unset) do the tasks
+fall back, with a warning, to the stock tasks' Hugging Face hub datasets (recorded as ``hub:<dataset>``).
+
 ``limit`` takes a seeded random subset of doc ids (``random.Random(seed).sample``, then sorted) that is recorded
 in the result; ``None`` evaluates every document.
 """
@@ -108,14 +112,34 @@ def _q(value) -> str:
     return json.dumps(str(value))  # a JSON string is a valid YAML scalar
 
 
-def task_yaml_text(task: str, data_file: Path) -> str:
-    """YAML text of one task config over ``data_file`` (standard: includes the stock YAML; paper: the letter base)."""
+def _hub_online() -> bool:
+    return all(os.environ.get(v, "0") in ("0", "", "false", "False") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _stock_dataset(name: str) -> tuple[str, str | None]:
+    """``(dataset_path, dataset_name)`` of the stock task: its Hugging Face hub dataset."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(stock_yaml_path(name), resolve_func=False)
+    return cfg["dataset_path"], cfg.get("dataset_name")
+
+
+def task_yaml_text(task: str, data_file: Path | None) -> str:
+    """YAML text of one task over ``data_file`` (standard: includes the stock YAML; paper: the letter base).
+
+    ``data_file=None`` keeps the stock task's hub dataset (the online fallback).
+    """
     name = base_task(task)
     split = SPLIT[name]
-    lines = [f"task: {task}", "dataset_path: json", "dataset_name: null",
-             "dataset_kwargs:", "  data_files:", f"    {split}: {_q(data_file)}", "training_split: null"]
-    lines += [f"validation_split: {_q(split) if split == 'validation' else 'null'}",
-              f"test_split: {_q(split) if split == 'test' else 'null'}", "fewshot_split: null"]
+    lines = [f"task: {task}", "training_split: null", "fewshot_split: null",
+             f"validation_split: {_q(split) if split == 'validation' else 'null'}",
+             f"test_split: {_q(split) if split == 'test' else 'null'}"]
+    if data_file is not None:
+        lines += ["dataset_path: json", "dataset_name: null", "dataset_kwargs:", "  data_files:",
+                  f"    {split}: {_q(data_file)}"]
+    elif protocol_of(task) == LETTER_PROTOCOL:
+        path, ds_name = _stock_dataset(name)
+        lines += [f"dataset_path: {_q(path)}", f"dataset_name: {_q(ds_name) if ds_name else 'null'}"]
     if protocol_of(task) == LOGLIK_PROTOCOL:
         lines.insert(0, f"include: {_q(stock_yaml_path(name))}")
         lines.append(f"metric_list: {json.dumps(ACC_METRICS)}")
@@ -131,14 +155,22 @@ def task_yaml_text(task: str, data_file: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def resolve_task_files(tasks: list[str], data_dir=None) -> dict[str, Path]:
-    """sha256-checked local file of each task (raises ``DataError`` naming the dataset, path and fix)."""
+def resolve_task_files(tasks: list[str], data_dir=None) -> dict[str, Path | None]:
+    """sha256-checked local file of each task (raises ``DataError`` naming the dataset, path and fix).
+
+    Only when no data directory is configured at all (no argument, no ``$PAT_DATA_DIR``) and the hub is online
+    (neither ``HF_HUB_OFFLINE`` nor ``HF_DATASETS_OFFLINE`` set) each task maps to None: the stock hub dataset.
+    """
+    if data_dir is None and not os.environ.get("PAT_DATA_DIR") and _hub_online():
+        log.warning("no data directory (--data-dir / PAT_DATA_DIR): falling back to the stock tasks' hub datasets")
+        return {t: None for t in tasks}
     return {t: dataset_path(base_task(t), data_dir) for t in tasks}
 
 
-def write_task_dir(tasks: list[str], data_dir=None, dest: str | os.PathLike | None = None) -> Path:
+def write_task_dir(tasks: list[str], data_dir=None, dest: str | os.PathLike | None = None,
+                   files: dict[str, Path | None] | None = None) -> Path:
     """Write one YAML per task into ``dest`` (a new temporary directory if None); returns the directory."""
-    files = resolve_task_files(tasks, data_dir)
+    files = resolve_task_files(tasks, data_dir) if files is None else files
     out = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="pat-bench-tasks-"))
     out.mkdir(parents=True, exist_ok=True)
     for t in tasks:
@@ -153,9 +185,9 @@ def task_manager(task_dir: Path):
     return TaskManager(include_path=str(task_dir), include_defaults=False)
 
 
-def load_tasks(tasks: list[str], data_dir=None, dest=None) -> dict:
-    """Build lm-eval ``Task`` objects for our task names: ``{name: Task}``."""
-    tm = task_manager(write_task_dir(tasks, data_dir, dest))
+def load_tasks(tasks: list[str], data_dir=None, dest=None, files: dict | None = None) -> dict:
+    """Build lm-eval ``Task`` objects for our task names: ``{name: Task}`` (datasets loaded)."""
+    tm = task_manager(write_task_dir(tasks, data_dir, dest, files))
     return tm.load(tasks)["tasks"]
 
 
@@ -219,17 +251,18 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     files = resolve_task_files(tasks, data_dir)
-    doc_ids = {t: sample_ids(count_docs(files[t]), limit, seed) for t in tasks}
-    shas = {base_task(t): dataset_sha256(base_task(t), data_dir) for t in tasks}
+    shas = {base_task(t): dataset_sha256(base_task(t), data_dir) if files[t] else None for t in tasks}
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     with tempfile.TemporaryDirectory(prefix="pat-bench-tasks-") as tmp:
-        tm = task_manager(write_task_dir(tasks, data_dir, tmp))
+        task_objs = load_tasks(tasks, data_dir, tmp, files)
+        n_docs = {t: len(task_objs[t].eval_docs) for t in tasks}
+        doc_ids = {t: sample_ids(n_docs[t], limit, seed) for t in tasks}
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         t0 = time.perf_counter()
         res = lm_eval.simple_evaluate(
-            model=lm, tasks=tasks, num_fewshot=0, task_manager=tm, samples=doc_ids, log_samples=True,
+            model=lm, tasks=[task_objs[t] for t in tasks], num_fewshot=0, samples=doc_ids, log_samples=True,
             bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
             fewshot_random_seed=seed,
         )
@@ -239,8 +272,9 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         samples = res["samples"][t]
         n = len(samples)
         m = _metrics(t, res["results"][t], n)
+        source = str(files[t]) if files[t] else f"hub:{_stock_dataset(base_task(t))[0]}"
         m.update(protocol=protocol_of(t), doc_ids=sorted(int(s["doc_id"]) for s in samples),
-                 n_docs_total=count_docs(files[t]), sha256=shas[base_task(t)], data_file=str(files[t]))
+                 n_docs_total=n_docs[t], sha256=shas[base_task(t)], data_file=source)
         if m["protocol"] == LETTER_PROTOCOL:
             m["invalid_rate"] = sum(s["filtered_resps"][0] == "[invalid]" for s in samples) / max(n, 1)
         per_task[t] = m
