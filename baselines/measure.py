@@ -29,9 +29,9 @@ METHODS = {
     "llm_pruner_random": ("baselines.llm_pruner", {"importance": "random"}, (10, 64)),
     "llm_pruner_second": ("baselines.llm_pruner", {"importance": "second"}, (10, 64)),
     "llm_pruner_vector": ("baselines.llm_pruner", {"importance": "first", "mode": "vector"}, (10, 64)),
-    "wanda_sp": ("baselines.wanda_sp", {}, (64, 128)),
-    "flap": ("baselines.flap", {}, (64, 128)),
-    "slicegpt": ("baselines.slicegpt", {}, (64, 128)),
+    "wanda_sp": ("baselines.wanda_sp", {}, (32, 128)),
+    "flap": ("baselines.flap", {}, (32, 128)),
+    "slicegpt": ("baselines.slicegpt", {}, (32, 128)),
 }
 
 
@@ -124,11 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ratios", default="0.2,0.25,0.3")
     ap.add_argument("--methods", default="llm_pruner,llm_pruner_random,wanda_sp,flap,slicegpt")
     ap.add_argument("--out", default="results/pruned/smollm2-135m.json")
-    ap.add_argument("--max-tokens-128", type=int, default=4096)
-    ap.add_argument("--max-tokens-2048", type=int, default=4096)
+    ap.add_argument("--max-tokens-128", type=int, default=2048)
+    ap.add_argument("--max-tokens-2048", type=int, default=2048)
     ap.add_argument("--time-batch", type=int, default=1)
     ap.add_argument("--time-seq", type=int, default=128)
-    ap.add_argument("--time-reps", type=int, default=3)
+    ap.add_argument("--time-reps", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-dense", action="store_true", help="skip (re)measuring the dense model")
     ap.add_argument("--memory", action="store_true", help="add the Taylor-scoring memory probe")
