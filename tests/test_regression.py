@@ -51,6 +51,14 @@ def test_a_missing_or_failed_run_is_reported():
     assert not ok and "tiny-llama--lora--r0.00--s0 / status: reference 'success' -> current None" in text
 
 
+def test_a_changed_suite_spec_is_reported_not_tolerated():
+    ref = _recs()
+    cur = copy.deepcopy(ref)
+    cur[0]["spec"]["budget"] = {**cur[0]["spec"]["budget"], "steps": 99}
+    ok, text = report(compare(cur, ref))
+    assert not ok and "spec (the suite changed: regenerate tests/fixtures/ci_reference)" in text
+
+
 def test_every_tolerance_is_stated():
     assert all(kind in ("abs", "rel", "exact") and tol >= 0 for kind, tol in TOLERANCES.values())
 

@@ -12,6 +12,7 @@ CLI: ``python -m bench.harness.regression --results results/_scratch/ci --refere
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,10 @@ def compare(current: list[dict[str, Any]], reference: list[dict[str, Any]],
         c = cur.get(rid)
         if c is None or c.get("status") != "success":
             diffs.append(Diff(rid, "status", "success", None if c is None else c.get("status"), "exact", 0.0))
+            continue
+        if c.get("spec") != ref.get("spec"):  # a changed suite file needs a new reference, not a tolerance
+            diffs.append(Diff(rid, "spec (the suite changed: regenerate tests/fixtures/ci_reference)",
+                              json.dumps(ref.get("spec"), sort_keys=True), json.dumps(c.get("spec"), sort_keys=True), "exact", 0.0))
             continue
         cvals = {name: v for name, _, v in _values(c)}
         for name, key, v in _values(ref):
