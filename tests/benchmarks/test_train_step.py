@@ -119,20 +119,40 @@ def test_pat_vs_lora_train_step(benchmark, smollm2):
     assert ratio >= GOAL, f"PAT+LoRA reaches {ratio:.3f} of LoRA-64's tokens/s (goal {GOAL})"
 
 
+def _rss_mib() -> float:
+    """Current resident set size of this process (Linux ``/proc/self/statm``), MiB."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
 if __name__ == "__main__":  # peak-memory child: python tests/benchmarks/test_train_step.py {lora|pat}
+    import threading
+
     from pat.models import load
 
     dev = _device()
     torch.set_num_threads(THREADS)
     model, tok = load("smollm2-135m")
     s = Stepper(model, tok, sys.argv[1], dev)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _rss_mib()
+    peak, running = [before], [True]
+
+    def sample():  # max RSS over the training steps (ru_maxrss would report the model-loading peak instead)
+        while running[0]:
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     s.step(), s.step()
-    out = {"cpu_max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-           "cpu_max_rss_before_steps_mib": round(before, 1), "trainable": s.trainable}
+    running[0] = False
+    th.join()
+    out = {"cpu_rss_before_steps_mib": round(before, 1), "cpu_rss_peak_during_steps_mib": round(peak[0], 1),
+           "cpu_step_increment_mib": round(peak[0] - before, 1), "trainable": s.trainable,
+           "process_max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if dev.type == "cuda":
         out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
         out["cuda_step_increment_mib"] = round((torch.cuda.max_memory_allocated() - base) / 2 ** 20, 1)
