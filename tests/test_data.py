@@ -108,6 +108,8 @@ def test_calibration_windows():
     assert rec["n_samples"] == 4 and rec["seq_len"] == 64 and rec["source"] == "c4" and len(rec["sha256"]) == 64
     with pytest.raises(ValueError, match="n_samples"):
         calibration_tokens(tok, "c4", n_samples=0)
+    with pytest.raises(ValueError, match="evaluation \\(test\\) split"):
+        calibration_tokens(tok, "wikitext2")
 
 
 @pytest.mark.slow

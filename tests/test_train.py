@@ -237,8 +237,6 @@ def _pat_stage():
 
 def test_pat_resume_same_mask_and_exact_width(tmp_path):
     """PAT through the loop: stop halfway, resume; same losses and mask as an uninterrupted run; exact width."""
-    from pat.attach import get_mask
-
     b = budget(steps=8, lr=5e-3)
     full = run(tmp_path, stages=[_pat_stage()], b=b, name="full", checkpoint_every=0, save_finalized=False)
     run(tmp_path, stages=[_pat_stage()], b=b, name="cut", checkpoint_every=3, stop_after=3, save_finalized=False)
@@ -250,7 +248,6 @@ def test_pat_resume_same_mask_and_exact_width(tmp_path):
     x = torch.randint(2, VOCAB, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(full["_model"](x).logits, rest["_model"](x).logits, atol=1e-4, rtol=1e-4)
-    del get_mask
 
 
 

@@ -191,7 +191,7 @@ def global_batch_indices(n: int, step: int, global_batch: int, seed: int) -> lis
 
 
 # ------------------------------------------------------------------------------------------- calibration
-CALIBRATION_SOURCES = {"c4": "text", "wikitext2": "text"}
+EVALUATION_ONLY = ("wikitext2", "ptb")  # test splits in the data directory: never calibration data
 
 
 def calibration_tokens(
@@ -204,8 +204,9 @@ def calibration_tokens(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Calibration text for one-shot pruners: ``n_samples`` windows of ``seq_len`` tokens.
 
-    The documents of ``source`` (a data-directory name with a ``text`` field, or a .jsonl path) are shuffled with
-    ``seed``, joined with blank lines into one token stream, and cut into consecutive windows.
+    The documents of ``source`` (``"c4"``, or a .jsonl path with a ``text`` field such as a WikiText-2 *train* dump)
+    are shuffled with ``seed``, joined with blank lines into one token stream, and cut into consecutive windows.
+    The data directory's ``wikitext2`` / ``ptb`` files are test splits and are refused.
 
     Returns:
         ``(tokens, record)``: LongTensor (n_samples, seq_len) and ``{source, sha256, n_samples, seq_len, seed}``.
@@ -213,6 +214,9 @@ def calibration_tokens(
     for name, v in (("n_samples", n_samples), ("seq_len", seq_len)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"calibration {name} = {v!r} is invalid; expected a positive integer")
+    if source in EVALUATION_ONLY:
+        raise ValueError(f"calibration source '{source}' is an evaluation (test) split; use 'c4' or a .jsonl file of "
+                         "training text with a 'text' field")
     rows, prov = _read_rows(source, data_dir)
     texts = [r.get("text") or r.get("page") or "" for r in rows]
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
