@@ -226,9 +226,10 @@ def test_smollm2_llm_pruner_ratio_and_slicegpt_invariance(smollm2):
         _, rep = llm_pruner.prune(copy.deepcopy(model), target, None, importance="random")
         assert abs(rep["achieved_ratio"] - target) <= 0.01, rep["achieved_ratio"]
         assert rep["layer_range"] == [4, 28]
-    # SmolLM2 (30 layers, logits up to ~25) sits at the fp32 noise floor: the dense fp32 model itself differs from
-    # its fp64 copy by ~6e-5 max abs logit (notes/README-baselines.md). Folding alone stays within 1e-4; slicing at
-    # 0 % (60 shortcut rotations) within 3e-4, i.e. about 1e-5 relative to the largest logit.
+    # SmolLM2 (30 layers, logits up to ~35) sits at the fp32 noise floor: the dense fp32 model itself differs from
+    # its fp64 copy by ~5e-5..7e-5 max abs logit. Folding alone stays within 1e-4. Slicing at 0 % rotates the
+    # residual stream, which spreads the rounding error of its few huge channels over all channels: measured
+    # 2.9e-4 (C4 text) and 4.5e-4 (these random tokens), about 1e-5 of the largest logit (notes/README-baselines.md).
     ids = tiny_batch(2, 32, seed=7) + 1000
     with torch.no_grad():
         ref = model(ids).logits
@@ -236,4 +237,4 @@ def test_smollm2_llm_pruner_ratio_and_slicegpt_invariance(smollm2):
         assert (folded(ids).logits - ref).abs().max() < 1e-4
         sliced, _ = slicegpt.prune(folded, 0.0, tiny_batch(8, 32, seed=8) + 1000)
         err = (sliced(ids).logits - ref).abs().max()
-    assert err < 3e-4 and err / ref.abs().max() < 2e-5
+    assert err < 1e-3 and err / ref.abs().max() < 2e-5
