@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,9 +154,6 @@ def test_runs_write_complete_records_and_failures_do_not_stop_the_grid(env):
     env.retry_failed = False
     counts3, _ = _run(suite_dict([[], ["boom"], ["normtune"]]), env)
     assert counts3["skipped"] == 3
-
-
-import re  # noqa: E402  (used above; kept near the assertions that need it)
 
 
 def test_resume_after_a_killed_suite(env, tmp_path):
