@@ -5,8 +5,8 @@
   tokens (the "fluctuation"; 128 C4 windows of 128 tokens by default; FLAP used 1024 WikiText-2 train windows).
 - **WIFV** of input channel ``j`` = ``var(x_j) * ||W[:, j]||^2``. A KV group's score is the mean over its query heads'
   columns (FLAP: the mean over a head's 128 dims; with GQA the unit is the whole query group).
-- **Standardization.** Per layer, z-score of the group scores and of the channel scores (FLAP's ``standarlization``,
-  ``axis=1``); a layer with a single unit scores 0.
+- **Standardization.** Per layer, z-score of the per-channel metric of ``o_proj`` and of ``down_proj`` inputs
+  (FLAP's ``standarlization``, ``axis=1``); a KV group then scores the mean of its columns' z-scores.
 - **Global selection (AL-AM).** All groups and channels of all layers are ranked together; the kept set is the top
   of that ranking whose parameter cost is closest to the budget (each unit weighted by the parameters it owns). At
   least one KV group and one channel stay in each layer. The ratio is the whole model's parameter reduction.
@@ -60,7 +60,7 @@ def wifv_scores(model: nn.Module, stats: dict) -> tuple[list[torch.Tensor], list
         o, d = get_module(layer, arch.attn_out), get_module(layer, arch.mlp_out)
         so = stats[layer_path(arch, i, arch.attn_out)].var * o.weight.detach().double().pow(2).sum(0)
         sd = stats[layer_path(arch, i, arch.mlp_out)].var * d.weight.detach().double().pow(2).sum(0)
-        groups.append(_zscore(so.view(g.n_kv, -1).mean(1)).cpu())
+        groups.append(_zscore(so).view(g.n_kv, -1).mean(1).cpu())  # FLAP: z-score per channel, then head mean
         chans.append(_zscore(sd).cpu())
     return groups, chans
 
