@@ -240,6 +240,15 @@ def test_paper_suite_without_models_stops_before_any_work(tmp_path, monkeypatch)
         resolve_models(suite.models, ["gemma-2b"], {"gemma-2b": "/nope"}, "paper")
 
 
+def test_bad_stage_arguments_fail_before_any_work(env):
+    d = suite_dict([["normtune"]])
+    d["methods"] = {"normtune": {"sleep": 0.0, "bogus_option": 3}}
+    suite = parse_suite(d)
+    with pytest.raises(ValueError, match=r"run tiny--normtune--r0.00--s0: stage 'normtune' rejects its arguments .*bogus_option"):
+        run_suite(suite, validate(suite), env)
+    assert not env.out_dir.exists()
+
+
 def test_missing_piece_is_named(env, monkeypatch):
     from bench.harness import runner
 

@@ -130,7 +130,11 @@ def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[st
                     cls = registry.stage_class(s)
                 except ImportError as e:
                     raise MissingPieceError(f"bench runner: stage {s!r} cannot be imported ({e}); nothing was run") from e
-                stage_args(r, s, cls)
+                try:  # constructing a stage validates its arguments (unknown options, bad ratios) before any work
+                    registry.make_stage(s, **stage_args(r, s, cls))
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"suite '{suite.name}', run {r.run_id}: stage {s!r} rejects its arguments "
+                                     f"{stage_args(r, s, cls)}: {e}") from e
     if suite.eval.get("tasks"):
         _import("bench.harness.evaluation").validate_tasks(list(suite.eval["tasks"]))
     if suite.perplexity.get("datasets"):
@@ -150,8 +154,8 @@ def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[st
     needed |= {t.removeprefix("paper_") for t in suite.eval.get("tasks", [])}
     if any(r.trains for r in runs) and suite.train_data in DATASETS:
         needed.add(suite.train_data)
-    if any(len(r.pipeline) > 1 or (r.pipeline and r.pipeline[0] not in ("lora", "pat")) for r in runs):
-        needed.add("c4")  # calibration text of the one-shot pruners
+    if any(r.trains for r in runs):
+        needed.add("c4")  # the trainer's calibration text (used by one-shot pruners)
     for d in sorted(needed & set(DATASETS)):
         dataset_path(d, opts.data_dir)
     return models
