@@ -30,6 +30,7 @@ METHODS = {
     "llm_pruner_second": ("baselines.llm_pruner", {"importance": "second"}, (10, 64)),
     "llm_pruner_vector": ("baselines.llm_pruner", {"importance": "first", "mode": "vector"}, (10, 64)),
     "wanda_sp": ("baselines.wanda_sp", {}, (32, 128)),
+    "wanda_sp_layers4to28": ("baselines.wanda_sp", {"layer_start": 4, "layer_end": 28}, (32, 128)),
     "flap": ("baselines.flap", {}, (32, 128)),
     "slicegpt": ("baselines.slicegpt", {}, (32, 128)),
 }

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from baselines.common import (
     OneShotStage, apply_uniform, attn_geom, check_calibration, count_params, input_stats, layer_costs, layer_path,
-    run_calibration, solve_uniform_ratio,
+    layer_range, run_calibration, solve_uniform_ratio,
 )
 from pat.arch import base_model, decoder_layers, get_arch, get_module
 
@@ -44,27 +44,31 @@ def wanda_scores(model: nn.Module, calibration: torch.Tensor,
     return groups, chans
 
 
-def prune(model: nn.Module, ratio: float, calibration, batch_size: int = 8,
-          tol: float = 0.01) -> tuple[nn.Module, dict]:
-    """Wanda-SP: remove ``ratio`` of the whole model's parameters with one uniform ratio over all layers (in place).
+def prune(model: nn.Module, ratio: float, calibration, batch_size: int = 8, tol: float = 0.01,
+          layer_start: int | None = None, layer_end: int | None = None) -> tuple[nn.Module, dict]:
+    """Wanda-SP: remove ``ratio`` of the whole model's parameters with one uniform ratio over the layers (in place).
 
     Args:
         calibration: LongTensor (n, seq_len), or a callable returning one.
+        layer_start, layer_end: pruned layers ``[start, end)``; default every layer (FLAP's ``prune_wanda_sp``).
     Returns:
         ``(model, report)``.
     """
     calibration = check_calibration(calibration)
     model = base_model(model)
-    layers = list(range(len(decoder_layers(model))))
+    n_layers = len(decoder_layers(model))
+    s, e = (0, n_layers) if layer_start is None and layer_end is None else layer_range(n_layers, layer_start, layer_end)
+    layers = list(range(s, e))
     total = count_params(model)
     t0 = time.perf_counter()
     groups, chans = wanda_scores(model, calibration, batch_size)
+    groups, chans = groups[s:e], chans[s:e]
     t_score = time.perf_counter() - t0
     sol = solve_uniform_ratio(layer_costs(model, layers), total, ratio, tol)
     widths = apply_uniform(model, layers, groups, chans, sol["attn_ratio"], sol["mlp_ratio"])
     after = count_params(model)
     report = {
-        "method": "wanda_sp", "target_ratio": ratio, "group_ratio": sol["group_ratio"],
+        "method": "wanda_sp", "target_ratio": ratio, "layer_range": [s, e], "group_ratio": sol["group_ratio"],
         "attn_ratio": sol["attn_ratio"],
         "mlp_ratio": sol["mlp_ratio"], "params_before": total, "params_after": after,
         "achieved_ratio": 1 - after / total, "widths": widths, "calibration_shape": list(calibration.shape),
