@@ -238,3 +238,11 @@ def test_smollm2_llm_pruner_ratio_and_slicegpt_invariance(smollm2):
         sliced, _ = slicegpt.prune(folded, 0.0, tiny_batch(8, 32, seed=8) + 1000)
         err = (sliced(ids).logits - ref).abs().max()
     assert err < 1e-3 and err / ref.abs().max() < 2e-5
+
+
+def test_wanda_sp_layer_range_leaves_other_layers_alone():
+    m, rep = wanda_sp.prune(tiny_model("llama-mha", num_hidden_layers=4), 0.2, CALIB, layer_start=1, layer_end=3)
+    assert rep["layer_range"] == [1, 3] and [w["layer"] for w in rep["widths"]] == [1, 2]
+    for i in (0, 3):
+        assert get_module(decoder_layers(m)[i], "mlp.down_proj").in_features == 96
+    assert abs(rep["achieved_ratio"] - 0.2) < 0.01
