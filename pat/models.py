@@ -55,6 +55,10 @@ def _convert_gguf(gguf: Path, out: Path) -> Path:
     log.info("dequantizing %s to %s (about a minute, once)", gguf, out)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # the weights are already dequantized to fp32; drop the gguf "quantizer" so save_pretrained writes plain tensors
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:

@@ -47,3 +47,18 @@ def test_smollm2_loads_from_cache(smollm2):
     assert model.config.model_type == "llama" and model.config.hidden_size == 576
     assert model.config.num_hidden_layers == 30 and model.config.tie_word_embeddings
     assert tok("Hello").input_ids
+
+
+@pytest.mark.slow
+def test_fresh_conversion_writes_a_plain_fp32_copy(tmp_path, monkeypatch, smollm2):
+    """The GGUF conversion path itself (a fresh cache dir), equal to the cached copy the session uses."""
+    import torch
+
+    monkeypatch.setenv("PAT_CACHE_DIR", str(tmp_path))
+    model, _ = models.load("smollm2-135m")
+    out = tmp_path / "models" / "smollm2-135m-instruct-fp32"
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    assert "quantization_config" not in (out / "config.json").read_text()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, smollm2[0](ids).logits)
