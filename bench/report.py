@@ -10,8 +10,6 @@ import logging
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
@@ -22,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from bench.harness.reporting import build_report
 
-    results = Path(args.results) if args.results else REPO_ROOT / "results" / args.suite
+    results = Path(args.results) if args.results else Path("results") / args.suite  # relative to the working directory
     try:
         path = build_report(results, args.suite, args.out)
     except FileNotFoundError as e:

@@ -15,8 +15,6 @@ from pathlib import Path
 
 from bench.harness.suites import SuiteError, expand, load_suite, parse_shard, select, validate
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except SuiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else REPO_ROOT / "results" / suite.name
+    out = Path(args.out) if args.out else Path("results") / suite.name  # relative to the working directory
     if args.list or args.dry_run:
         from bench.harness.results import read_result, result_path
 

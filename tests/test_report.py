@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the tomli backport (same API)
+    import tomli as tomllib
 from pathlib import Path
 
 import pandas as pd

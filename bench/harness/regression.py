@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 from bench.harness.results import load_results
@@ -119,7 +118,7 @@ def report(diffs: list[Diff]) -> tuple[bool, str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.harness.regression", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", required=True, help="directory of the fresh run JSONs")
-    ap.add_argument("--reference", default=str(Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "ci_reference"))
+    ap.add_argument("--reference", default="tests/fixtures/ci_reference", help="reference run JSONs (default: %(default)s)")
     args = ap.parse_args(argv)
     ok, text = report(compare(load_results(args.results), load_results(args.reference)))
     print(text)

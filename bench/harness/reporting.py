@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the tomli backport (same API)
+    import tomli as tomllib
 from pathlib import Path
 from typing import Any
 

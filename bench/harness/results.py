@@ -108,15 +108,19 @@ def validate_record(rec: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- provenance
-def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
-    """``{"sha", "dirty"}`` of the repository (``None`` values outside a git checkout)."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return {"sha": sha or None, "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"sha": None, "dirty": None}
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """``{"sha", "dirty"}`` of the checkout holding this code (else of the working directory); ``None`` outside git."""
+    for where in ([root] if root else [REPO_ROOT, Path.cwd()]):
+        try:
+            sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+            if sha.returncode != 0:
+                continue
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            return {"sha": sha.stdout.strip(), "dirty": bool(dirty)}
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return {"sha": None, "dirty": None}
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:

@@ -37,7 +37,6 @@ from bench.harness.suites import RunSpec, Suite
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PIECES = {  # module -> the issue that builds it (for the "missing piece" message)
     "bench.harness.train": "the trainer (issue 4)",
     "bench.harness.budget": "the trainer (issue 4)",
@@ -53,8 +52,8 @@ class MissingPieceError(RuntimeError):
 
 
 def work_dir_default() -> Path:
-    """Checkpoints and finalized models: ``$PAT_WORK_DIR`` or ``runs/bench`` in the repository (gitignored)."""
-    return Path(os.environ.get("PAT_WORK_DIR", REPO_ROOT / "runs" / "bench")).expanduser()
+    """Checkpoints and finalized models: ``$PAT_WORK_DIR`` or ``runs/bench`` under the working directory (gitignored)."""
+    return Path(os.environ.get("PAT_WORK_DIR", Path("runs") / "bench")).expanduser()
 
 
 @dataclass
