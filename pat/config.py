@@ -46,11 +46,8 @@ class PATConfig:
             and parameters drop by the pruned fraction; ``"auto"`` = ``mask_only`` for tied models, else ``full``.
         keep_threshold: ``"gt0"`` (default): a channel is active iff its proxy > 0, in training and at merge alike.
             ``"ge0"`` is the official training threshold (merge still keeps > 0 there).
-        mask_lr: learning rate of the shared mask proxy; ``None`` means ``mask_travel / s0``.
-        mask_travel: with ``mask_lr=None``, how far (in proxy units) Adam can move a proxy by s0. The official
-            recipe (lr 5e-5, s0 = 10 000) allows 0.5, enough for the proxies to polarise to +-0.5 as tau grows;
-            tying the mask LR to s0 keeps that property for short budgets, where the base LR times s0 would leave
-            the proxies near 0 until the freeze-point snap switches channels off abruptly.
+        mask_lr_scale: learning-rate multiplier for the shared mask proxy (relative to the base LR).
+        mask_lr: an absolute learning rate for the mask proxy, overriding ``mask_lr_scale``.
         hsm_lr_scale: learning-rate multiplier for L0, L1, v and s.
         fold_scale: fold the learned scale s into the writers at finalize (the official merge drops it: a bug).
         official_quirks: reproduce the official code's bugs: identity loss only on the embedding HSM and the last
@@ -73,8 +70,8 @@ class PATConfig:
     identity_weight: float = 1.0
     embed_hsm: Literal["auto", "full", "mask_only"] = "auto"
     keep_threshold: Literal["gt0", "ge0"] = "gt0"
+    mask_lr_scale: float = 10.0
     mask_lr: float | None = None
-    mask_travel: float = 1.0
     hsm_lr_scale: float = 1.0
     fold_scale: bool = True
     official_quirks: bool = False
@@ -104,7 +101,7 @@ class PATConfig:
                 bad(name, "one of " + ", ".join(allowed))
         if self.mask_lr is not None and not (isinstance(self.mask_lr, (int, float)) and self.mask_lr > 0):
             bad("mask_lr", "a positive number or None")
-        for name in ("active_weight", "identity_weight", "mask_travel", "hsm_lr_scale", "lora_alpha"):
+        for name in ("active_weight", "identity_weight", "mask_lr_scale", "hsm_lr_scale", "lora_alpha"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 bad(name, "a finite number >= 0")

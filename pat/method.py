@@ -112,12 +112,10 @@ class PATMethod:
         groups = [
             {"name": "lora", "params": lora, "lr": lr},
             {"name": "pat_hsm", "params": hsm_params, "lr": lr * self.cfg.hsm_lr_scale},
-            {"name": "pat_mask", "params": mask_params, "lr": self.mask_lr(model), "weight_decay": 0.0},
+            {"name": "pat_mask", "params": mask_params, "lr": self.cfg.mask_lr or lr * self.cfg.mask_lr_scale,
+             "weight_decay": 0.0},
         ]
         return [g for g in groups if g["params"]]
-
-    def mask_lr(self, model: nn.Module) -> float:
-        return self.cfg.mask_lr if self.cfg.mask_lr is not None else self.cfg.mask_travel / get_mask(model).s0
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor:
         return pat_loss(model)
