@@ -35,7 +35,8 @@ class ShortcutDecoderLayer(nn.Module):
     """A pre-norm decoder layer whose skip path is rotated: ``h = h @ Q_attn + attn(norm(h))``, then
     ``h = h @ Q_mlp + mlp(norm(h))``. Submodule names are the stock layer's, so weight names stay the same."""
 
-    def __init__(self, layer: nn.Module, arch: ArchSpec, attn_q: torch.Tensor, mlp_q: torch.Tensor) -> None:
+    def __init__(self, layer: nn.Module, arch: ArchSpec, attn_q: torch.Tensor, mlp_q: torch.Tensor,
+                 fp64_shortcut: bool = False) -> None:
         super().__init__()
         self._names = {"attn": attn_module_path(arch), "mlp": arch.mlp_out.rpartition(".")[0],
                        "attn_norm": arch.attn_norm, "mlp_norm": arch.mlp_norm}
@@ -44,6 +45,7 @@ class ShortcutDecoderLayer(nn.Module):
                 setattr(self, k, v)
         for path in self._names.values():
             self.add_module(path, get_module(layer, path))
+        self.fp64_shortcut = bool(fp64_shortcut)
         self.attn_shortcut_Q = nn.Parameter(attn_q.detach().clone(), requires_grad=False)
         self.mlp_shortcut_Q = nn.Parameter(mlp_q.detach().clone(), requires_grad=False)
 
@@ -51,21 +53,28 @@ class ShortcutDecoderLayer(nn.Module):
         if args:
             raise TypeError("ShortcutDecoderLayer: pass everything but hidden_states as keyword arguments")
         sub = {k: getattr(self, v) for k, v in self._names.items()}
-        residual = hidden_states @ self.attn_shortcut_Q.to(hidden_states.dtype)
+        residual = self._shortcut(hidden_states, self.attn_shortcut_Q)
         h, _ = sub["attn"](hidden_states=sub["attn_norm"](hidden_states), **kwargs)
         hidden_states = residual + h
-        residual = hidden_states @ self.mlp_shortcut_Q.to(hidden_states.dtype)
+        residual = self._shortcut(hidden_states, self.mlp_shortcut_Q)
         return residual + sub["mlp"](sub["mlp_norm"](hidden_states))
+
+    def _shortcut(self, h: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+        """``h @ Q``; in fp64 when asked (large residual channels make the fp32 product the main rounding error)."""
+        if self.fp64_shortcut:
+            return (h.double() @ Q.double()).to(h.dtype)
+        return h @ Q.to(h.dtype)
 
     def shortcut_manifest(self) -> dict:
         """What ``baselines.pruned_io`` stores to rebuild this wrapper."""
         return {"kind": "shortcut", "attn_shortcut_Q": list(self.attn_shortcut_Q.shape),
-                "mlp_shortcut_Q": list(self.mlp_shortcut_Q.shape)}
+                "mlp_shortcut_Q": list(self.mlp_shortcut_Q.shape), "fp64_shortcut": self.fp64_shortcut}
 
     @classmethod
     def from_manifest(cls, layer: nn.Module, arch: ArchSpec, entry: dict, dtype: torch.dtype) -> ShortcutDecoderLayer:
         attn_q = torch.zeros(entry["attn_shortcut_Q"], dtype=dtype)
-        return cls(layer, arch, attn_q, torch.zeros(entry["mlp_shortcut_Q"], dtype=dtype))
+        return cls(layer, arch, attn_q, torch.zeros(entry["mlp_shortcut_Q"], dtype=dtype),
+                   bool(entry.get("fp64_shortcut", False)))
 
 
 # --------------------------------------------------------------------------------------------------- norm folding
@@ -172,7 +181,7 @@ def sliced_dim(d: int, slicing: float, round_to: int) -> int:
 
 @torch.no_grad()
 def rotate_and_slice(model: nn.Module, calibration: torch.Tensor, slicing: float, round_to: int = 8,
-                     batch_size: int = 8) -> dict:
+                     batch_size: int = 8, fp64_shortcut: bool = False) -> dict:
     """Rotate the (norm-folded) model by per-point PCA bases and slice the hidden dimension (in place)."""
     model = base_model(model)
     arch, cfg = get_arch(model), model.config
@@ -194,7 +203,7 @@ def rotate_and_slice(model: nn.Module, calibration: torch.Tensor, slicing: float
     xs = [h.double() @ Q for h in hs]
     layers = decoder_layers(model, arch)
     for i, layer in enumerate(layers):
-        layers[i], Q, xs = _slice_layer(layer, arch, Q, xs, kws, c, dn)
+        layers[i], Q, xs = _slice_layer(layer, arch, Q, xs, kws, c, dn, fp64_shortcut)
     head = get_module(model, arch.lm_head)
     _rot_in(head, Q)
     _set_gain(get_module(model, arch.final_norm), arch, c, dn)
@@ -208,7 +217,8 @@ def _run(module: nn.Module, xs: list[torch.Tensor], fn) -> list[torch.Tensor]:
     return [fn(x.to(dtype), j).double() for j, x in enumerate(xs)]
 
 
-def _slice_layer(layer: nn.Module, arch: ArchSpec, Q: torch.Tensor, xs: list, kws: list, c: float, dn: int):
+def _slice_layer(layer: nn.Module, arch: ArchSpec, Q: torch.Tensor, xs: list, kws: list, c: float, dn: int,
+                 fp64_shortcut: bool = False):
     """One layer: returns (wrapped layer, basis of its output (d, d'), its sliced outputs)."""
     attn = get_module(layer, attn_module_path(arch))
     for p in arch.attn_in:
@@ -229,18 +239,19 @@ def _slice_layer(layer: nn.Module, arch: ArchSpec, Q: torch.Tensor, xs: list, kw
     Qn = pca_basis(out)[:, :dn]
     _rot_out(get_module(layer, arch.mlp_out), Qn)
     dtype = get_module(layer, arch.mlp_out).weight.dtype
-    wrapped = ShortcutDecoderLayer(layer, arch, (attn_q).to(dtype), (Qm.T @ Qn).to(dtype))
+    wrapped = ShortcutDecoderLayer(layer, arch, attn_q.to(dtype), (Qm.T @ Qn).to(dtype), fp64_shortcut)
     return wrapped, Qn, [o @ Qn for o in out]
 
 
-def prune(model: nn.Module, ratio: float, calibration, round_to: int = 8,
-          batch_size: int = 8) -> tuple[nn.Module, dict]:
+def prune(model: nn.Module, ratio: float, calibration, round_to: int = 8, batch_size: int = 8,
+          fp64_shortcut: bool = False) -> tuple[nn.Module, dict]:
     """SliceGPT: fold norms, then rotate and slice ``ratio`` of the hidden dimension (in place).
 
     Args:
         ratio: slicing ratio (fraction of the hidden dimension removed), in [0, 1).
         calibration: LongTensor (n, seq_len), or a callable returning one.
         round_to: the sliced dimension is rounded down to a multiple of this (SliceGPT's ``--round-interval``).
+        fp64_shortcut: compute the skip-path rotations in fp64 (exactness checks; slower).
     Returns:
         ``(model, report)`` with the slicing ratio, the new hidden size and the achieved parameter ratio.
     """
@@ -251,7 +262,7 @@ def prune(model: nn.Module, ratio: float, calibration, round_to: int = 8,
     total = count_params(model)
     t0 = time.perf_counter()
     fold_norms(model)
-    rep = rotate_and_slice(model, calibration, ratio, round_to, batch_size)
+    rep = rotate_and_slice(model, calibration, ratio, round_to, batch_size, fp64_shortcut)
     after = count_params(model)
     report = {"method": "slicegpt", "slicing_ratio": ratio, **rep, "params_before": total, "params_after": after,
               "achieved_ratio": 1 - after / total, "calibration_shape": list(calibration.shape),
