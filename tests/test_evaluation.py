@@ -163,7 +163,7 @@ def test_tiny_model_metrics_equal_independent_loglik():
     acc, norm = _manual_piqa_acc(model, tok, p["doc_ids"])
     assert p["acc"] == pytest.approx(acc) and p["acc_norm"] == pytest.approx(norm)
     assert p["acc_stderr"] == pytest.approx((acc * (1 - acc) / 11) ** 0.5)
-    assert p["protocol"] == ev.LOGLIK_PROTOCOL and p["sha256"] == r["data_sha256"]["piqa"]
+    assert p["protocol"] == ev.LOGLIK_PROTOCOL and p["sha256"] == r["data_sha256"]["piqa"] and p["chance"] == 0.5
     w = r["tasks"]["paper_winogrande"]
     assert w["protocol"] == ev.LETTER_PROTOCOL and w["acc_norm"] is None and 0 <= w["invalid_rate"] <= 1
     assert w["n"] == 12 and 0 <= w["acc"] <= 1
@@ -191,6 +191,7 @@ def test_evaluate_writes_a_complete_record_atomically(tmp_path):
 @pytest.mark.slow
 def test_smollm2_piqa_above_chance():
     model, tok = ev.load_model("smollm2-135m")
-    r = ev.evaluate_tasks(model, tok, ["piqa"], limit=40, seed=1234)
+    r = ev.evaluate_tasks(model, tok, ["piqa"], limit=100, seed=1234)
+    # dense n=500 gives 0.620 +- 0.022 (results/dense/smollm2-135m.json); 100 docs must at least beat chance
     assert r["tasks"]["piqa"]["acc"] > 0.5, r["tasks"]["piqa"]
     assert re.fullmatch(r"[0-9a-f]{64}", r["data_sha256"]["piqa"])

@@ -54,6 +54,9 @@ SPLIT = {"boolq": "validation", "piqa": "validation", "hellaswag": "validation",
          "arc_easy": "test", "arc_challenge": "test", "openbookqa": "test"}
 # letters a valid answer may take under the letter protocol (ARC keeps its few 5-choice items)
 N_LETTERS = {"boolq": 2, "piqa": 2, "winogrande": 2, "hellaswag": 4, "openbookqa": 4, "arc_easy": 5, "arc_challenge": 5}
+# accuracy of uniform guessing (ARC: most items have 4 choices), for the sanity check "every acc above chance"
+CHANCE = {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "openbookqa": 0.25, "arc_easy": 0.25,
+          "arc_challenge": 0.25}
 ACC_METRICS = [
     {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
     {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
@@ -274,7 +277,7 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         m = _metrics(t, res["results"][t], n)
         source = str(files[t]) if files[t] else f"hub:{_stock_dataset(base_task(t))[0]}"
         m.update(protocol=protocol_of(t), doc_ids=sorted(int(s["doc_id"]) for s in samples),
-                 n_docs_total=n_docs[t], sha256=shas[base_task(t)], data_file=source)
+                 n_docs_total=n_docs[t], sha256=shas[base_task(t)], data_file=source, chance=CHANCE[base_task(t)])
         if m["protocol"] == LETTER_PROTOCOL:
             m["invalid_rate"] = sum(s["filtered_resps"][0] == "[invalid]" for s in samples) / max(n, 1)
         per_task[t] = m
