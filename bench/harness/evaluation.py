@@ -259,13 +259,16 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
     from lm_eval.models.huggingface import HFLM
 
     with tempfile.TemporaryDirectory(prefix="pat-bench-tasks-") as tmp:
-        task_objs = load_tasks(tasks, data_dir, tmp, files)
+        tm = task_manager(write_task_dir(tasks, data_dir, tmp, files))
+        task_objs = tm.load(tasks)["tasks"]
         n_docs = {t: len(task_objs[t].eval_docs) for t in tasks}
         doc_ids = {t: sample_ids(n_docs[t], limit, seed) for t in tasks}
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         t0 = time.perf_counter()
         res = lm_eval.simple_evaluate(
-            model=lm, tasks=[task_objs[t] for t in tasks], num_fewshot=0, samples=doc_ids, log_samples=True,
+            # pass our TaskManager: without one lm-eval indexes all ~14k stock YAMLs (9 s of every call)
+            model=lm, tasks=[task_objs[t] for t in tasks], num_fewshot=0, task_manager=tm, samples=doc_ids,
+            log_samples=True,
             bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
             fewshot_random_seed=seed,
         )
