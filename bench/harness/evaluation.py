@@ -294,22 +294,10 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
 
 
 def load_model(name_or_path: str):
-    """``(model, tokenizer)`` for a registered name or HF directory, through ``pat.models.load``."""
+    """``(model, tokenizer)`` for a registered name or HF directory (``pat.models.load``; pruned checkpoints too)."""
     from pat import models
 
-    try:
-        return models.load(name_or_path)
-    except ModuleNotFoundError as err:  # pat.models needs baselines.pruned_io, which may not exist yet
-        if "baselines" not in str(err):
-            raise
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        src = models.resolve(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(src).eval()
-        tok = AutoTokenizer.from_pretrained(src)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        return model, tok
+    return models.load(name_or_path)
 
 
 def check_inputs(tasks, ppl, data_dir=None) -> tuple[list[str], list[str]]:
