@@ -1,4 +1,4 @@
-"""Instruction data: Alpaca template, response-only labels, truncation, seeded subsets, order, calibration text."""
+"""Instruction data: Alpaca template, response-only labels, truncation, seeded subsets, order."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from bench.harness.data import (
-    IGNORE_INDEX, PROMPT_NO_INPUT, PROMPT_WITH_INPUT, calibration_tokens, format_prompt, global_batch_indices,
+    IGNORE_INDEX, PROMPT_NO_INPUT, PROMPT_WITH_INPUT, format_prompt, global_batch_indices,
     load_instruction_data, normalize_row,
 )
 from bench.harness.datadir import DataError
@@ -97,19 +97,6 @@ def test_global_batch_order_covers_each_epoch_once():
     assert stream[:10] != stream[10:]  # a new permutation each epoch
     assert global_batch_indices(n, 3, gb, 7) == stream[12:16]  # a pure function of the step: resume needs no state
     assert global_batch_indices(n, 0, gb, 8) != stream[:4]
-
-
-def test_calibration_windows():
-    tok = CharTokenizer()
-    x, rec = calibration_tokens(tok, "c4", n_samples=4, seq_len=64, seed=0)
-    y, _ = calibration_tokens(tok, "c4", n_samples=4, seq_len=64, seed=0)
-    z, _ = calibration_tokens(tok, "c4", n_samples=4, seq_len=64, seed=1)
-    assert x.shape == (4, 64) and (x == y).all() and not (x == z).all()
-    assert rec["n_samples"] == 4 and rec["seq_len"] == 64 and rec["source"] == "c4" and len(rec["sha256"]) == 64
-    with pytest.raises(ValueError, match="n_samples"):
-        calibration_tokens(tok, "c4", n_samples=0)
-    with pytest.raises(ValueError, match="evaluation \\(test\\) split"):
-        calibration_tokens(tok, "wikitext2")
 
 
 @pytest.mark.slow

@@ -191,9 +191,9 @@ def _prefix_run(spec: RunSpec, all_runs: list[RunSpec]) -> RunSpec | None:
 
 
 def _calibration(tokenizer, seed: int, data_dir):
-    from bench.harness.data import calibration_tokens
+    from bench.harness.calibration import load_calibration
 
-    return lambda n=128, seq_len=128: calibration_tokens(tokenizer, "c4", n, seq_len, seed, data_dir)[0]
+    return lambda n=128, seq_len=128: load_calibration(tokenizer, "c4", n, seq_len, seed, data_dir)[0]
 
 
 def _apply_suffix(model, tokenizer, stages, names: list[str], offset: int, spec: RunSpec, opts: RunnerOptions):
