@@ -294,10 +294,15 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
 
 
 def load_model(name_or_path: str):
-    """``(model, tokenizer)`` for a registered name or HF directory (``pat.models.load``; pruned checkpoints too)."""
+    """``(model, tokenizer)`` for a registered name or HF directory (``pat.models.load``; pruned checkpoints too).
+
+    The model goes to the GPU when one is present (HFLM evaluates an in-memory model where it lies).
+    """
+    import torch
+
     from pat import models
 
-    return models.load(name_or_path)
+    return models.load(name_or_path, device="cuda" if torch.cuda.is_available() else None)
 
 
 def check_inputs(tasks, ppl, data_dir=None) -> tuple[list[str], list[str]]:
