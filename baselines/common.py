@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
+from bench.harness.method import StageDefaults
 from pat.arch import ArchSpec, base_model, decoder_layers, get_arch, get_module, head_dim, set_module
 
 log = logging.getLogger(__name__)
@@ -326,7 +327,7 @@ def check_calibration(calibration) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ Method stage
-class OneShotStage:
+class OneShotStage(StageDefaults):
     """A one-shot pruner as a ``bench.harness.method.Method`` stage; trains nothing.
 
     It prunes in ``prepare`` when it is the first stage of the pipeline (prune-then-tune, P->FT), else in
@@ -378,24 +379,6 @@ class OneShotStage:
             model = self._prune(base_model(model), ctx)
             self._report["when"] = "finalize"
         return model
-
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
-        return []
-
-    def extra_loss(self, model: nn.Module):
-        return None
-
-    def on_optimizer_step(self, model: nn.Module, step: int) -> None:
-        return None
-
-    def log_values(self, model: nn.Module) -> dict[str, float]:
-        return {}
-
-    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        return None
 
     def report(self) -> dict:
         return dict(self._report, ratio=self.ratio)

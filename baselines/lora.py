@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from bench.harness.method import StageDefaults
 from pat.arch import get_arch
 
 DEFAULT_TARGETS = "all-linear"  # q,k,v,o,gate,up,down (peft excludes the LM head for "all-linear")
@@ -77,7 +78,7 @@ def lora_param_count(model_config, rank: int, targets: list[str] | None = None) 
     return model_config.num_hidden_layers * sum(rank * sum(shapes[n]) for n in names)
 
 
-class LoRAStage:
+class LoRAStage(StageDefaults):
     """LoRA as a stage of the one training loop (``bench.harness.method.Method``).
 
     ``prepare`` wraps the model with peft adapters (every base weight frozen); the adapters are the trainable
@@ -106,15 +107,6 @@ class LoRAStage:
     def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
         params = [p for _, p in self._lora_named(model)]
         return [{"name": "lora", "params": params, "lr": lr}] if params else []
-
-    def extra_loss(self, model: nn.Module):
-        return None
-
-    def on_optimizer_step(self, model: nn.Module, step: int) -> None:
-        return None
-
-    def log_values(self, model: nn.Module) -> dict[str, float]:
-        return {}
 
     def finalize(self, model: nn.Module, ctx) -> nn.Module:
         return merge_lora(model)

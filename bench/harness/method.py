@@ -63,5 +63,27 @@ class Method(Protocol):
         """What this stage records in the run's JSON (achieved ratio, widths, ...)."""
 
 
+class StageDefaults:
+    """No-op versions of the hooks a stage may not need; a stage inherits them and overrides what it uses."""
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        return []
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def on_optimizer_step(self, model: nn.Module, step: int) -> None:
+        return None
+
+    def log_values(self, model: nn.Module) -> dict[str, float]:
+        return {}
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        return None
+
+
 def trainable_count(groups: Iterable[dict]) -> int:
     return sum(p.numel() for g in groups for p in g["params"])
