@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.harness.suites import SuiteError, expand, load_suite, parse_shard, select, validate
+from bench.harness.suites import SuiteError, load_suite, parse_shard, select, validate
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

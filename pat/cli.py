@@ -70,8 +70,6 @@ def _validate(a: argparse.Namespace) -> None:
 
 def _heldout_ids(tokenizer, data_dir, n: int = 2, seq_len: int = 128):
     """Tokens the merge check runs on: the start of WikiText-2 test (never trained on)."""
-    import torch
-
     from bench.harness.datadir import DataError, dataset_path
 
     try:

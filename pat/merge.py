@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .arch import ArchSpec, base_model, get_arch, get_module, head_dim
+from .arch import base_model, get_arch, get_module, head_dim
 from .attach import MASK_ATTR, get_mask, hsm_paths, set_hard
 from .modules import HybridSparsifier
 

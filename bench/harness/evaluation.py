@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness.datadir import DataError, dataset_path, dataset_sha256
+from bench.harness.datadir import dataset_path, dataset_sha256
 
 log = logging.getLogger(__name__)
 
