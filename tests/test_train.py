@@ -153,6 +153,17 @@ def test_pipeline_trains_records_and_saves(tmp_path):
     assert not (out / "checkpoint.pt").exists()
 
 
+def test_retraining_free_pipeline_skips_training_and_finalizes(tmp_path):
+    from baselines.wanda_sp import WandaSPStage
+
+    stage = WandaSPStage(ratio=0.2, calib_n=4, calib_len=16)
+    rec = run(tmp_path, stages=[stage], b=budget(param_parity="lora-8"))
+    assert rec["status"] == "success" and rec["steps_done"] == 0 and rec["trainable_params"] == 0
+    assert rec["parity"] is None and rec["data"] is None  # nothing trained: no parity to check, no data read
+    assert stage.report()["when"] == "prepare" and rec["total_params_after"] < rec["total_params_before"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "success"
+
+
 def test_hooks_order_and_steps(tmp_path):
     a, b = GateStage(), GateStage()
     run(tmp_path, stages=[a, b], b=budget(steps=3, warmup_steps=0), checkpoint_every=0, save_finalized=False)

@@ -454,14 +454,20 @@ def run_pipeline(
         model = st.prepare(model, ctx)
     groups, named = collect_trainable(model, stages, budget.lr)
     trainable = sum(p.numel() for _, p in named)
-    parity = check_parity(trainable, budget.param_parity, budget.parity_tol, base_config) if budget.param_parity else None
     model.to(device)
-    data = load_instruction_data(train_data, tokenizer, budget.seq_len, budget.subset_size, budget.data_seed, data_dir)
-    torch.manual_seed(budget.seed + 1000 * rank)  # dropout streams differ per rank, reproducibly
-    rec = train(model, stages, budget, data, out_dir, checkpoint_every, resume, stop_after, progress, dist_info)
+    if trainable:
+        parity = check_parity(trainable, budget.param_parity, budget.parity_tol, base_config) if budget.param_parity else None
+        data = load_instruction_data(train_data, tokenizer, budget.seq_len, budget.subset_size, budget.data_seed, data_dir)
+        torch.manual_seed(budget.seed + 1000 * rank)  # dropout streams differ per rank, reproducibly
+        rec = train(model, stages, budget, data, out_dir, checkpoint_every, resume, stop_after, progress, dist_info)
+        data_record = data.record
+    else:  # retraining-free pipelines (e.g. ["flap"]): nothing to train, straight to finalize
+        parity, data_record = None, None
+        rec = {"completed": True, "steps_done": 0, "total_steps": 0, "trainable_params": 0, "final_loss": None,
+               "losses": [], "tokens_seen": 0, "train_seconds": 0.0, "tokens_per_s": None}
     record: dict[str, Any] = {
         "status": "success" if rec["completed"] else "stopped",
-        "model": model_name, "pipeline": names, "budget": budget.to_dict(), "data": data.record,
+        "model": model_name, "pipeline": names, "budget": budget.to_dict(), "data": data_record,
         "total_params_before": total_before, "parity": parity, **rec,
         "versions": _versions(), "device": str(device), "torch_threads": torch.get_num_threads(),
     }
