@@ -120,7 +120,7 @@ def tune(a: argparse.Namespace) -> dict:
         "model": a.model, "ratio": a.ratio, **{k: r.get(k) for k in (
             "hidden_size_before", "hidden_size_after", "params_before", "params_after", "achieved_ratio",
             "param_ratio", "merge_max_abs_logit_diff", "target_keep", "hio_rank", "lora_rank", "milestone_step",
-            "active_at_s0", "snap_changed", "embed_hsm")},
+            "active_at_s0", "snap_changed", "embed_hsm", "kept_channels")},
         "config": cfg.to_dict(), "final_loss": rec.get("final_loss"), "steps": rec.get("steps_done"),
     }
     write_json_atomic(out / "pat_report.json", report)

@@ -136,6 +136,7 @@ class PATMethod:
         self._report["active_before_finalize"] = int(mask.active().sum())
         if int(mask.active().sum()) != mask.target:  # training stopped before the freeze point
             self._report["snap_changed_at_finalize"] = mask.snap(mask.target)
+        self._report["kept_channels"] = torch.nonzero(mask.active()).flatten().tolist()
         merged = merge_lora(model)  # peft LoRA folded in place; the HSMs remain on `merged`
         small = _finalize(merged)
         heldout = (ctx.extra or {}).get("heldout_ids") if ctx is not None else None
