@@ -34,6 +34,11 @@ class PATConfig:
             growing (pat-spec.md §4.2, official code 0.8). ``1.0`` gives the paper's schedule (hard mask after s0).
         snap_at_freeze: at the freeze point, force exactly the target count active (top-N proxies), so the width
             is exact by s0 whatever the regularizer reached. Logged when it changes anything.
+        snap_by: how the snap ranks channels. ``"proxy"`` (default, the paper's mask decides; the snap only fixes
+            the count when it is off) or ``"taylor"``: at the freeze point keep the N channels with the largest
+            accumulated first-order Taylor importance of the gate, ``sum |dL/dM_i * M_i|`` over the steps before
+            it (LLM-Pruner's criterion applied to the hidden channels). Not in the paper; meant for short budgets,
+            where the proxies have too few steps to separate (see README).
         active_loss: ``"official"`` = ``active_weight * |count - N| / N`` (STE count) plus the polarisation term;
             ``"paper"`` = ``active_weight * |count - N|`` with no polarisation.
         active_weight: weight of the count term (official code: 10).
@@ -64,6 +69,7 @@ class PATConfig:
     milestone_frac: float = 1.0 / 3.0
     mask_freeze_frac: float = 0.8
     snap_at_freeze: bool = True
+    snap_by: Literal["proxy", "taylor"] = "proxy"
     active_loss: Literal["official", "paper"] = "official"
     active_weight: float = 10.0
     identity_loss: Literal["official", "paper", "none"] = "official"
@@ -96,7 +102,8 @@ class PATConfig:
         if not 0.0 < self.mask_freeze_frac <= 1.0:
             bad("mask_freeze_frac", "a number in (0, 1]")
         for name, allowed in (("active_loss", ACTIVE_LOSSES), ("identity_loss", IDENTITY_LOSSES),
-                              ("embed_hsm", EMBED_MODES), ("keep_threshold", KEEP_THRESHOLDS)):
+                              ("embed_hsm", EMBED_MODES), ("keep_threshold", KEEP_THRESHOLDS),
+                              ("snap_by", ("proxy", "taylor"))):
             if getattr(self, name) not in allowed:
                 bad(name, "one of " + ", ".join(allowed))
         if self.mask_lr is not None and not (isinstance(self.mask_lr, (int, float)) and self.mask_lr > 0):

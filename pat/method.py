@@ -55,8 +55,11 @@ def set_step(model: nn.Module, step: int) -> int:
     mask.set_step(step)
     mask.clear()
     if mask.cfg.snap_at_freeze and schedule.mask_frozen(step, mask.s0, mask.freeze_frac):
-        if int(mask.active().sum()) != mask.target:
-            changed = mask.snap(mask.target)
+        by = mask.cfg.snap_by
+        if int(mask.active().sum()) != mask.target or (by == "taylor" and not bool(mask.snapped)):
+            if by == "taylor" and torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(mask.importance)  # every rank must pick the same channels
+            changed = mask.snap(mask.target, by=by)
             log.info("step %d: snapped the mask to exactly %d active channels (%d changed)", step, mask.target, changed)
             return changed
     return 0
@@ -135,7 +138,7 @@ class PATMethod:
         mask = get_mask(model)
         self._report["active_before_finalize"] = int(mask.active().sum())
         if int(mask.active().sum()) != mask.target:  # training stopped before the freeze point
-            self._report["snap_changed_at_finalize"] = mask.snap(mask.target)
+            self._report["snap_changed_at_finalize"] = mask.snap(mask.target, by=self.cfg.snap_by)
         self._report["kept_channels"] = torch.nonzero(mask.active()).flatten().tolist()
         merged = merge_lora(model)  # peft LoRA folded in place; the HSMs remain on `merged`
         small = _finalize(merged)
@@ -148,9 +151,15 @@ class PATMethod:
         return small
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return {"pat_mask.step": get_mask(model).step.detach().clone()}
+        mask = get_mask(model)
+        return {"pat_mask.step": mask.step.detach().clone(), "pat_mask.importance": mask.importance.detach().clone(),
+                "pat_mask.snapped": mask.snapped.detach().clone()}
 
     def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        mask = get_mask(model)
+        if "pat_mask.importance" in state:
+            mask.importance.copy_(state["pat_mask.importance"])
+            mask.snapped.copy_(state["pat_mask.snapped"])
         set_step(model, int(state["pat_mask.step"]))
 
     def report(self) -> dict[str, Any]:

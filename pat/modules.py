@@ -45,6 +45,10 @@ class SharedMask(nn.Module):
         super().__init__()
         self.proxy = nn.Parameter(torch.zeros(hidden_size))  # W_M, fp32, init 0 -> M(0) = 0.5 + 0.5 = 1
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # first-order Taylor importance of each channel's gate, sum over backward passes of |dL/dM_i * M_i|
+        # (the task loss only: the regularizers act on the proxy, not through M); used by snap(by="taylor")
+        self.register_buffer("importance", torch.zeros(hidden_size))
+        self.register_buffer("snapped", torch.zeros((), dtype=torch.bool))
         self.s0 = int(s0)
         self.freeze_frac = float(freeze_frac)
         self.inclusive = bool(inclusive)
@@ -75,7 +79,15 @@ class SharedMask(nn.Module):
         w = self.proxy.detach() if schedule.mask_frozen(s, self.s0, self.freeze_frac) else self.proxy
         t = schedule.tau(s, self.s0, self.freeze_frac)
         # official form 1 / (1 + exp(min(-tau w, 10))): the clamp keeps a clearly-off channel at ~4.5e-5
-        return torch.sigmoid(torch.clamp(t * w, min=-10.0)) + schedule.beta(s, self.s0)
+        gate = torch.sigmoid(torch.clamp(t * w, min=-10.0)) + schedule.beta(s, self.s0)
+        if gate.requires_grad:
+            m = gate.detach()
+
+            def accumulate(g: torch.Tensor) -> None:  # returns None: the gradient itself is left unchanged
+                self.importance.add_((g.detach() * m).abs())
+
+            gate.register_hook(accumulate)
+        return gate
 
     def refresh(self) -> None:
         self._gate = self.compute_gate()
@@ -89,17 +101,19 @@ class SharedMask(nn.Module):
         self._gate = None
 
     @torch.no_grad()
-    def snap(self, keep: int, margin: float = 0.5) -> int:
-        """Force exactly ``keep`` active channels: the ``keep`` largest proxies >= +margin, the rest <= -margin.
+    def snap(self, keep: int, margin: float = 0.5, by: str = "proxy") -> int:
+        """Force exactly ``keep`` active channels, ranked by ``by``: the proxy value (``"proxy"``) or the
+        accumulated Taylor importance of the gate (``"taylor"``); those get proxies >= +margin, the rest <= -margin.
 
         Returns the number of channels whose active state changed.
         """
         before = self.active().clone()
-        order = torch.argsort(self.proxy, descending=True, stable=True)
+        order = torch.argsort(self.importance if by == "taylor" else self.proxy, descending=True, stable=True)
         on = torch.zeros_like(before)
         on[order[:keep]] = True
         self.proxy[on] = torch.clamp(self.proxy[on], min=margin)
         self.proxy[~on] = torch.clamp(self.proxy[~on], max=-margin)
+        self.snapped.fill_(True)
         self._gate = None
         return int((before != self.active()).sum())
 

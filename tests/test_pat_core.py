@@ -243,3 +243,22 @@ def test_merge_check_detects_a_wrong_model():
     other_small = PATMethod(PATConfig(hio_rank=4)).prepare(other, RunContext(total_steps=30))
     get_mask(other_small).snap(36)
     assert merge_check(model, finalize(other_small), tiny_batch()) > 1e-2
+
+
+def test_taylor_snap_keeps_the_channels_the_task_loss_depends_on():
+    # channel importance |dL/dM_i * M_i| is accumulated from the task loss only; the snap keeps the top N by it
+    method, model = _prepare("llama-mha", steps=30, snap_by="taylor")  # s0 = 10, freeze at 8
+    mask = get_mask(model)
+    x = tiny_batch(4, 12)
+    for step in range(1, 9):
+        out = model(input_ids=x, labels=x)
+        (out.loss + pat_loss(model)).backward()
+        set_step(model, step)
+    imp = mask.importance.clone()
+    assert (imp > 0).all() and bool(mask.snapped)
+    assert set(torch.nonzero(mask.active()).flatten().tolist()) == set(torch.topk(imp, 36).indices.tolist())
+    state = method.state_dict(model)
+    assert torch.equal(state["pat_mask.importance"], imp) and bool(state["pat_mask.snapped"])
+    before = mask.active().clone()
+    set_step(model, 9)  # already snapped: nothing changes
+    assert torch.equal(mask.active(), before)
