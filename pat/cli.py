@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--align", type=int, default=None, help="kept width multiple (default: num_attention_heads)")
     t.add_argument("--identity-loss", default="official", choices=["official", "paper", "none"])
     t.add_argument("--embed-hsm", default="auto", choices=["auto", "full", "mask_only"])
+    t.add_argument("--snap-by", default="proxy", choices=["proxy", "taylor"],
+                   help="how the freeze-point snap picks the kept channels (taylor: for short budgets, see README)")
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--global-batch", type=int, default=8)
     t.add_argument("--micro-batch", type=int, default=8)
@@ -97,7 +99,7 @@ def tune(a: argparse.Namespace) -> dict:
         raise UsageError(f"--hio-rank {a.hio_rank}: expected at most the hidden size {model.config.hidden_size}")
     cfg = PATConfig(prune_ratio=a.ratio, hio_rank=a.hio_rank, lora_rank=a.lora_rank, align=a.align,
                     lora_alpha=a.lora_alpha if a.lora_alpha is not None else float(a.lora_rank),
-                    identity_loss=a.identity_loss, embed_hsm=a.embed_hsm)
+                    identity_loss=a.identity_loss, embed_hsm=a.embed_hsm, snap_by=a.snap_by)
     warmup = a.warmup_steps if a.warmup_steps is not None else max(1, a.max_steps // 20)
     budget = TrainBudget(steps=a.max_steps, global_batch=a.global_batch, micro_batch=a.micro_batch, seq_len=a.seq_len,
                          lr=a.lr, warmup_steps=warmup, seed=a.seed)
