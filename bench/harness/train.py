@@ -37,7 +37,6 @@ import math
 import os
 import platform
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -337,29 +336,17 @@ def save_model(model: nn.Module, tokenizer, path: Path) -> str:
     Returns:
         ``"hf"`` or ``"pruned"``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
-    try:
-        fmt = "hf"
-        pruned_io = None
-        try:
-            from baselines import pruned_io
-        except ImportError:
-            pass
-        if pruned_io is not None and hasattr(pruned_io, "needs_pruned_format") and pruned_io.needs_pruned_format(model):
+    from baselines import pruned_io
+    from pat.fsutil import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        fmt = "pruned" if pruned_io.needs_pruned_format(model) else "hf"
+        if fmt == "pruned":
             pruned_io.save_pruned(model, tmp)
-            fmt = "pruned"
         else:
             model.save_pretrained(tmp)
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return fmt
 
 
