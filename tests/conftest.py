@@ -24,3 +24,12 @@ def smollm2():
         return load("smollm2-135m")
     except ModelNotFoundError as e:  # pragma: no cover - CI installs it
         pytest.skip(str(e))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run several times faster on one thread when the shared CPUs are oversubscribed."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

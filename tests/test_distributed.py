@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+from bench.harness.method import StageDefaults
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from tests.test_train import ROOT, CharTokenizer, budget, write_alpaca
 from tests.tiny import tiny_model
 
 
-class Snapshot:
+class Snapshot(StageDefaults):
     """First stage of the pipeline: its ``finalize`` sees the trained model and saves the trainable tensors."""
 
     name = "snapshot"
@@ -31,27 +32,9 @@ class Snapshot:
     def prepare(self, model, ctx):
         return model
 
-    def param_groups(self, model, lr):
-        return []
-
-    def extra_loss(self, model):
-        return None
-
-    def on_optimizer_step(self, model, step):
-        return None
-
-    def log_values(self, model):
-        return {}
-
     def finalize(self, model, ctx):
         torch.save({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, self.path)
         return model
-
-    def state_dict(self, model):
-        return {}
-
-    def load_state_dict(self, model, state):
-        return None
 
     def report(self):
         return {}
@@ -77,12 +60,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_two_processes_match_one(tmp_path):

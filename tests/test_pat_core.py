@@ -12,7 +12,7 @@ from pat import schedule
 from pat.arch import UnsupportedArchitectureError
 from pat.losses import active_loss
 from pat.modules import SharedMask
-from tests.tiny import TINY, tiny_batch, tiny_config, tiny_model
+from tests.tiny import TINY, randomize_pat, tiny_batch, tiny_config, tiny_model
 
 ARCHS = list(TINY)
 
@@ -23,21 +23,8 @@ def _prepare(name, steps=30, **kw):
     return method, method.prepare(model, RunContext(total_steps=steps))
 
 
-@torch.no_grad()
 def _randomize(model, seed=0):
-    """Random non-zero L0/L1/v/s, LoRA B and mask proxies (so no fold can hide behind an identity)."""
-    g = torch.Generator().manual_seed(seed)
-    for h in hsms(model):
-        for n in ("L0", "L1", "v", "s"):
-            p = getattr(h, n)
-            if p is not None:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    mask = get_mask(model)
-    mask.proxy.copy_(torch.randn(mask.proxy.shape, generator=g))
-    mask.snap(mask.target)
+    randomize_pat(model, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("name", ARCHS)

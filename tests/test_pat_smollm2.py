@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM
 from transformers.models.llama import modeling_llama
 
 from bench.harness.method import RunContext
-from pat import PATConfig, PATMethod, get_mask, hsms, set_hard
+from pat import PATConfig, PATMethod, set_hard
+from tests.tiny import randomize_pat
 
 pytestmark = pytest.mark.slow
 
@@ -23,18 +24,7 @@ def _random_pat(model, ids_seed=0):
     method = PATMethod(PATConfig(prune_ratio=0.25, hio_rank=16, lora_rank=4))
     model = method.prepare(model, RunContext(total_steps=300))
     g = torch.Generator().manual_seed(ids_seed)
-    with torch.no_grad():
-        for h in hsms(model):
-            for n in ("L0", "L1", "s"):
-                p = getattr(h, n)
-                if p is not None:
-                    p.add_(0.02 * torch.randn(p.shape, generator=g))
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.add_(0.01 * torch.randn(p.shape, generator=g))
-        mask = get_mask(model)
-        mask.proxy.copy_(torch.randn(mask.proxy.shape, generator=g))
-        mask.snap(mask.target)
+    randomize_pat(model, g, hsm_scale=0.02, lora_scale=0.01)
     ids = torch.randint(0, model.config.vocab_size, (2, 64), generator=g)
     return method, model, ids
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from bench.harness.method import StageDefaults
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not os.environ.get("PAT_DATA_DIR"), reason="needs PAT_DATA_DIR (Alpaca)")
 
 
-class NormTuneStage:
+class NormTuneStage(StageDefaults):
     """A real, minimal method: trains the final norm gain only; finalize returns the model unchanged."""
 
     name = "normtune"
@@ -46,23 +47,8 @@ class NormTuneStage:
     def param_groups(self, model, lr):
         return [{"name": "norm", "params": [model.model.norm.weight], "lr": lr}]
 
-    def extra_loss(self, model):
-        return None
-
-    def on_optimizer_step(self, model, step):
-        return None
-
-    def log_values(self, model):
-        return {}
-
     def finalize(self, model, ctx):
         return model
-
-    def state_dict(self, model):
-        return {}
-
-    def load_state_dict(self, model, state):
-        return None
 
     def report(self):
         return {"kind": "normtune"}

@@ -44,3 +44,22 @@ def tiny_model(name: str, seed: int = 0, **overrides):
 def tiny_batch(batch: int = 2, seq: int = 10, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, seq), generator=g)
+
+
+@torch.no_grad()
+def randomize_pat(model, g: torch.Generator, hsm_scale: float = 0.1, lora_scale: float = 0.1) -> None:
+    """Random non-zero L0/L1/v/s, LoRA B and mask proxies, then exactly the target count active (so no fold can hide
+    behind an identity)."""
+    from pat import get_mask, hsms
+
+    for h in hsms(model):
+        for n in ("L0", "L1", "v", "s"):
+            p = getattr(h, n)
+            if p is not None:
+                p.add_(hsm_scale * torch.randn(p.shape, generator=g))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.add_(lora_scale * torch.randn(p.shape, generator=g))
+    mask = get_mask(model)
+    mask.proxy.copy_(torch.randn(mask.proxy.shape, generator=g))
+    mask.snap(mask.target)
