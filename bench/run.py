@@ -1,7 +1,8 @@
 """Run a benchmark suite: ``python -m bench.run --suite NAME [--out DIR] [--models ...] [--ratios ...] [--only PAT]``.
 
 ``--list`` / ``--dry-run`` print the expanded runs (and validate every name) without importing torch.
-``--shard i/n`` runs every n-th run starting at i (a Slurm job array: ``--shard $SLURM_ARRAY_TASK_ID/$N``).
+``--shard i/n`` runs every n-th run starting at i (a Slurm job array: ``--shard $SLURM_ARRAY_TASK_ID/$N``);
+``--jobs N`` starts N such shard processes on this machine, each with cores/N threads.
 Results: one JSON per run in ``results/<suite>/`` (or ``--out``); finished runs are skipped on a rerun.
 """
 
@@ -24,6 +25,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ratios", nargs="+", type=float, help="only these prune ratios, e.g. 0.25")
     ap.add_argument("--only", help="only run ids matching this glob or substring, e.g. '*pat*'")
     ap.add_argument("--shard", help="i/n: run every n-th selected run starting at i (cluster job arrays)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="run the selection as N parallel shard processes on this machine, each with cores/N threads "
+                         "(logs in WORK_DIR/logs); e.g. 2 on a 2-core CPU, or one per GPU with CUDA_VISIBLE_DEVICES")
     ap.add_argument("--list", action="store_true", help="print the run ids and exit (no torch import)")
     ap.add_argument("--dry-run", action="store_true", help="print runs with their status and config, then exit")
     ap.add_argument("--model-path", action="append", default=[], metavar="NAME=DIR",
@@ -79,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench.harness.runner import RunnerOptions, run_suite, work_dir_default
 
+    if args.jobs > 1:
+        if args.shard:
+            print("error: --jobs and --shard together: --jobs N already splits the selection into N shards", file=sys.stderr)
+            return 2
+        return _run_jobs(argv if argv is not None else sys.argv[1:], args.jobs,
+                         Path(args.work_dir) if args.work_dir else work_dir_default(), suite.name)
+    if args.jobs < 1:
+        print(f"error: --jobs {args.jobs}: expected a positive number of processes", file=sys.stderr)
+        return 2
+
     opts = RunnerOptions(out_dir=out, work_dir=Path(args.work_dir) if args.work_dir else work_dir_default(),
                          model_paths=model_paths, data_dir=args.data_dir, retry_failed=not args.skip_failed,
                          progress=not args.no_progress, device=args.device)
@@ -92,6 +106,50 @@ def main(argv: list[str] | None = None) -> int:
     print(f"suite {suite.name}: {counts['done']} done, {counts['skipped']} skipped (finished), "
           f"{counts['failed']} failed, of {counts['total']}; results in {out}")
     return 1 if counts["failed"] else 0
+
+
+def _strip_jobs(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--jobs":
+            skip = True
+        elif not a.startswith("--jobs="):
+            out.append(a)
+    return out
+
+
+def _run_jobs(argv: list[str], n: int, work_dir: Path, suite: str) -> int:
+    """Start ``n`` shard processes (``--shard i/n``), each with ``cores // n`` threads, and wait for all.
+
+    Shards are static (run ``i``, ``i+n``, ...), so a rerun resumes each where it stopped. Each writes its own
+    results (one JSON per run, atomically), so they never collide; ``reuse_prefix`` falls back to training the
+    prefix itself when another shard has not finished it yet.
+    """
+    import os
+    import subprocess
+    import time
+
+    threads = max(1, (os.cpu_count() or n) // n)
+    logs = work_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(n):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        log_path = logs / f"{suite}-shard{i}of{n}.log"
+        cmd = [sys.executable, "-m", "bench.run", *_strip_jobs(argv), "--shard", f"{i}/{n}", "--no-progress"]
+        fh = open(log_path, "a")
+        procs.append((subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT), fh, log_path))
+        print(f"shard {i}/{n}: pid {procs[-1][0].pid}, {threads} thread(s), log {log_path}")
+    t0 = time.time()
+    rcs = [p.wait() for p, _, _ in procs]
+    for _, fh, _ in procs:
+        fh.close()
+    for i, (rc, (_, _, log_path)) in enumerate(zip(rcs, procs)):
+        print(f"shard {i}/{n}: exit {rc} ({log_path})")
+    print(f"suite {suite}: {n} shards finished in {time.time() - t0:.0f} s")
+    return max(rcs)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,30 @@ def test_pipeline_labels(pipeline, expected):
     assert (name, mode) == expected
 
 
+def test_named_variants_are_labelled_by_their_display_name_or_stage():
+    args = {"pat_taylor": {"stage": "pat", "display": "PAT (Taylor snap)"}, "lp2": {"stage": "llm_pruner"},
+            "lora": {"rank": 8}}
+    assert REP.label(["pat_taylor"], args) == ("PAT", "PAT (Taylor snap)", "PAT")
+    assert REP.label(["lp2", "lora"], args) == ("LLM-Pruner", "LLM-Pruner (lp2)", "P→FT")
+    assert REP.label(["lora", "lp2"], args) == ("LLM-Pruner", "LLM-Pruner (lp2)", "FT→P")
+
+
+def test_claims_are_made_per_pat_variant():
+    import pandas as pd
+
+    rows = [("Dense", "Dense", "—", 0.0, 40.0), ("LoRA", "LoRA-8", "FT", 0.0, 42.0),
+            ("PAT", "PAT", "PAT", 0.25, 30.0), ("PAT", "PAT (Taylor snap)", "PAT", 0.25, 40.0),
+            ("LLM-Pruner", "LLM-Pruner", "P→FT", 0.25, 35.0)]
+    runs = pd.DataFrame([{"run_id": f"r{i}", "model": "m", "status": "success", "family": f, "method": n, "mode": mo,
+                          "ratio": r, "acc": a, "acc_se": 1.0} for i, (f, n, mo, r, a) in enumerate(rows)])
+    c = REP.claims_table(runs, pd.DataFrame())
+    got = {row["claim"]: (row["ours"], row["PAT beats it here"]) for _, row in c.iterrows()}
+    assert got["PAT > LLM-Pruner P→FT at 25 %"] == (pytest.approx(-5.0), "no")
+    assert got["PAT (Taylor snap) > LLM-Pruner P→FT at 25 %"] == (pytest.approx(5.0), "yes")
+    assert got["PAT (Taylor snap) > LoRA FT at 25 %"] == (pytest.approx(-2.0), "within noise")  # |-2| <= 2 sqrt(2)
+    assert got["PAT > LoRA FT at 25 %"] == (pytest.approx(-12.0), "no")
+
+
 def test_paper_table_matches_the_spec_transcription():
     with open(REP.PAPER_TABLE, "rb") as fh:
         data = tomllib.load(fh)

@@ -142,6 +142,27 @@ def test_runs_write_complete_records_and_failures_do_not_stop_the_grid(env):
     assert counts3["skipped"] == 3
 
 
+def test_changed_measurement_settings_rerun_finished_runs(env):
+    d = suite_dict([[]])
+    assert _run(d, env)[0]["done"] == 1
+    rec = R.read_result(R.result_path(env.out_dir, "tiny--dense--r0.00--s0"))
+    assert rec["protocol"]["throughput"]["batch_sizes"] == [1]
+    assert _run(d, env)[0]["skipped"] == 1
+    d["throughput"]["batch_sizes"] = [1, 2]  # same run spec, other measurement: the old record no longer applies
+    assert _run(d, env)[0] == {"done": 1, "skipped": 0, "failed": 0, "total": 1}
+    rec = R.read_result(R.result_path(env.out_dir, "tiny--dense--r0.00--s0"))
+    assert [p["batch_size"] for p in rec["throughput"]["prefill"]] == [1, 2]
+
+
+def test_a_named_variant_runs_its_stage_with_its_own_args(env):
+    d = suite_dict([["fakeprune"], ["fp_half"]], ratios=(0.25,))
+    d["methods"] = {"fp_half": {"stage": "fakeprune", "display": "Fake (half)"}}
+    counts, runs = _run(d, env)
+    assert counts["done"] == 2 and [r.run_id for r in runs] == ["tiny--fakeprune--r0.25--s0", "tiny--fp_half--r0.25--s0"]
+    rec = R.read_result(R.result_path(env.out_dir, "tiny--fp_half--r0.25--s0"))
+    assert rec["train"]["stages"]["0-fakeprune"]["ratio"] == 0.25  # built as FakePruner, with the run's ratio
+
+
 def test_resume_after_a_killed_suite(env, tmp_path):
     """SIGKILL the runner while its second run trains; the rerun skips the first and completes the rest."""
     d = suite_dict([[], ["normtune"]])

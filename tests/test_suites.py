@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness.suites import (
-    SUITES_DIR, SuiteError, expand, load_suite, parse_shard, parse_suite, select, validate,
+    SUITES_DIR, SuiteError, expand, load_suite, parse_shard, parse_suite, resolve_stage, select, validate,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,9 +57,11 @@ def test_seeds_and_per_grid_method_args():
 
 def test_shipped_suites_expand_to_the_documented_grids():
     ids = [r.run_id for r in expand(load_suite("cpu"))]
-    assert len(ids) == 17 and ids[0] == "smollm2-135m--dense--r0.00--s0" and "smollm2-135m--pat--r0.25--s0" in ids
-    assert {i.split("--")[1] for i in ids} == {"dense", "lora", "pat", "llm_pruner+lora", "lora+llm_pruner",
-                                              "slicegpt+lora", "lora+slicegpt"}
+    assert len(ids) == 20 and ids[0] == "smollm2-135m--dense--r0.00--s0" and "smollm2-135m--pat--r0.25--s0" in ids
+    assert {i.split("--")[1] for i in ids} == {"dense", "lora", "pat", "pat_taylor", "llm_pruner+lora",
+                                              "lora+llm_pruner", "slicegpt+lora", "lora+slicegpt"}
+    trains = [("+" not in i.split("--")[1] or i.split("--")[1].endswith("+lora")) and "dense" not in i for i in ids]
+    assert abs(sum(trains[0::2]) - sum(trains[1::2])) <= 1  # --jobs 2: each shard gets half of the 13 trainings
     assert len(expand(load_suite("paper"))) == 5 + 5 * 3 * 5
     assert [r.run_id for r in expand(load_suite("ci"))] == [
         "smollm2-135m--dense--r0.00--s0", "smollm2-135m--lora--r0.00--s0", "smollm2-135m--pat--r0.25--s0"]
@@ -159,3 +161,34 @@ def test_run_cli_reports_a_bad_suite_field_with_exit_code_2(tmp_path, capsys):
                    '[[grid]]\nmodels = ["m", "ghost"]\nratios = [0.0]\npipelines = [[]]\n')
     assert main(["--suite", str(bad), "--list"]) == 2
     assert "grid[0].models: unknown model 'ghost'" in capsys.readouterr().err
+
+
+def test_named_variant_of_a_stage_gets_its_own_runs_and_args():
+    d = _suite()
+    d["methods"]["pat_taylor"] = {"stage": "pat", "display": "PAT (Taylor snap)", "snap_by": "taylor", "hio_rank": 8}
+    d["grid"] = [{"models": ["m1"], "ratios": [0.25], "pipelines": [["pat"], ["pat_taylor"]], "budget": "b"}]
+    suite = parse_suite(d)
+    runs = validate(suite, stages=STAGES, tasks=TASKS)
+    assert [r.run_id for r in runs] == ["m1--pat--r0.25--s0", "m1--pat_taylor--r0.25--s0"]
+    assert runs[0].method_args == {} and resolve_stage("pat", runs[0].method_args) == ("pat", {})
+    assert resolve_stage("pat_taylor", runs[1].method_args) == ("pat", {"snap_by": "taylor", "hio_rank": 8})
+
+
+@pytest.mark.parametrize("table, needle", [
+    ({"stage": "nope"}, "[methods.pat_taylor].stage: 'nope' is not a registered stage"),
+    ({"stage": 3}, "[methods.pat_taylor].stage: 3 is not a registered stage"),
+])
+def test_named_variant_of_an_unknown_stage_fails_naming_the_field(table, needle):
+    d = _suite()
+    d["methods"]["pat_taylor"] = table
+    d["grid"] = [{"models": ["m1"], "ratios": [0.25], "pipelines": [["pat_taylor"]], "budget": "b"}]
+    with pytest.raises(SuiteError) as e:
+        validate(parse_suite(d), stages=STAGES, tasks=TASKS)
+    assert needle in str(e.value)
+
+
+def test_a_variant_may_not_shadow_a_registered_stage():
+    d = _suite()
+    d["methods"]["lora"] = {"stage": "pat"}
+    with pytest.raises(SuiteError, match=r"\[methods.lora\] has stage = 'pat' but 'lora' is itself a registered stage"):
+        validate(parse_suite(d), stages=STAGES, tasks=TASKS)

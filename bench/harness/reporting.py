@@ -44,18 +44,23 @@ def label(pipeline: list[str], method_args: dict[str, dict] | None = None) -> tu
     args = method_args or {}
     if not pipeline:
         return "Dense", "Dense", "—"
-    if list(pipeline) == ["lora"]:
-        rank = args.get("lora", {}).get("rank")
-        return "LoRA", f"LoRA-{rank}" if rank else "LoRA", "FT"
-    if list(pipeline) == ["pat"]:
-        return "PAT", "PAT", "PAT"
-    if len(pipeline) == 2 and pipeline[1] == "lora":
-        name = DISPLAY.get(pipeline[0], pipeline[0])
-        return name, name, "P→FT"
-    if len(pipeline) == 2 and pipeline[0] == "lora":
-        name = DISPLAY.get(pipeline[1], pipeline[1])
-        return name, name, "FT→P"
-    name = "+".join(DISPLAY.get(s, s) for s in pipeline)
+    # a suite's named variant ([methods.pat_taylor] stage = "pat") is labelled by its `display` or "PAT (pat_taylor)"
+    base = [args.get(s, {}).get("stage", s) for s in pipeline]
+
+    def show(i: int) -> str:
+        s, b = pipeline[i], base[i]
+        return args.get(s, {}).get("display") or (DISPLAY.get(b, b) if s == b else f"{DISPLAY.get(b, b)} ({s})")
+
+    if base == ["lora"]:
+        rank = args.get(pipeline[0], {}).get("rank")
+        return "LoRA", show(0) if pipeline[0] != "lora" else (f"LoRA-{rank}" if rank else "LoRA"), "FT"
+    if base == ["pat"]:
+        return "PAT", show(0), "PAT"
+    if len(pipeline) == 2 and base[1] == "lora":
+        return DISPLAY.get(base[0], base[0]), show(0), "P→FT"
+    if len(pipeline) == 2 and base[0] == "lora":
+        return DISPLAY.get(base[1], base[1]), show(1), "FT→P"
+    name = "+".join(show(i) for i in range(len(pipeline)))
     return name, name, "P" if len(pipeline) == 1 else "+".join(pipeline)
 
 
@@ -245,9 +250,11 @@ def to_markdown(df: pd.DataFrame, digits: int = 2, signed: bool = False, bold_ma
 
 
 # ---------------------------------------------------------------------------------------------- claims
-def _cell(runs: pd.DataFrame, model: str, ratio: float, family: str, mode: str, value: str):
+def _cell(runs: pd.DataFrame, model: str, ratio: float, family: str, mode: str, value: str, method: str | None = None):
     d = runs[(runs["status"] == "success") & (runs["model"] == model) & (runs["family"] == family)
              & (runs["mode"] == mode) & ((runs["ratio"] - ratio).abs() < 1e-9)].dropna(subset=[value])
+    if method is not None:
+        d = d[d["method"] == method]
     if d.empty:
         return None, None
     se = d[f"{value}_se"].mean() if f"{value}_se" in d else None
@@ -264,22 +271,25 @@ def claims_table(runs: pd.DataFrame, tp: pd.DataFrame, value: str = "acc") -> pd
     col = meta["model_labels"][meta["models"].index("llama2-7b")]
     paper = {(r["Ratio"], r["Method"], r["Mode"]): r[col] for _, r in ref.iterrows()}
     rows = []
-    for model in sorted(runs["model"].unique()):
+    variants = sorted(runs[runs["family"] == "PAT"]["method"].unique(), key=lambda m: (m != "PAT", m)) or ["PAT"]
+    for model, ratio, pm in ((m, r, pm) for m in sorted(runs["model"].unique())
+                             for r in sorted(r for r in runs["ratio"].unique() if r > 0) for pm in variants):
         lora, lora_se = _cell(runs, model, 0.0, "LoRA", "FT", value)
-        for ratio in sorted(r for r in runs["ratio"].unique() if r > 0):
-            rl = f"{100 * ratio:.0f} %"
-            pat, pat_se = _cell(runs, model, ratio, "PAT", "PAT", value)
-            others = [(b, "P→FT", *_cell(runs, model, ratio, b, "P→FT", value)) for b in ("LLM-Pruner", "SliceGPT")]
-            if ratio in (0.20, 0.25):
-                others.append(("LoRA", "FT", lora, lora_se))
-            for name, mode, v, se in others:
-                p_other = paper.get((rl, name, mode)) if name != "LoRA" else paper.get(("0 %", "LoRA-64", "FT"))
-                p_pat = paper.get((rl, "PAT", "PAT"))
-                diff = None if pat is None or v is None else pat - v
-                err = math.sqrt((pat_se or 0) ** 2 + (se or 0) ** 2) if diff is not None else None
-                verdict = "–" if diff is None else ("within noise" if err and abs(diff) <= 2 * err else ("yes" if diff > 0 else "no"))
-                rows.append({"claim": f"PAT > {name} {mode} at {rl}", "paper (Llama2-7B)": None if p_pat is None or p_other is None else p_pat - p_other,
-                             "model": model, "ours": diff, "± 1 s.e.": err, "PAT beats it here": verdict})
+        # one block of claims per model, ratio and PAT variant (the paper's PAT, or a suite's named variant)
+        rl = f"{100 * ratio:.0f} %"
+        pat, pat_se = _cell(runs, model, ratio, "PAT", "PAT", value, method=pm)
+        others = [(b, "P→FT", *_cell(runs, model, ratio, b, "P→FT", value)) for b in ("LLM-Pruner", "SliceGPT")]
+        if ratio in (0.20, 0.25):
+            others.append(("LoRA", "FT", lora, lora_se))
+        for name, mode, v, se in others:
+            p_other = paper.get((rl, name, mode)) if name != "LoRA" else paper.get(("0 %", "LoRA-64", "FT"))
+            p_pat = paper.get((rl, "PAT", "PAT"))
+            diff = None if pat is None or v is None else pat - v
+            err = math.sqrt((pat_se or 0) ** 2 + (se or 0) ** 2) if diff is not None else None
+            verdict = "–" if diff is None else ("within noise" if err and abs(diff) <= 2 * err else ("yes" if diff > 0 else "no"))
+            rows.append({"claim": f"{pm} > {name} {mode} at {rl}", "paper (Llama2-7B)": None if p_pat is None or p_other is None else p_pat - p_other,
+                         "model": model, "ours": diff, "± 1 s.e.": err, "PAT beats it here": verdict})
+    for model in sorted(runs["model"].unique()):
         if not tp.empty:
             d = tp[(tp["model"] == model) & (tp["family"] == "PAT") & ((tp["ratio"] - 0.25).abs() < 1e-9) & ~tp["oom"]].dropna(subset=["speedup"])
             if not d.empty:

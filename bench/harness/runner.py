@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import results as R
-from bench.harness.suites import RunSpec, Suite
+from bench.harness.suites import RunSpec, Suite, resolve_stage
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def ratio_kwarg(cls: type) -> str | None:
 
 
 def stage_args(spec: RunSpec, name: str, cls: type) -> dict[str, Any]:
-    args = dict(spec.method_args.get(name, {}))
+    """Constructor args of pipeline stage ``name`` (a registered stage or a suite's named variant), with the ratio."""
+    args = resolve_stage(name, spec.method_args)[1]
     key = ratio_kwarg(cls)
     if key and spec.ratio > 0:
         args[key] = spec.ratio
@@ -125,12 +126,13 @@ def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[st
         for r in (r for r in runs if r.trains):
             budget_mod.TrainBudget.from_dict(r.budget)
             for s in r.pipeline:
+                base = resolve_stage(s, r.method_args)[0]
                 try:
-                    cls = registry.stage_class(s)
+                    cls = registry.stage_class(base)
                 except ImportError as e:
-                    raise MissingPieceError(f"bench runner: stage {s!r} cannot be imported ({e}); nothing was run") from e
+                    raise MissingPieceError(f"bench runner: stage {base!r} cannot be imported ({e}); nothing was run") from e
                 try:  # constructing a stage validates its arguments (unknown options, bad ratios) before any work
-                    registry.make_stage(s, **stage_args(r, s, cls))
+                    registry.make_stage(base, **stage_args(r, s, cls))
                 except (TypeError, ValueError) as e:
                     raise ValueError(f"suite '{suite.name}', run {r.run_id}: stage {s!r} rejects its arguments "
                                      f"{stage_args(r, s, cls)}: {e}") from e
@@ -210,10 +212,17 @@ def _apply_suffix(model, tokenizer, stages, names: list[str], offset: int, spec:
     return model, {f"{offset + j}-{n}": st.report() for j, (n, st) in enumerate(zip(names[offset:], stages))}
 
 
+def _make(spec: RunSpec, name: str):
+    """Build pipeline stage ``name`` of ``spec`` (a named variant builds its registered stage with its own args)."""
+    from bench.harness.registry import make_stage, stage_class
+
+    base = resolve_stage(name, spec.method_args)[0]
+    return make_stage(base, **stage_args(spec, name, stage_class(base)))
+
+
 def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpec], reuse: bool):
     """Run the pipeline (or its suffix after a reused prefix); returns ``(final model, train record)``."""
     from bench.harness.budget import TrainBudget
-    from bench.harness.registry import make_stage, stage_class
 
     names = list(spec.pipeline)
     prefix = _prefix_run(spec, all_runs) if reuse else None
@@ -223,13 +232,13 @@ def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpe
 
         model, tok = load(str(prefix_dir), device=opts.device)
         offset = len(prefix.pipeline)
-        stages = [make_stage(n, **stage_args(spec, n, stage_class(n))) for n in names[offset:]]
+        stages = [_make(spec, n) for n in names[offset:]]
         model, reports = _apply_suffix(model, tok, stages, names, offset, spec, opts)
         prev = R.read_result(R.result_path(opts.out_dir, prefix.run_id)) or {}
         return model, {"reused_prefix": prefix.run_id, "prefix_train": prev.get("train"), "stages": reports}
     from bench.harness.train import run_pipeline
 
-    stages = [make_stage(n, **stage_args(spec, n, stage_class(n))) for n in names]
+    stages = [_make(spec, n) for n in names]
     rec = run_pipeline(model, stages, TrainBudget.from_dict(spec.budget), spec.train_data,
                        opts.work_dir / spec.suite / spec.run_id, data_dir=opts.data_dir,
                        checkpoint_every=opts.checkpoint_every, tokenizer=tok, progress=opts.progress)
@@ -301,12 +310,18 @@ def run_one(spec: RunSpec, suite: Suite, model_dir: str, opts: RunnerOptions, al
     data.update(metrics.get("eval_data_sha256", {}))
     for d, p in metrics.get("perplexity", {}).items():
         data[d] = p.get("sha256")
-    return R.make_record(spec.to_dict(), "success", {**prov, "data_sha256": data}, model_source=model_dir,
+    return R.make_record(spec.to_dict(), "success", {**prov, "data_sha256": data}, protocol=suite_protocol(suite),
+                         model_source=model_dir,
                          metrics=metrics, params=params, train=train_rec, throughput=tp,
                          seconds=round(time.perf_counter() - t0, 2))
 
 
 # ---------------------------------------------------------------------------------------------- the grid
+def suite_protocol(suite: Suite) -> dict[str, Any]:
+    """The suite's measurement settings stored in each record; a finished run whose settings differ is rerun."""
+    return {"eval": dict(suite.eval), "perplexity": dict(suite.perplexity), "throughput": dict(suite.throughput)}
+
+
 def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: list[RunSpec] | None = None) -> dict[str, int]:
     """Run ``runs`` (a selection of the suite's runs), skipping finished ones; one JSON per run in ``opts.out_dir``.
 
@@ -321,11 +336,13 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: 
     prov = R.provenance([d for d in datasets], opts.data_dir)
     counts = {"done": 0, "skipped": 0, "failed": 0, "total": len(runs)}
     bar = tqdm(runs, desc=f"suite {suite.name}", unit="run", disable=not opts.progress)
+    protocol = suite_protocol(suite)
     for spec in bar:
         path = R.result_path(opts.out_dir, spec.run_id)
         old = R.read_result(path)
-        if old is not None and old.get("spec") != spec.to_dict():
-            log.warning("run %s: the suite changed since %s was written; running it again", spec.run_id, path)
+        if old is not None and (old.get("spec") != spec.to_dict() or old.get("protocol", protocol) != protocol):
+            log.warning("run %s: the suite (run spec or eval/perplexity/throughput settings) changed since %s was "
+                        "written; running it again", spec.run_id, path)
         elif old is not None and (old.get("status") == "success" or (old.get("status") == "failed" and not opts.retry_failed)):
             counts["skipped"] += 1
             continue
@@ -339,7 +356,7 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: 
                          (rec["metrics"].get("mean") or {}).get("acc"))
         except Exception as e:  # a failed run is recorded and the grid goes on
             log.error("run %s failed: %s: %s", spec.run_id, type(e).__name__, e)
-            rec = R.make_record(spec.to_dict(), "failed", prov, error={"type": type(e).__name__, "message": str(e),
+            rec = R.make_record(spec.to_dict(), "failed", prov, protocol=protocol, error={"type": type(e).__name__, "message": str(e),
                                 "traceback": traceback.format_exc()}, seconds=round(time.perf_counter() - t0, 2))
             counts["failed"] += 1
         if rec is not None and _rank() == 0:

@@ -39,6 +39,22 @@ MODEL_KEYS = {"registered", "hub", "path", "env", "random", "size"}
 GRID_KEYS = {"models", "ratios", "pipelines", "seeds", "budget", "method_args"}
 
 
+VARIANT_KEYS = ("stage", "display")  # in [methods.NAME]: NAME is a variant of stage `stage`, shown as `display`
+
+
+def resolve_stage(name: str, method_args: dict[str, dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+    """``(registered stage, constructor args)`` of a pipeline name.
+
+    A suite may define a named variant of a stage: ``[methods.pat_taylor]`` with ``stage = "pat"`` runs the ``pat``
+    stage with that table's other keys (``display`` only labels it in reports), under its own name, so the variant
+    gets its own run ids and table rows beside the plain stage.
+    """
+    args = dict((method_args or {}).get(name, {}))
+    base = args.pop("stage", name)
+    args.pop("display", None)
+    return base, args
+
+
 class SuiteError(ValueError):
     """A suite file that does not validate; the message names the file, the field and the expected form."""
 
@@ -283,8 +299,17 @@ def validate(suite: Suite, runs: Iterable[RunSpec] | None = None, *, stages: set
     """
     where = _where(suite.path, suite.name)
     runs = list(expand(suite) if runs is None else runs)
-    stages = known_stages() if stages is None else stages
+    stages = set(known_stages() if stages is None else stages)
     tasks = known_tasks() if tasks is None else tasks
+    for s, table in suite.method_args.items():  # named variants: [methods.X] with stage = "<registered stage>"
+        if "stage" in table:
+            if not isinstance(table["stage"], str) or table["stage"] not in stages:
+                raise SuiteError(f"{where}: [methods.{s}].stage: {table['stage']!r} is not a registered stage; "
+                                 f"known stages: {sorted(stages)}")
+            if s in stages:
+                raise SuiteError(f"{where}: [methods.{s}] has stage = {table['stage']!r} but {s!r} is itself a "
+                                 "registered stage; give the variant another name, e.g. pat_taylor")
+    stages |= {s for s, t in suite.method_args.items() if "stage" in t}
     for i, g in enumerate(suite.grid):
         for m in g["models"]:
             if m not in suite.models:
