@@ -2,7 +2,8 @@
 
 ``--list`` / ``--dry-run`` print the expanded runs (and validate every name) without importing torch.
 ``--shard i/n`` runs every n-th run starting at i (a Slurm job array: ``--shard $SLURM_ARRAY_TASK_ID/$N``);
-``--jobs N`` starts N such shard processes on this machine, each with cores/N threads.
+``--jobs N`` starts N such shard processes on this machine, each with cores/N threads; ``--retime`` measures the
+throughput of finished runs again (after a parallel run, on a quiet host) and updates their records.
 Results: one JSON per run in ``results/<suite>/`` (or ``--out``); finished runs are skipped on a rerun.
 """
 
@@ -28,6 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, default=1,
                     help="run the selection as N parallel shard processes on this machine, each with cores/N threads "
                          "(logs in WORK_DIR/logs); e.g. 2 on a 2-core CPU, or one per GPU with CUDA_VISIBLE_DEVICES")
+    ap.add_argument("--retime", action="store_true",
+                    help="measure the throughput of finished runs again (on a quiet host) and update their records")
     ap.add_argument("--list", action="store_true", help="print the run ids and exit (no torch import)")
     ap.add_argument("--dry-run", action="store_true", help="print runs with their status and config, then exit")
     ap.add_argument("--model-path", action="append", default=[], metavar="NAME=DIR",
@@ -83,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench.harness.runner import RunnerOptions, run_suite, work_dir_default
 
+    if args.retime:
+        from bench.harness.runner import retime_suite
+
+        opts = RunnerOptions(out_dir=out, work_dir=Path(args.work_dir) if args.work_dir else work_dir_default(),
+                             model_paths=model_paths, data_dir=args.data_dir, progress=False, device=args.device)
+        c = retime_suite(suite, runs, opts)
+        print(f"suite {suite.name}: {c['retimed']} runs retimed, {c['missing']} without a model on disk, "
+              f"{c['not_finished']} not finished, of {c['total']}; results in {out}")
+        return 0
     if args.jobs > 1:
         if args.shard:
             print("error: --jobs and --shard together: --jobs N already splits the selection into N shards", file=sys.stderr)

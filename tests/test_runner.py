@@ -154,6 +154,25 @@ def test_changed_measurement_settings_rerun_finished_runs(env):
     assert [p["batch_size"] for p in rec["throughput"]["prefill"]] == [1, 2]
 
 
+def test_retime_replaces_only_the_throughput_of_finished_runs(env):
+    from bench.harness.runner import retime_suite
+
+    d = suite_dict([[], ["normtune"], ["boom"]])
+    _run(d, env)
+    before = {r["run_id"]: r for r in R.load_results(env.out_dir)}
+    suite = parse_suite(d)
+    counts = retime_suite(suite, validate(suite), env)
+    assert counts == {"retimed": 2, "missing": 0, "not_finished": 1, "total": 3}
+    after = {r["run_id"]: r for r in R.load_results(env.out_dir)}
+    for rid in ("tiny--dense--r0.00--s0", "tiny--normtune--r0.00--s0"):
+        old, new = before[rid], after[rid]
+        expect = old["model_source"] if "dense" in rid else str(env.work_dir / "rt" / rid / "model")
+        assert new["throughput"]["retimed"]["model_dir"] == expect
+        assert new["throughput"]["params"] == old["throughput"]["params"]
+        assert {k: v for k, v in new.items() if k != "throughput"} == {k: v for k, v in old.items() if k != "throughput"}
+    assert after["tiny--boom--r0.00--s0"] == before["tiny--boom--r0.00--s0"]
+
+
 def test_a_named_variant_runs_its_stage_with_its_own_args(env):
     d = suite_dict([["fakeprune"], ["fp_half"]], ratios=(0.25,))
     d["methods"] = {"fp_half": {"stage": "fakeprune", "display": "Fake (half)"}}

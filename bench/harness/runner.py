@@ -365,6 +365,49 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: 
     return counts
 
 
+def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[str, int]:
+    """Measure the throughput of finished runs again and replace it in their records (nothing else changes).
+
+    For timings taken on a busy host (e.g. ``--jobs 2`` on 2 cores): rerun this on a quiet one. The dense model is
+    loaded from its source, a trained run's finalized model from ``WORK_DIR/<suite>/<run_id>/model``; runs whose
+    model is not on disk (a reused-prefix FT->P run applies its pruner in memory) keep their timings and are counted
+    as ``missing``.
+    """
+    import torch
+
+    from bench.harness.modelsrc import resolve_models
+    from bench.harness.throughput import measure
+    from pat.models import load
+
+    model_dirs = resolve_models(suite.models, sorted({r.model for r in runs}), opts.model_paths, suite.name, suite.runs_here)
+    cfg = {k: v for k, v in suite.throughput.items() if k != "enabled"}
+    counts = {"retimed": 0, "missing": 0, "not_finished": 0, "total": len(runs)}
+    for spec in runs:
+        path = R.result_path(opts.out_dir, spec.run_id)
+        rec = R.read_result(path)
+        if rec is None or rec.get("status") != "success":
+            counts["not_finished"] += 1
+            continue
+        mdir = Path(model_dirs[spec.model]) if not spec.trains else opts.work_dir / spec.suite / spec.run_id / "model"
+        if not (mdir / "config.json").exists():
+            log.warning("run %s: no finalized model at %s; its throughput is left as it was", spec.run_id, mdir)
+            counts["missing"] += 1
+            continue
+        torch.manual_seed(spec.seed)
+        model, _ = load(str(mdir), device=opts.device)
+        tp = measure(model, **cfg)
+        tp["retimed"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model_dir": str(mdir),
+                         "replaced_host_load": (rec.get("throughput") or {}).get("host_load")}
+        rec["throughput"] = tp
+        R.write_json_atomic(path, rec)
+        counts["retimed"] += 1
+        log.info("run %s retimed: prefill %s", spec.run_id,
+                 {p["batch_size"]: p.get("median_s") for p in tp.get("prefill", [])})
+        del model
+        _free()
+    return counts
+
+
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
