@@ -230,6 +230,8 @@ def test_tune_then_prune_reuses_the_finished_tuning_run(env):
     assert rep["ratio"] == 0.25  # the run's ratio reached the stage through its `ratio` argument
     assert rep["calls"] == [["prepare", 1, ["normtune", "fakeprune"]], ["finalize", 1, "LlamaForCausalLM"]]
     assert not (env.work_dir / "rt" / "tiny--normtune+fakeprune--r0.25--s0" / "run.json").exists()  # no 2nd training
+    saved = env.work_dir / "rt" / "tiny--normtune+fakeprune--r0.25--s0" / "model"
+    assert rec["train"]["model_dir"] == str(saved) and (saved / "config.json").exists()  # the pruned model is kept
     assert rec["params"]["trainable"] == 32
 
 

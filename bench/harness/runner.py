@@ -235,7 +235,13 @@ def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpe
         stages = [_make(spec, n) for n in names[offset:]]
         model, reports = _apply_suffix(model, tok, stages, names, offset, spec, opts)
         prev = R.read_result(R.result_path(opts.out_dir, prefix.run_id)) or {}
-        return model, {"reused_prefix": prefix.run_id, "prefix_train": prev.get("train"), "stages": reports}
+        rec = {"reused_prefix": prefix.run_id, "prefix_train": prev.get("train"), "stages": reports}
+        if _rank() == 0:  # the finalized model, where the trainer would have put it (loadable, retimable)
+            from bench.harness.train import save_model
+
+            out = opts.work_dir / spec.suite / spec.run_id / "model"
+            rec["model_format"], rec["model_dir"] = save_model(model, tok, out), str(out)
+        return model, rec
     from bench.harness.train import run_pipeline
 
     stages = [_make(spec, n) for n in names]
@@ -370,8 +376,7 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
 
     For timings taken on a busy host (e.g. ``--jobs 2`` on 2 cores): rerun this on a quiet one. The dense model is
     loaded from its source, a trained run's finalized model from ``WORK_DIR/<suite>/<run_id>/model``; runs whose
-    model is not on disk (a reused-prefix FT->P run applies its pruner in memory) keep their timings and are counted
-    as ``missing``.
+    model is not on disk keep their timings and are counted as ``missing``.
     """
     import torch
 
