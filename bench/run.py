@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                              model_paths=model_paths, data_dir=args.data_dir, progress=False, device=args.device)
         c = retime_suite(suite, runs, opts)
         print(f"suite {suite.name}: {c['retimed']} runs retimed, {c['missing']} without a model on disk, "
-              f"{c['not_finished']} not finished, of {c['total']}; results in {out}")
-        return 0
+              f"{c['failed']} failed, {c['not_finished']} not finished, of {c['total']}; results in {out}")
+        return 1 if c["failed"] else 0
     if args.jobs > 1:
         if args.shard:
             print("error: --jobs and --shard together: --jobs N already splits the selection into N shards", file=sys.stderr)

@@ -120,7 +120,9 @@ def load(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, de
         model = load_pruned(src, dtype=dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(src)
+    # the model's config, not config.json: a pruned checkpoint's widths (SliceGPT: hidden 456 with 9 heads) fail the
+    # stock config's validation, which AutoTokenizer would otherwise run
+    tok = AutoTokenizer.from_pretrained(src, config=model.config)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if device is not None:

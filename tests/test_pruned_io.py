@@ -94,3 +94,27 @@ def test_manifest_errors_name_the_field(tmp_path):
     mf.write_text(json.dumps(bad))
     with pytest.raises(pruned_io.PrunedCheckpointError, match="format/version"):
         pruned_io.load_pruned(tmp_path / "ck")
+
+
+def test_sliced_checkpoint_with_an_odd_width_loads_through_pat_models(tmp_path):
+    """SliceGPT leaves hidden sizes that stock configs refuse (SmolLM2: 456 with 9 heads); loading the model and its
+    tokenizer must not go through that validation (regression: the tokenizer read config.json)."""
+    from transformers import AutoTokenizer
+
+    from baselines import slicegpt
+    from pat.models import ModelNotFoundError, load, resolve
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    except ModelNotFoundError as e:  # pragma: no cover
+        pytest.skip(str(e))
+    m = tiny_model("llama-mha", num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=3)  # head_dim 16
+    calib = torch.randint(0, m.config.vocab_size, (4, 16))
+    m, _ = slicegpt.prune(m, 0.2, calib)
+    width = m.model.embed_tokens.weight.shape[1]
+    assert width % m.config.num_attention_heads != 0, width  # the case stock validation refuses
+    pruned_io.save_pruned(m, tok, tmp_path / "ck")
+    back, tok2 = load(tmp_path / "ck")
+    assert back.model.embed_tokens.weight.shape[1] == width and tok2.vocab_size == tok.vocab_size
+    x = tiny_batch()
+    torch.testing.assert_close(back(x).logits, m(x).logits, atol=1e-6, rtol=0)

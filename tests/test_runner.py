@@ -162,7 +162,7 @@ def test_retime_replaces_only_the_throughput_of_finished_runs(env):
     before = {r["run_id"]: r for r in R.load_results(env.out_dir)}
     suite = parse_suite(d)
     counts = retime_suite(suite, validate(suite), env)
-    assert counts == {"retimed": 2, "missing": 0, "not_finished": 1, "total": 3}
+    assert counts == {"retimed": 2, "missing": 0, "failed": 0, "not_finished": 1, "total": 3}
     after = {r["run_id"]: r for r in R.load_results(env.out_dir)}
     for rid in ("tiny--dense--r0.00--s0", "tiny--normtune--r0.00--s0"):
         old, new = before[rid], after[rid]

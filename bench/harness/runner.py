@@ -386,7 +386,7 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
 
     model_dirs = resolve_models(suite.models, sorted({r.model for r in runs}), opts.model_paths, suite.name, suite.runs_here)
     cfg = {k: v for k, v in suite.throughput.items() if k != "enabled"}
-    counts = {"retimed": 0, "missing": 0, "not_finished": 0, "total": len(runs)}
+    counts = {"retimed": 0, "missing": 0, "failed": 0, "not_finished": 0, "total": len(runs)}
     for spec in runs:
         path = R.result_path(opts.out_dir, spec.run_id)
         rec = R.read_result(path)
@@ -399,8 +399,13 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
             counts["missing"] += 1
             continue
         torch.manual_seed(spec.seed)
-        model, _ = load(str(mdir), device=opts.device)
-        tp = measure(model, **cfg)
+        try:
+            model, _ = load(str(mdir), device=opts.device)
+            tp = measure(model, **cfg)
+        except Exception as e:  # one model that cannot be timed must not stop the others; its old timing stays
+            log.error("run %s: retiming failed (%s: %s); its throughput is left as it was", spec.run_id, type(e).__name__, e)
+            counts["failed"] += 1
+            continue
         tp["retimed"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model_dir": str(mdir),
                          "replaced_host_load": (rec.get("throughput") or {}).get("host_load")}
         rec["throughput"] = tp
