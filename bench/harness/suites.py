@@ -50,8 +50,9 @@ def resolve_stage(name: str, method_args: dict[str, dict[str, Any]] | None = Non
     gets its own run ids and table rows beside the plain stage.
     """
     args = dict((method_args or {}).get(name, {}))
-    base = args.pop("stage", name)
-    args.pop("display", None)
+    base = args.get("stage", name)
+    for k in VARIANT_KEYS:
+        args.pop(k, None)
     return base, args
 
 
