@@ -172,6 +172,15 @@ def test_retime_replaces_only_the_throughput_of_finished_runs(env):
         assert {k: v for k, v in new.items() if k != "throughput"} == {k: v for k, v in old.items() if k != "throughput"}
     assert after["tiny--boom--r0.00--s0"] == before["tiny--boom--r0.00--s0"]
 
+    # retiming with other throughput settings records them, so a later run of the suite does not redo the runs
+    d["throughput"].update(batch_sizes=[2], threads=1)
+    suite = parse_suite(d)
+    assert retime_suite(suite, validate(suite), env)["retimed"] == 2
+    rec = R.read_result(R.result_path(env.out_dir, "tiny--normtune--r0.00--s0"))
+    assert rec["protocol"]["throughput"]["threads"] == 1 and rec["throughput"]["device"]["threads"] == 1
+    assert [p["batch_size"] for p in rec["throughput"]["prefill"]] == [2]
+    assert _run(d, env)[0]["skipped"] == 2
+
 
 def test_a_named_variant_runs_its_stage_with_its_own_args(env):
     d = suite_dict([["fakeprune"], ["fp_half"]], ratios=(0.25,))

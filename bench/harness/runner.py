@@ -409,6 +409,7 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
         tp["retimed"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model_dir": str(mdir),
                          "replaced_host_load": (rec.get("throughput") or {}).get("host_load")}
         rec["throughput"] = tp
+        rec.setdefault("protocol", suite_protocol(suite))["throughput"] = dict(suite.throughput)  # measured as now set
         R.write_json_atomic(path, rec)
         counts["retimed"] += 1
         log.info("run %s retimed: prefill %s", spec.run_id,

@@ -34,7 +34,7 @@ FALLBACK_STAGES = frozenset({"pat", "lora", "llm_pruner", "slicegpt", "flap", "w
 SUITE_KEYS = {"name", "description", "seeds", "train_data", "reuse_prefix", "main_metric", "runs_here"}
 EVAL_KEYS = {"tasks", "limit", "seed", "batch_size"}
 PPL_KEYS = {"datasets", "seq_len", "stride", "max_tokens"}
-THROUGHPUT_KEYS = {"enabled", "batch_sizes", "context", "decode_tokens", "repeats", "warmup"}
+THROUGHPUT_KEYS = {"enabled", "batch_sizes", "context", "decode_tokens", "repeats", "warmup", "threads"}
 MODEL_KEYS = {"registered", "hub", "path", "env", "random", "size"}
 GRID_KEYS = {"models", "ratios", "pipelines", "seeds", "budget", "method_args"}
 
