@@ -127,6 +127,20 @@ def test_pipeline_labels(pipeline, expected):
     assert (name, mode) == expected
 
 
+def test_ratio_table_has_one_row_per_method_and_acc_ppl_cells():
+    import pandas as pd
+
+    rows = [("Dense", "Dense", "—", 0.0, 40.0, 60.0), ("PAT", "PAT", "PAT", 0.25, 30.0, 300.0),
+            ("PAT", "PAT", "PAT", 0.3, 29.0, 400.0), ("LLM-Pruner", "LLM-Pruner", "P→FT", 0.25, 35.0, 250.0)]
+    runs = pd.DataFrame([{"run_id": f"r{i}", "model": "m", "status": "success", "family": f, "method": n, "mode": mo,
+                          "ratio": r, "acc": a, "ppl_wikitext2": p} for i, (f, n, mo, r, a, p) in enumerate(rows)])
+    t = REP.ratio_table(runs, "m")
+    assert list(t.columns) == ["Method", "Mode", "0 %", "25 %", "30 %"]
+    assert t["Method"].tolist() == ["Dense", "LLM-Pruner", "PAT"]
+    pat = t[t["Method"] == "PAT"].iloc[0]
+    assert (pat["0 %"], pat["25 %"], pat["30 %"]) == ("", "30.00 / 300.0", "29.00 / 400.0")
+
+
 def test_named_variants_are_labelled_by_their_display_name_or_stage():
     args = {"pat_taylor": {"stage": "pat", "display": "PAT (Taylor snap)"}, "lp2": {"stage": "llm_pruner"},
             "lora": {"rank": 8}}

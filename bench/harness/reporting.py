@@ -182,6 +182,24 @@ def main_table(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
     return _model_cols(t.drop(columns=["family"]).rename(columns={"method": "Method", "mode": "Mode"}).reset_index(drop=True))
 
 
+def ratio_table(runs: pd.DataFrame, model: str, value: str = "acc") -> pd.DataFrame:
+    """One model at a glance: rows method x mode, columns prune ratios, cells ``"acc / ppl"`` (the first perplexity
+    dataset), seed means; the unpruned runs (dense, LoRA) in the 0 % column."""
+    ok = runs[(runs["status"] == "success") & (runs["model"] == model)].dropna(subset=[value])
+    if ok.empty:
+        return pd.DataFrame()
+    ppl = next((c for c in ok.columns if c.startswith("ppl_")), None)
+    g = ok.groupby(["ratio", "family", "method", "mode"], dropna=False)
+    cells = g[value].mean().to_frame("v")
+    cells["p"] = g[ppl].mean() if ppl else float("nan")
+    cells["cell"] = [f"{v:.2f}" + ("" if pd.isna(q) else f" / {q:.1f}") for v, q in zip(cells["v"], cells["p"])]
+    t = cells.reset_index().pivot_table(index=["family", "method", "mode"], columns="ratio", values="cell", aggfunc="first")
+    t = t.reset_index().assign(ratio=0.0)
+    t = _order(t).drop(columns=["ratio", "family"]).fillna("")
+    t.columns = ["Method", "Mode"] + [f"{100 * r:.0f} %" for r in t.columns[2:]]
+    return t.reset_index(drop=True)
+
+
 def delta_vs_lora(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
     """Each run's ``value`` minus the unpruned LoRA run's of the same model and seed, in points."""
     ok = runs[runs["status"] == "success"].dropna(subset=[value])
@@ -404,6 +422,13 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
            "Differences in points of mean accuracy (PAT minus the other method); the paper column is computed from its "
            "Table 1 (Llama2-7B). `within noise`: |difference| <= 2 standard errors of our subset means.", "",
            to_markdown(claims_table(runs, tp, value), signed=False)]
+    for model in sorted(runs["model"].unique()):
+        rt = ratio_table(runs, model, value)
+        ppl = next((c.removeprefix("ppl_") for c in runs.columns if c.startswith("ppl_")), None)
+        rt.to_csv(out / f"by_ratio_{model}.csv", index=False)
+        md += [f"## Accuracy and perplexity by ratio: {model}", "",
+               "Cells: mean accuracy (%)" + (f" / {ppl} perplexity" if ppl else "") + "; unpruned runs under 0 %.", "",
+               to_markdown(rt)]
     dl = delta_vs_lora(runs, value)
     md += ["## Delta vs LoRA (points of mean accuracy vs the unpruned LoRA run)", "", to_markdown(dl, signed=True)]
     for model in sorted(runs["model"].unique()):
