@@ -155,9 +155,9 @@ def measure(model: nn.Module, batch_sizes: list[int] = (1, 8), context: int = 12
         batch_sizes: prefill batch-size sweep; an out-of-memory batch is recorded as ``{"oom": True}``.
         context: prefill length in tokens (paper: 128).
         decode_tokens: greedy steps timed for decode tokens/s (batch 1); 0 skips decode.
-        threads: CPU threads for the timing (restored afterwards); ``None`` keeps torch's setting. On this 2-core VM
-            one thread gave steadier figures (identical architectures within ~3 % at batch 8, vs up to 20 % apart
-            with two).
+        threads: CPU threads for the timing (restored afterwards); ``None`` keeps torch's setting. On the 2-core VM
+            of results/cpu one thread was steadier: identical architectures within 2 % at batch 1 and 4 (up to 20 %
+            apart on two threads); batch 8 stayed noisy.
     Returns:
         JSON-ready dict: ``device``, ``memory``, ``params``, ``macs``, ``prefill`` (list), ``decode``.
     """
