@@ -67,6 +67,10 @@ class RunnerOptions:
     checkpoint_every: int | None = 10
     device: str | None = None
 
+    def run_dir(self, spec: RunSpec) -> Path:
+        """A run's checkpoints and finalized model (``model/``): ``WORK_DIR/<suite>/<run_id>``."""
+        return self.work_dir / spec.suite / spec.run_id
+
 
 # ---------------------------------------------------------------------------------------------- preflight
 def _import(module: str):
@@ -192,19 +196,14 @@ def _prefix_run(spec: RunSpec, all_runs: list[RunSpec]) -> RunSpec | None:
     return None
 
 
-def _calibration(tokenizer, seed: int, data_dir):
-    from bench.harness.calibration import load_calibration
-
-    return lambda n=128, seq_len=128: load_calibration(tokenizer, "c4", n, seq_len, seed, data_dir)[0]
-
-
 def _apply_suffix(model, tokenizer, stages, names: list[str], offset: int, spec: RunSpec, opts: RunnerOptions):
     """Apply the remaining (training-free) stages of a pipeline to a reused finalized prefix model."""
+    from bench.harness.calibration import calibration_sampler
     from bench.harness.method import RunContext
 
-    ctx = RunContext(tokenizer=tokenizer, total_steps=0, seed=spec.seed, out_dir=opts.work_dir / spec.suite / spec.run_id,
+    ctx = RunContext(tokenizer=tokenizer, total_steps=0, seed=spec.seed, out_dir=opts.run_dir(spec),
                      data_dir=Path(opts.data_dir) if opts.data_dir else None,
-                     calibration=_calibration(tokenizer, spec.seed, opts.data_dir), extra={"pipeline": names})
+                     calibration=calibration_sampler(tokenizer, spec.seed, opts.data_dir), extra={"pipeline": names})
     for phase in ("prepare", "finalize"):
         for j, st in enumerate(stages):
             ctx.extra.update(stage_index=offset + j, phase=phase)
@@ -226,7 +225,7 @@ def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpe
 
     names = list(spec.pipeline)
     prefix = _prefix_run(spec, all_runs) if reuse else None
-    prefix_dir = opts.work_dir / spec.suite / prefix.run_id / "model" if prefix else None
+    prefix_dir = opts.run_dir(prefix) / "model" if prefix else None
     if prefix and (prefix_dir / "config.json").exists() and R.is_finished(opts.out_dir, prefix.run_id):
         from pat.models import load
 
@@ -239,14 +238,14 @@ def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpe
         if _rank() == 0:  # the finalized model, where the trainer would have put it (loadable, retimable)
             from bench.harness.train import save_model
 
-            out = opts.work_dir / spec.suite / spec.run_id / "model"
+            out = opts.run_dir(spec) / "model"
             rec["model_format"], rec["model_dir"] = save_model(model, tok, out), str(out)
         return model, rec
     from bench.harness.train import run_pipeline
 
     stages = [_make(spec, n) for n in names]
     rec = run_pipeline(model, stages, TrainBudget.from_dict(spec.budget), spec.train_data,
-                       opts.work_dir / spec.suite / spec.run_id, data_dir=opts.data_dir,
+                       opts.run_dir(spec), data_dir=opts.data_dir,
                        checkpoint_every=opts.checkpoint_every, tokenizer=tok, progress=opts.progress)
     final = rec.pop("_model")
     if rec.get("status") != "success" or final is None:
@@ -310,8 +309,7 @@ def run_one(spec: RunSpec, suite: Suite, model_dir: str, opts: RunnerOptions, al
               "widths": kept_widths(model)}
     tp = None
     if suite.throughput.get("enabled", True):
-        cfg = {k: v for k, v in suite.throughput.items() if k != "enabled"}
-        tp = measure(model, **cfg)
+        tp = measure(model, **_throughput_args(suite))
     data = dict(prov.get("data_sha256", {}))
     data.update(metrics.get("eval_data_sha256", {}))
     for d, p in metrics.get("perplexity", {}).items():
@@ -323,6 +321,11 @@ def run_one(spec: RunSpec, suite: Suite, model_dir: str, opts: RunnerOptions, al
 
 
 # ---------------------------------------------------------------------------------------------- the grid
+def _throughput_args(suite: Suite) -> dict[str, Any]:
+    """``bench.harness.throughput.measure`` keyword arguments from the suite's ``[throughput]`` table."""
+    return {k: v for k, v in suite.throughput.items() if k != "enabled"}
+
+
 def suite_protocol(suite: Suite) -> dict[str, Any]:
     """The suite's measurement settings stored in each record; a finished run whose settings differ is rerun."""
     return {"eval": dict(suite.eval), "perplexity": dict(suite.perplexity), "throughput": dict(suite.throughput)}
@@ -385,7 +388,6 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
     from pat.models import load
 
     model_dirs = resolve_models(suite.models, sorted({r.model for r in runs}), opts.model_paths, suite.name, suite.runs_here)
-    cfg = {k: v for k, v in suite.throughput.items() if k != "enabled"}
     counts = {"retimed": 0, "missing": 0, "failed": 0, "not_finished": 0, "total": len(runs)}
     for spec in runs:
         path = R.result_path(opts.out_dir, spec.run_id)
@@ -393,7 +395,7 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
         if rec is None or rec.get("status") != "success":
             counts["not_finished"] += 1
             continue
-        mdir = Path(model_dirs[spec.model]) if not spec.trains else opts.work_dir / spec.suite / spec.run_id / "model"
+        mdir = Path(model_dirs[spec.model]) if not spec.trains else opts.run_dir(spec) / "model"
         if not (mdir / "config.json").exists():
             log.warning("run %s: no finalized model at %s; its throughput is left as it was", spec.run_id, mdir)
             counts["missing"] += 1
@@ -401,7 +403,7 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
         torch.manual_seed(spec.seed)
         try:
             model, _ = load(str(mdir), device=opts.device)
-            tp = measure(model, **cfg)
+            tp = measure(model, **_throughput_args(suite))
         except Exception as e:  # one model that cannot be timed must not stop the others; its old timing stays
             log.error("run %s: retiming failed (%s: %s); its throughput is left as it was", spec.run_id, type(e).__name__, e)
             counts["failed"] += 1

@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.harness.budget import TrainBudget, check_parity
-from bench.harness.calibration import load_calibration
+from bench.harness.calibration import calibration_sampler
 from bench.harness.data import IGNORE_INDEX, InstructionData, global_batch_indices, load_instruction_data
 from bench.harness.method import Method, RunContext
 
@@ -432,8 +432,7 @@ def run_pipeline(
     names = [getattr(st, "name", type(st).__name__) for st in stages]
     ctx = RunContext(tokenizer=tokenizer, total_steps=budget.total_steps, seed=budget.seed, out_dir=out_dir,
                      data_dir=Path(data_dir) if data_dir else None,
-                     calibration=lambda n=128, seq_len=budget.seq_len: load_calibration(
-                         tokenizer, "c4", n, seq_len, budget.seed, data_dir)[0],
+                     calibration=calibration_sampler(tokenizer, budget.seed, data_dir, budget.seq_len),
                      extra={"pipeline": names, **(extra or {})})
     torch.manual_seed(budget.seed)
     for i, st in enumerate(stages):
