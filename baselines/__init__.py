@@ -1,12 +1,6 @@
 """Post-hoc structured pruning baselines (LLM-Pruner, Wanda-SP, FLAP, SliceGPT) and their checkpoint format.
 
-Each method is a pure function ``prune(model, ratio, calibration, **opts) -> (model, report)`` in its module and a
-``bench.harness.method.Method`` stage class, registered lazily below (``"module:Class"``).
+Each pruner is a pure function ``prune(model, ratio, calibration, **opts) -> (model, report)`` in its module and a
+``pat.stage.Stage`` class, registered by name in ``bench.harness.registry.STAGES``. The LoRA stage is
+``baselines.lora.LoRAStage``.
 """
-
-STAGE_CLASSES: dict[str, str] = {
-    "llm_pruner": "baselines.llm_pruner:LLMPrunerStage",
-    "wanda_sp": "baselines.wanda_sp:WandaSPStage",
-    "flap": "baselines.flap:FLAPStage",
-    "slicegpt": "baselines.slicegpt:SliceGPTStage",
-}

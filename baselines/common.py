@@ -17,24 +17,13 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from bench.harness.method import StageDefaults
 from pat.arch import ArchSpec, base_model, decoder_layers, get_arch, get_module, head_dim, set_module
+from pat.stage import StageDefaults
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------------ shapes
-def count_params(model: nn.Module) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for p in base_model(model).parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
-
-
 @dataclass(frozen=True)
 class AttnGeom:
     """Head geometry of one attention block: ``n_heads`` query heads, ``n_kv`` KV heads of width ``hd``."""
@@ -326,9 +315,9 @@ def check_calibration(calibration) -> torch.Tensor:
     return calibration
 
 
-# ------------------------------------------------------------------------------------------------ Method stage
+# ------------------------------------------------------------------------------------------------------- stage
 class OneShotStage(StageDefaults):
-    """A one-shot pruner as a ``bench.harness.method.Method`` stage; trains nothing.
+    """A one-shot pruner as a ``pat.stage.Stage``; trains nothing.
 
     It prunes in ``prepare`` when it is the first stage of the pipeline (prune-then-tune, P->FT), else in
     ``finalize`` (tune-then-prune, FT->P: earlier stages such as LoRA have merged by then). Subclasses set ``name``,

@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 
 from baselines.common import (
-    OneShotStage, attn_geom, check_calibration, count_params, group_q_rows, input_stats, layer_costs, layer_path,
+    OneShotStage, attn_geom, check_calibration, group_q_rows, input_stats, layer_costs, layer_path,
     prune_layer, run_calibration, sync_config,
 )
-from pat.arch import base_model, decoder_layers, get_arch, get_module
+from pat.arch import base_model, count_params, decoder_layers, get_arch, get_module
 
 log = logging.getLogger(__name__)
 

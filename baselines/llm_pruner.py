@@ -14,7 +14,7 @@ As in horseee/LLM-Pruner (``hf_prune.py``, ``llama3.py``, ``hf_llama_pruner.Tayl
 - **Target.** The whole model's parameter reduction; ``common.solve_uniform_ratio`` solves the group ratio.
 
 Memory: gradients are only materialized for the linears of ``chunk_layers`` layers per backward pass (default: all
-pruned layers in one pass), so scoring a 7B model fits on one GPU by chunking (see ``notes/README-baselines.md``).
+pruned layers in one pass), so scoring a 7B model fits on one GPU by chunking (see ``docs/baselines.md``).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import torch
 import torch.nn as nn
 
 from baselines.common import (
-    OneShotStage, apply_uniform, attn_geom, check_calibration, count_params, layer_costs, layer_range,
+    OneShotStage, apply_uniform, attn_geom, check_calibration, layer_costs, layer_range,
     solve_uniform_ratio,
 )
-from pat.arch import base_model, decoder_layers, get_arch, get_module
+from pat.arch import base_model, count_params, decoder_layers, get_arch, get_module
 
 log = logging.getLogger(__name__)
 

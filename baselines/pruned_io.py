@@ -21,19 +21,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from pat.arch import base_model, decoder_layers, get_arch, get_module, head_dim, set_module
+from safetensors.torch import load_model as load_safetensors
+from safetensors.torch import save_model as save_safetensors
+from transformers import AutoConfig, AutoModelForCausalLM
+
 from baselines.common import attn_module_path, set_attn_counts
+from baselines.slicegpt import ShortcutDecoderLayer
+from pat.arch import base_model, decoder_layers, get_arch, get_module, head_dim, set_module
+from pat.io import atomic_dir
+from pat.models import PRUNED_MANIFEST, load, load_tokenizer, prepare_loaded, resolve
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "pruned_manifest.json"
+MANIFEST = PRUNED_MANIFEST
 FORMAT = "pat-bench-pruned"
 VERSION = 1
 
@@ -109,29 +114,19 @@ def save_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike | None =
     Returns:
         The output directory.
     """
-    from safetensors.torch import save_model
-
     if out_dir is None:
         tokenizer, out_dir = None, tokenizer
     model = base_model(model)
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         if is_stock_loadable(model):
             model.save_pretrained(tmp)
         else:
             (tmp / "config.json").write_text(model.config.to_json_string(use_diff=False))
-            save_model(model, str(tmp / "model.safetensors"))
+            save_safetensors(model, str(tmp / "model.safetensors"))
             (tmp / MANIFEST).write_text(json.dumps(build_manifest(model), indent=1))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("saved %s model to %s", "pruned-manifest" if is_pruned_checkpoint(out) else "plain HF", out)
     return out
 
@@ -139,8 +134,6 @@ def save_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike | None =
 def _load_config(path: Path, manifest: dict):
     """The config; transformers refuses ``hidden_size % num_attention_heads != 0`` even with an explicit ``head_dim``
     (SliceGPT widths), so it is built with a valid placeholder and the true value set afterwards."""
-    from transformers import AutoConfig
-
     raw = json.loads((path / "config.json").read_text())
     hidden = int(manifest["hidden_size"])
     raw["hidden_size"] = int(raw["num_attention_heads"]) * int(manifest["head_dim"])
@@ -159,8 +152,6 @@ def _reshape_layer(layer: nn.Module, entry: dict, arch, config, dtype: torch.dty
         if wrapper.get("kind") != "shortcut":
             raise PrunedCheckpointError(f"layers[{index}].wrapper.kind: unknown '{wrapper.get('kind')}'; "
                                         "expected 'shortcut'")
-        from baselines.slicegpt import ShortcutDecoderLayer
-
         layer = ShortcutDecoderLayer.from_manifest(layer, arch, wrapper, dtype)
     for name, spec in entry["linears"].items():
         if not (isinstance(spec, list) and len(spec) == 3):
@@ -178,9 +169,6 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     Raises:
         PrunedCheckpointError: when the manifest is not ours, or its layers/weights disagree with the files.
     """
-    from safetensors.torch import load_model
-    from transformers import AutoModelForCausalLM
-
     path = Path(path)
     manifest = json.loads((path / MANIFEST).read_text())
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
@@ -199,7 +187,19 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     if manifest.get("tie_word_embeddings"):
         model.tie_weights()
     try:
-        load_model(model, str(path / "model.safetensors"), strict=True)
+        load_safetensors(model, str(path / "model.safetensors"), strict=True)
     except RuntimeError as e:
         raise PrunedCheckpointError(f"{path}: model.safetensors does not match {MANIFEST}: {e}") from e
     return model.eval()
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | None = None):
+    """``(model, tokenizer)`` for a registered name, a local HF directory, a hub id or a pruned checkpoint.
+
+    Stock checkpoints load through ``pat.models.load``; the pruned (manifest) format through ``load_pruned``.
+    """
+    src = resolve(name_or_path)
+    if not is_pruned_checkpoint(src):
+        return load(src, dtype=dtype, device=device)
+    model = load_pruned(src, dtype=dtype)
+    return prepare_loaded(model, load_tokenizer(src, model.config), device)

@@ -25,8 +25,8 @@ import time
 import torch
 import torch.nn as nn
 
-from baselines.common import OneShotStage, attn_module_path, check_calibration, count_params
-from pat.arch import ArchSpec, base_model, decoder_layers, get_arch, get_module, head_dim
+from baselines.common import OneShotStage, attn_module_path, check_calibration
+from pat.arch import ArchSpec, base_model, count_params, decoder_layers, get_arch, get_module, head_dim
 
 log = logging.getLogger(__name__)
 

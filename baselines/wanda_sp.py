@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 
 from baselines.common import (
-    OneShotStage, apply_uniform, attn_geom, check_calibration, count_params, input_stats, layer_costs, layer_path,
+    OneShotStage, apply_uniform, attn_geom, check_calibration, input_stats, layer_costs, layer_path,
     layer_range, run_calibration, solve_uniform_ratio,
 )
-from pat.arch import base_model, decoder_layers, get_arch, get_module
+from pat.arch import base_model, count_params, decoder_layers, get_arch, get_module
 
 log = logging.getLogger(__name__)
 

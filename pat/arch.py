@@ -4,7 +4,7 @@ PAT's attach/merge and the structured-pruning baselines all work from this one t
 on a model's name. Module paths are dotted attribute paths; per-layer paths are relative to one decoder layer.
 
 To add an architecture: add an ``ArchSpec`` to ``ARCHS`` keyed by its ``config.model_type`` and make sure the
-contract tests in ``tests/test_arch.py`` pass on a tiny config of it (``tests/tiny.py`` builds one).
+tests in ``tests/pat/`` pass on a tiny config of it (``tests/tiny.py`` builds one).
 """
 
 from __future__ import annotations
@@ -106,3 +106,10 @@ def head_dim(config) -> int:
     """Per-head width; explicit in the config when present (pruned models always carry it)."""
     hd = getattr(config, "head_dim", None)
     return int(hd) if hd else config.hidden_size // config.num_attention_heads
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once); ``num_parameters()`` for Hugging Face models."""
+    if hasattr(model, "num_parameters"):
+        return int(model.num_parameters())
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once

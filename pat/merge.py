@@ -21,12 +21,15 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from transformers import AutoModelForCausalLM
 
-from .arch import base_model, get_arch, get_module, head_dim
+from .arch import ArchSpec, base_model, get_arch, get_module, head_dim
 from .attach import MASK_ATTR, get_mask, hsm_paths, set_hard
+from .lora import merge_lora
 from .modules import HybridSparsifier
 
 log = logging.getLogger(__name__)
@@ -36,11 +39,118 @@ def _unwrap_key(key: str) -> str:
     return key.replace(".inner.", ".")
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold peft LoRA into the base weights (the HSMs stay); returns the unwrapped base model."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    return model
+@dataclass
+class _Plan:
+    """What the merge needs to know about one PAT model: kept channels, widths, tying and scales."""
+
+    base: nn.Module
+    arch: ArchSpec
+    paths: dict[str, HybridSparsifier]  # HSM path -> HSM
+    keep: torch.Tensor  # indices of the kept hidden channels
+    d: int
+    d2: int
+    keep_tied: bool  # the finalized model keeps input and output embeddings tied
+    embed_comp: float  # sqrt(d / d') absorbed by a scaled (Gemma) embedding, else 1
+    fold_scale: bool  # fold the HSM scale s into the writers
+
+
+def _plan(base: nn.Module) -> _Plan:
+    arch = get_arch(base)
+    mask = get_mask(base)
+    keep = torch.nonzero(mask.active()).flatten()
+    d, d2 = mask.proxy.numel(), int(keep.numel())
+    if d2 == 0 or d2 == d:
+        raise ValueError(f"finalize: {d2} of {d} channels active; nothing to remove or nothing left")
+    if d2 % base.config.num_attention_heads:
+        log.warning("kept width %d is not a multiple of num_attention_heads=%d; transformers may refuse the config",
+                    d2, base.config.num_attention_heads)
+    paths = dict(hsm_paths(base))
+    emb_hsm = paths[arch.embed]
+    emb_full = emb_hsm.L0 is not None or emb_hsm.s is not None
+    tied = bool(getattr(base.config, "tie_word_embeddings", False))
+    return _Plan(base=base, arch=arch, paths=paths, keep=keep, d=d, d2=d2, keep_tied=tied and not emb_full,
+                 embed_comp=math.sqrt(d / d2) if arch.embed_scale_attr else 1.0,
+                 fold_scale=mask.cfg.fold_scale and not mask.cfg.official_quirks)
+
+
+def _plain_state_dict(plan: _Plan) -> dict[str, torch.Tensor]:
+    """The model's tensors without the mask and HSM parameters, under stock (unwrapped) names."""
+    hsm_keys = {f"{p}.{n}" for p in plan.paths for n in ("L0", "L1", "v", "s")}
+    return {_unwrap_key(k): v for k, v in plan.base.state_dict().items()
+            if not k.startswith(MASK_ATTR + ".") and k not in hsm_keys}
+
+
+def _operator(plan: _Plan, h: HybridSparsifier) -> torch.Tensor:
+    D = h.operator()  # diag(s) (I + L1 diag(v) L0), fp64
+    if not plan.fold_scale and h.s is not None:
+        D = D / h.s.double()[:, None]
+    return D
+
+
+def _fold_writers(plan: _Plan, sd: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Writers (embedding, o_proj, down_proj): ``W <- (D W)[keep]``. Returns the LM head's source weight."""
+    arch, keep = plan.arch, plan.keep
+    E = sd[f"{arch.embed}.weight"]
+    lm_src = sd.get(f"{arch.lm_head}.weight", E)  # tied models may carry no lm_head key
+    emb_op = _operator(plan, plan.paths[arch.embed])
+    sd[f"{arch.embed}.weight"] = ((E.double() @ emb_op.t())[:, keep] * plan.embed_comp).to(E.dtype)
+    for path, h in plan.paths.items():
+        if path == arch.embed:
+            continue
+        D = _operator(plan, h)
+        W = sd[f"{path}.weight"]
+        sd[f"{path}.weight"] = (D @ W.double())[keep].to(W.dtype)
+        if f"{path}.bias" in sd:
+            b = sd[f"{path}.bias"]
+            sd[f"{path}.bias"] = (D @ b.double())[keep].to(b.dtype)
+    return lm_src
+
+
+def _slice_readers(plan: _Plan, sd: dict[str, torch.Tensor], lm_src: torch.Tensor) -> None:
+    """Readers (q/k/v, gate/up, LM head): ``W <- W[:, keep]``; a tied LM head shares the folded embedding."""
+    arch, keep = plan.arch, plan.keep
+    n_layers = len(get_module(plan.base, arch.layers))
+    readers = [f"{arch.layers}.{i}.{r}" for i in range(n_layers) for r in (*arch.attn_in, *arch.mlp_in)]
+    for path in readers:
+        sd[f"{path}.weight"] = sd[f"{path}.weight"][:, keep].contiguous()
+    if plan.keep_tied:
+        sd[f"{arch.lm_head}.weight"] = sd[f"{arch.embed}.weight"]
+    else:
+        sd[f"{arch.lm_head}.weight"] = lm_src[:, keep].contiguous()
+
+
+def _rescale_norms(plan: _Plan, sd: dict[str, torch.Tensor]) -> None:
+    """RMSNorm gains: ``(off + w[keep]) * sqrt(d / d') - off`` (the eps is rescaled in the config)."""
+    arch = plan.arch
+    rms = math.sqrt(plan.d / plan.d2)
+    n_layers = len(get_module(plan.base, arch.layers))
+    norms = [f"{arch.layers}.{i}.{n}" for i in range(n_layers) for n in (arch.attn_norm, arch.mlp_norm)]
+    for path in norms + [arch.final_norm]:
+        factor = rms
+        if path == arch.final_norm and plan.keep_tied:
+            factor = rms / plan.embed_comp  # the tied LM head absorbed the embedding's compensation
+        w = sd[f"{path}.weight"]
+        off = arch.norm_offset
+        sd[f"{path}.weight"] = ((off + w.double()[plan.keep]) * factor - off).to(w.dtype)
+
+
+def _build(plan: _Plan, sd: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """A stock model from the original config with ``hidden_size = d'``, loaded strictly from ``sd``."""
+    config = plan.base.config
+    new_cfg = copy.deepcopy(config)
+    new_cfg.hidden_size = plan.d2
+    new_cfg.head_dim = head_dim(config)
+    new_cfg.tie_word_embeddings = plan.keep_tied
+    new_cfg.rms_norm_eps = config.rms_norm_eps * plan.d / plan.d2
+    new = AutoModelForCausalLM.from_config(new_cfg, dtype=dtype)
+    expected = new.state_dict()
+    missing = [k for k in expected if k not in sd]
+    if missing:
+        raise RuntimeError(f"finalize: no tensor for {missing[:5]} (architecture table out of date?)")
+    new.load_state_dict({k: sd[k] for k in expected}, strict=True)
+    if plan.keep_tied:
+        new.tie_weights()
+    return new
 
 
 @torch.no_grad()
@@ -49,88 +159,14 @@ def finalize(model: nn.Module) -> nn.Module:
 
     ``model`` is a PAT model (possibly still peft-wrapped); LoRA is merged into it in place.
     """
-    from transformers import AutoModelForCausalLM
-
-    model = merge_lora(model)
-    base = base_model(model)
-    arch = get_arch(base)
-    mask = get_mask(base)
-    cfg = mask.cfg
-    keep = torch.nonzero(mask.active()).flatten()
-    d, d2 = mask.proxy.numel(), int(keep.numel())
-    if d2 == 0 or d2 == d:
-        raise ValueError(f"finalize: {d2} of {d} channels active; nothing to remove or nothing left")
-    hd = head_dim(base.config)
-    if d2 % base.config.num_attention_heads:
-        log.warning("kept width %d is not a multiple of num_attention_heads=%d; transformers may refuse the config",
-                    d2, base.config.num_attention_heads)
-
-    paths = dict(hsm_paths(base))
-    emb_hsm: HybridSparsifier = paths[arch.embed]
-    emb_full = emb_hsm.L0 is not None or emb_hsm.s is not None
-    tied = bool(getattr(base.config, "tie_word_embeddings", False))
-    keep_tied = tied and not emb_full
-    embed_comp = math.sqrt(d / d2) if arch.embed_scale_attr else 1.0  # sqrt(d) -> sqrt(d') inside the embedding
-    fold_scale = cfg.fold_scale and not cfg.official_quirks
-
-    sd = {}
-    for k, v in base.state_dict().items():
-        if k.startswith(MASK_ATTR + ".") or any(k == f"{p}.{n}" for p in paths for n in ("L0", "L1", "v", "s")):
-            continue
-        sd[_unwrap_key(k)] = v
-
-    def op(h: HybridSparsifier) -> torch.Tensor:
-        D = h.operator()  # diag(s) (I + L1 diag(v) L0), fp64
-        if not fold_scale and h.s is not None:
-            D = D / h.s.double()[:, None]
-        return D
-
-    E = sd[f"{arch.embed}.weight"]
-    lm_src = sd.get(f"{arch.lm_head}.weight", E)  # tied models may carry no lm_head key
-    sd[f"{arch.embed}.weight"] = ((E.double() @ op(emb_hsm).t())[:, keep] * embed_comp).to(E.dtype)
-    for path, h in paths.items():
-        if path == arch.embed:
-            continue
-        D = op(h)
-        W = sd[f"{path}.weight"]
-        sd[f"{path}.weight"] = (D @ W.double())[keep].to(W.dtype)
-        if f"{path}.bias" in sd:
-            b = sd[f"{path}.bias"]
-            sd[f"{path}.bias"] = (D @ b.double())[keep].to(b.dtype)
-
-    layers = get_module(base, arch.layers)
-    readers = [f"{arch.layers}.{i}.{r}" for i in range(len(layers)) for r in (*arch.attn_in, *arch.mlp_in)]
-    for path in readers:
-        sd[f"{path}.weight"] = sd[f"{path}.weight"][:, keep].contiguous()
-    if keep_tied:
-        sd[f"{arch.lm_head}.weight"] = sd[f"{arch.embed}.weight"]
-    else:
-        sd[f"{arch.lm_head}.weight"] = lm_src[:, keep].contiguous()
-
-    rms = math.sqrt(d / d2)
-    norms = [f"{arch.layers}.{i}.{n}" for i in range(len(layers)) for n in (arch.attn_norm, arch.mlp_norm)]
-    for path in norms + [arch.final_norm]:
-        factor = rms
-        if path == arch.final_norm and keep_tied:
-            factor = rms / embed_comp  # the tied LM head absorbed the embedding's compensation
-        w = sd[f"{path}.weight"]
-        off = arch.norm_offset
-        sd[f"{path}.weight"] = ((off + w.double()[keep]) * factor - off).to(w.dtype)
-
-    new_cfg = copy.deepcopy(base.config)
-    new_cfg.hidden_size = d2
-    new_cfg.head_dim = hd
-    new_cfg.tie_word_embeddings = keep_tied
-    new_cfg.rms_norm_eps = base.config.rms_norm_eps * d / d2
-    dtype = E.dtype
-    new = AutoModelForCausalLM.from_config(new_cfg, dtype=dtype)
-    expected = new.state_dict()
-    missing = [k for k in expected if k not in sd]
-    if missing:
-        raise RuntimeError(f"finalize: no tensor for {missing[:5]} (architecture table out of date?)")
-    new.load_state_dict({k: sd[k] for k in expected}, strict=True)
-    if keep_tied:
-        new.tie_weights()
+    base = base_model(merge_lora(model))
+    plan = _plan(base)
+    sd = _plain_state_dict(plan)
+    dtype = sd[f"{plan.arch.embed}.weight"].dtype
+    lm_src = _fold_writers(plan, sd)
+    _slice_readers(plan, sd, lm_src)
+    _rescale_norms(plan, sd)
+    new = _build(plan, sd, dtype)
     new.to(next(base.parameters()).device)
     return new.eval()
 

@@ -1,4 +1,4 @@
-"""``PATMethod``: PAT as a stage of the one training loop (``bench.harness.method.Method`` protocol).
+"""``PATStage``: PAT as a stage of a training loop (the ``pat.stage.Stage`` protocol).
 
 PAT trains beside LoRA: ``prepare`` applies peft LoRA (rank ``lora_rank``), then attaches the HSMs and the shared
 mask. The loop adds ``extra_loss`` (L_active + L_identity) and calls ``on_optimizer_step`` after each optimizer
@@ -14,13 +14,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .arch import get_arch
+from . import schedule
+from .arch import count_params, get_arch
 from .attach import attach, get_mask, hsms, pat_parameters
 from .config import PATConfig
+from .lora import LoRAConfig, apply_lora, lora_param_count, merge_lora
 from .losses import active_loss, identity_loss
 from .merge import finalize as _finalize
-from .merge import merge_check, merge_lora
-from . import schedule
+from .merge import merge_check
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,6 @@ def set_step(model: nn.Module, step: int) -> int:
 def pat_param_count(model_config, hio_rank: int, lora_rank: int, embed_mode: str = "mask_only",
                     identity_loss: str = "official") -> int:
     """Trainable parameters of PAT (HSMs + mask + LoRA) from the config alone."""
-    from baselines.lora import lora_param_count
-
     d, L = model_config.hidden_size, model_config.num_hidden_layers
     per = 2 * d * hio_rank + (d if identity_loss == "official" else 0) + (hio_rank if identity_loss == "paper" else 0)
     n_full = 2 * L + (1 if embed_mode == "full" else 0)
@@ -77,12 +76,8 @@ def pat_param_count(model_config, hio_rank: int, lora_rank: int, embed_mode: str
     return n_full * per + d + lora
 
 
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-class PATMethod:
-    """PAT stage. ``PATMethod(PATConfig(...))`` or ``PATMethod(prune_ratio=0.25, ...)``."""
+class PATStage:
+    """PAT stage. ``PATStage(PATConfig(...))`` or ``PATStage(prune_ratio=0.25, ...)``."""
 
     name = "pat"
 
@@ -91,10 +86,8 @@ class PATMethod:
         self._report: dict[str, Any] = {}
 
     def prepare(self, model: nn.Module, ctx) -> nn.Module:
-        from baselines.lora import LoRAConfig, apply_lora
-
         get_arch(model)  # unsupported architectures fail here, before any work
-        self._report["params_before"] = _count(model)
+        self._report["params_before"] = count_params(model)
         self._report["hidden_size_before"] = model.config.hidden_size
         if self.cfg.lora_rank > 0:
             model = apply_lora(model, LoRAConfig(self.cfg.lora_rank, self.cfg.lora_alpha, self.cfg.lora_dropout))
@@ -146,7 +139,7 @@ class PATMethod:
         if heldout is not None:
             self._report["merge_max_abs_logit_diff"] = merge_check(merged, small, heldout)
         d, d2 = self._report["hidden_size_before"], small.config.hidden_size
-        self._report.update(hidden_size_after=d2, params_after=_count(small), achieved_ratio=1 - d2 / d)
+        self._report.update(hidden_size_after=d2, params_after=count_params(small), achieved_ratio=1 - d2 / d)
         self._report["param_ratio"] = 1 - self._report["params_after"] / self._report["params_before"]
         return small
 

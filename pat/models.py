@@ -18,11 +18,15 @@ from typing import Callable
 
 import torch
 
-from .fsutil import atomic_dir
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .io import atomic_dir
+from .offline import hub_offline
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
+PRUNED_MANIFEST = "pruned_manifest.json"  # marks a checkpoint in the baselines' per-layer-width format
 
 
 def cache_dir() -> Path:
@@ -50,8 +54,6 @@ def _smollm2_gguf() -> Path:
 
 def _convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantize a GGUF file to an fp32 Hugging Face directory at ``out`` (atomically: temp dir, then rename)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     log.info("dequantizing %s to %s (about a minute, once)", gguf, out)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -89,7 +91,7 @@ def resolve(name_or_path: str | os.PathLike) -> str:
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"model '{name}': directory has no config.json; expected a Hugging Face model directory")
         return str(path)
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = hub_offline()
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if looks_like_hub_id and not offline:
         return name
@@ -101,8 +103,22 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     )
 
 
+def load_tokenizer(src: str, config):
+    """The tokenizer of a resolved model directory, with ``pad_token`` set (the EOS token when it has none).
+
+    Pass the model's ``config``: a pruned checkpoint's widths (SliceGPT: hidden 456 with 9 heads) fail the stock
+    config's validation, which ``AutoTokenizer`` would otherwise run on ``config.json``.
+    """
+    tok = AutoTokenizer.from_pretrained(src, config=config)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def load(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """Load ``(model, tokenizer)`` for a registered name, a local HF directory or a hub id.
+    """Load ``(model, tokenizer)`` of a stock checkpoint: a registered name, a local HF directory or a hub id.
+
+    Checkpoints with per-layer widths (the baselines' pruned format) load through ``baselines.pruned_io.load_model``.
 
     Args:
         name_or_path: e.g. ``"smollm2-135m"``, ``"./out/pat-25"`` or ``"meta-llama/Llama-2-7b-hf"``.
@@ -111,21 +127,17 @@ def load(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32, de
     Returns:
         ``(model, tokenizer)``; the model is in eval mode.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from baselines.pruned_io import is_pruned_checkpoint, load_pruned
-
     src = resolve(name_or_path)
-    if is_pruned_checkpoint(src):
-        model = load_pruned(src, dtype=dtype)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
-    # the model's config, not config.json: a pruned checkpoint's widths (SliceGPT: hidden 456 with 9 heads) fail the
-    # stock config's validation, which AutoTokenizer would otherwise run
-    tok = AutoTokenizer.from_pretrained(src, config=model.config)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    if (Path(src) / PRUNED_MANIFEST).exists():
+        raise ModelNotFoundError(f"model '{name_or_path}' is a pruned checkpoint ({PRUNED_MANIFEST}); "
+                                 "load it with baselines.pruned_io.load_model")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
+    return prepare_loaded(model, load_tokenizer(src, model.config), device)
+
+
+def prepare_loaded(model, tokenizer, device: str | None = None):
+    """``(model, tokenizer)`` with the model moved to ``device`` (when given) and in eval mode."""
     if device is not None:
         model.to(device)
     model.eval()
-    return model, tok
+    return model, tokenizer

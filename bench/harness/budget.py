@@ -146,7 +146,7 @@ _REFERENCES: dict[str, Callable[[re.Match, Any], int]] = {}
 
 
 def _lora_ref(m: re.Match, model_config) -> int:
-    from baselines.lora import lora_param_count
+    from pat.lora import lora_param_count  # lazy: this module stays torch-free for ``bench.run --list``
 
     return lora_param_count(model_config, int(m.group(1)))
 
@@ -184,7 +184,7 @@ def check_parity(trainable: int, ref: str, tol: float, model_config) -> dict[str
 
 
 def _default_pat_count() -> Callable[[Any, int, int], int]:
-    from pat.method import pat_param_count  # lazy: pat.method is optional for everything else
+    from pat.method import pat_param_count  # lazy: this module stays torch-free for ``bench.run --list``
 
     return pat_param_count
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from bench.harness.datadir import DATASETS, DataError, dataset_path, dataset_sha256, sha256_file
+from pat.offline import datasets_offline
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _read_rows(train_data: str, data_dir: str | os.PathLike | None) -> tuple[lis
 
 
 def _read_hub(train_data: str) -> tuple[list[dict], dict[str, Any]]:
-    offline = os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = datasets_offline()
     if offline or train_data.count("/") != 1:
         raise DataError(
             f"train_data '{train_data}' is not a known dataset ({', '.join(sorted(DATASETS))}), not a file, and "

@@ -22,7 +22,6 @@ in the result; ``None`` evaluates every document.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -30,7 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from bench.harness.datadir import dataset_path, dataset_sha256
+from bench.harness.results import package_versions
+from pat.io import write_json_atomic
+from pat.offline import online
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ def stock_yaml_path(task: str) -> Path:
 
     path = Path(lm_eval.tasks.__file__).resolve().parent / STOCK_YAML[task]
     if not path.exists():
-        raise FileNotFoundError(f"stock lm-eval task file {path} not found; lm-eval {_version('lm_eval')} is not supported")
+        raise FileNotFoundError(f"stock lm-eval task file {path} not found; lm-eval {package_versions(('lm_eval',))['lm_eval']} is not supported")
     return path
 
 
@@ -111,20 +115,23 @@ def sample_ids(n_docs: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_docs), limit))
 
 
-def _q(value) -> str:
-    return json.dumps(str(value))  # a JSON string is a valid YAML scalar
-
-
-def _hub_online() -> bool:
-    return all(os.environ.get(v, "0") in ("0", "", "false", "False") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def _stock_dataset(name: str) -> tuple[str, str | None]:
     """``(dataset_path, dataset_name)`` of the stock task: its Hugging Face hub dataset."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     cfg = load_yaml(stock_yaml_path(name), resolve_func=False)
     return cfg["dataset_path"], cfg.get("dataset_name")
+
+
+class _Function(str):
+    """A ``!function module.name`` scalar of an lm-eval task YAML."""
+
+
+class _TaskDumper(yaml.SafeDumper):
+    pass
+
+
+_TaskDumper.add_representer(_Function, lambda dumper, v: dumper.represent_scalar("!function", str(v)))
 
 
 def task_yaml_text(task: str, data_file: Path | None) -> str:
@@ -134,28 +141,25 @@ def task_yaml_text(task: str, data_file: Path | None) -> str:
     """
     name = base_task(task)
     split = SPLIT[name]
-    lines = [f"task: {task}", "training_split: null", "fewshot_split: null",
-             f"validation_split: {_q(split) if split == 'validation' else 'null'}",
-             f"test_split: {_q(split) if split == 'test' else 'null'}"]
+    loglik = protocol_of(task) == LOGLIK_PROTOCOL
+    doc: dict = {"include": str(stock_yaml_path(name)) if loglik else str(PAPER_BASE_YAML), "task": task,
+                 "training_split": None, "fewshot_split": None,
+                 "validation_split": split if split == "validation" else None,
+                 "test_split": split if split == "test" else None}
     if data_file is not None:
-        lines += ["dataset_path: json", "dataset_name: null", "dataset_kwargs:", "  data_files:",
-                  f"    {split}: {_q(data_file)}"]
-    elif protocol_of(task) == LETTER_PROTOCOL:
+        doc.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {split: str(data_file)}})
+    elif not loglik:
         path, ds_name = _stock_dataset(name)
-        lines += [f"dataset_path: {_q(path)}", f"dataset_name: {_q(ds_name) if ds_name else 'null'}"]
-    if protocol_of(task) == LOGLIK_PROTOCOL:
-        lines.insert(0, f"include: {_q(stock_yaml_path(name))}")
-        lines.append(f"metric_list: {json.dumps(ACC_METRICS)}")
-        lines.append(f"metadata: {json.dumps({'version': 1.0, 'protocol': LOGLIK_PROTOCOL})}")
+        doc.update(dataset_path=str(path), dataset_name=str(ds_name) if ds_name else None)
+    if loglik:
+        doc.update(metric_list=ACC_METRICS, metadata={"version": 1.0, "protocol": LOGLIK_PROTOCOL})
     else:
         letters = "ABCDEFGH"[:N_LETTERS[name]]
-        lines.insert(0, f"include: {_q(PAPER_BASE_YAML)}")
-        lines.append(f"process_docs: !function bench.tasks.paper_letter.process_{name}")
-        flt = [{"name": "first_capital", "filter": [
+        doc["process_docs"] = _Function(f"bench.tasks.paper_letter.process_{name}")
+        doc["filter_list"] = [{"name": "first_capital", "filter": [
             {"function": "regex", "regex_pattern": f"[{letters}]", "group_select": 0, "fallback": "[invalid]"},
             {"function": "take_first"}]}]
-        lines.append(f"filter_list: {json.dumps(flt)}")
-    return "\n".join(lines) + "\n"
+    return yaml.dump(doc, Dumper=_TaskDumper, sort_keys=False)
 
 
 def resolve_task_files(tasks: list[str], data_dir=None) -> dict[str, Path | None]:
@@ -164,7 +168,7 @@ def resolve_task_files(tasks: list[str], data_dir=None) -> dict[str, Path | None
     Only when no data directory is configured at all (no argument, no ``$PAT_DATA_DIR``) and the hub is online
     (neither ``HF_HUB_OFFLINE`` nor ``HF_DATASETS_OFFLINE`` set) each task maps to None: the stock hub dataset.
     """
-    if data_dir is None and not os.environ.get("PAT_DATA_DIR") and _hub_online():
+    if data_dir is None and not os.environ.get("PAT_DATA_DIR") and online():
         log.warning("no data directory (--data-dir / PAT_DATA_DIR): falling back to the stock tasks' hub datasets")
         return {t: None for t in tasks}
     return {t: dataset_path(base_task(t), data_dir) for t in tasks}
@@ -192,15 +196,6 @@ def load_tasks(tasks: list[str], data_dir=None, dest=None, files: dict | None = 
     """Build lm-eval ``Task`` objects for our task names: ``{name: Task}`` (datasets loaded)."""
     tm = task_manager(write_task_dir(tasks, data_dir, dest, files))
     return tm.load(tasks)["tasks"]
-
-
-def _version(pkg: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return None
 
 
 def _metrics(task: str, res: dict, n: int) -> dict:
@@ -294,15 +289,15 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
 
 
 def load_model(name_or_path: str):
-    """``(model, tokenizer)`` for a registered name or HF directory (``pat.models.load``; pruned checkpoints too).
+    """``(model, tokenizer)`` for a registered name, an HF directory or a pruned checkpoint.
 
     The model goes to the GPU when one is present (HFLM evaluates an in-memory model where it lies).
     """
-    import torch
+    import torch  # lazy: this module stays torch-free for ``bench.run --list``
 
-    from pat import models
+    from baselines.pruned_io import load_model as load_any
 
-    return models.load(name_or_path, device="cuda" if torch.cuda.is_available() else None)
+    return load_any(name_or_path, device="cuda" if torch.cuda.is_available() else None)
 
 
 def check_inputs(tasks, ppl, data_dir=None) -> tuple[list[str], list[str]]:
@@ -318,22 +313,6 @@ def check_inputs(tasks, ppl, data_dir=None) -> tuple[list[str], list[str]]:
     for p in ppl:
         dataset_path(p, data_dir)
     return tasks, ppl
-
-
-def write_json_atomic(obj: dict, out: str | os.PathLike) -> Path:
-    """Write ``obj`` as JSON to ``out`` atomically (temp file in the same folder, then ``os.replace``)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
 
 
 def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_len: int = 2048,
@@ -353,9 +332,10 @@ def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_le
         ``{"model", "n_params", "tasks", "mean", "means", "protocols", "perplexity", "data_sha256", "versions",
         "config", ...}``.
     """
-    import torch
+    import torch  # lazy, as the imports below: this module stays torch-free for ``bench.run --list``
 
     from bench.harness.perplexity import perplexity
+    from pat.arch import count_params
 
     tasks, ppl = check_inputs(tasks, ppl, data_dir)
     if isinstance(model_or_name, (str, os.PathLike)):
@@ -366,7 +346,7 @@ def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_le
             raise ValueError("tokenizer: required when model_or_name is an in-memory model")
         model, name = model_or_name, type(model_or_name).__name__
     t0 = time.perf_counter()
-    record: dict = {"model": name, "n_params": sum(p.numel() for p in model.parameters())}
+    record: dict = {"model": name, "n_params": count_params(model)}
     if tasks:
         record.update(evaluate_tasks(model, tokenizer, tasks, limit=limit, seed=seed, batch_size=batch_size,
                                      data_dir=data_dir))
@@ -377,14 +357,15 @@ def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_le
     sha = dict(record.get("data_sha256", {}))
     sha.update({p: r["sha256"] for p, r in record["perplexity"].items()})
     record["data_sha256"] = sha
-    record["versions"] = {"torch": torch.__version__, "transformers": _version("transformers"),
-                          "lm_eval": _version("lm_eval"), "datasets": _version("datasets"),
-                          "pat_bench": _version("pat-bench")}
+    versions = package_versions(("transformers", "lm_eval", "datasets", "pat-bench"))
+    record["versions"] = {"torch": torch.__version__, "transformers": versions["transformers"],
+                          "lm_eval": versions["lm_eval"], "datasets": versions["datasets"],
+                          "pat_bench": versions["pat-bench"]}
     record["config"] = {"tasks": tasks, "limit": limit, "seed": seed, "batch_size": batch_size, "ppl": ppl,
                         "seq_len": seq_len, "stride": stride, "max_tokens": max_tokens,
                         "torch_threads": torch.get_num_threads(), "dtype": str(next(model.parameters()).dtype)}
     record["total_seconds"] = round(time.perf_counter() - t0, 2)
     if out is not None:
-        write_json_atomic(record, out)
+        write_json_atomic(out, record, indent=1)
         log.info("wrote %s", out)
     return record

@@ -15,17 +15,19 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
 from bench.harness.suites import ModelSource
+from pat.io import atomic_dir
+from pat.models import cache_dir, resolve
+from pat.offline import hub_offline
 
 log = logging.getLogger(__name__)
 
 
 class MissingModelsError(RuntimeError):
     """One or more models of a suite cannot be found; the message lists each with the ways to point at it."""
-
-
-def _hub_online() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False")
 
 
 def _local_dir(p: str | os.PathLike) -> Path | None:
@@ -49,12 +51,10 @@ def resolve_source(src: ModelSource, overrides: dict[str, str] | None = None) ->
     if src.path and _local_dir(src.path):
         return str(_local_dir(src.path))
     if src.registered:
-        from pat.models import resolve
-
         return resolve(src.registered)
     if src.random is not None:
         return str(build_random_model(src.random))
-    if src.hub and _hub_online():
+    if src.hub and not hub_offline():
         return src.hub
     return None
 
@@ -106,11 +106,6 @@ def build_random_model(cfg: dict[str, Any], root: Path | None = None) -> Path:
 
     The directory name hashes ``cfg``, so a changed config builds a new model; the write is atomic (temp dir + rename).
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from pat.models import cache_dir
-
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
     out = (root or cache_dir() / "models") / f"random-{cfg.get('model_type', 'llama')}-{key}"
     if (out / "config.json").exists():
@@ -122,10 +117,8 @@ def build_random_model(cfg: dict[str, Any], root: Path | None = None) -> Path:
                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **fields)
     torch.manual_seed(int(cfg.get("seed", 0)))
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, out) if not out.exists() else None
+    with atomic_dir(out, replace=False) as tmp:  # another shard may have built it meanwhile
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     log.info("built random model %s", out)
     return out

@@ -1,9 +1,7 @@
-"""Stage names -> classes, resolved lazily (``"module:Class"``), so importing the harness imports no method.
+"""Stage names -> classes, resolved on first use (``"module:Class"``), so listing a suite imports no torch.
 
-To add a method: implement ``bench.harness.method.Method`` in a module and add ``name -> "module:Class"`` to
-``METHODS`` (or, for a baseline, to ``baselines.STAGE_CLASSES``, which is merged in when present).
-A stage is built by ``make_stage(name, **args)``: ``Class.from_args(**args)`` when the class defines it, else
-``Class(**args)``.
+To add a stage: implement ``pat.stage.Stage`` in a module and add ``name -> "module:Class"`` to ``STAGES``.
+A stage is built by ``make_stage(name, **args)``, which is ``Class(**args)``.
 """
 
 from __future__ import annotations
@@ -11,46 +9,35 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-METHODS: dict[str, str] = {
-    "pat": "pat.method:PATMethod",
+STAGES: dict[str, str] = {
+    "pat": "pat.method:PATStage",
     "lora": "baselines.lora:LoRAStage",
+    "llm_pruner": "baselines.llm_pruner:LLMPrunerStage",
+    "wanda_sp": "baselines.wanda_sp:WandaSPStage",
+    "flap": "baselines.flap:FLAPStage",
+    "slicegpt": "baselines.slicegpt:SliceGPTStage",
 }
-
-
-def methods() -> dict[str, str]:
-    """All known stage names: ``METHODS`` plus ``baselines.STAGE_CLASSES`` (if that mapping exists)."""
-    out = dict(METHODS)
-    try:
-        extra = getattr(importlib.import_module("baselines"), "STAGE_CLASSES", {})
-    except ImportError:
-        extra = {}
-    for name, target in extra.items():
-        out.setdefault(name, target if isinstance(target, str) else f"{target.__module__}:{target.__qualname__}")
-    return out
 
 
 def stage_class(name: str) -> type:
     """The class registered for stage ``name``; ``ValueError`` naming the known stages otherwise."""
-    known = methods()
-    if name not in known:
-        raise ValueError(f"unknown method/stage '{name}'; known: {', '.join(sorted(known))}")
-    module, _, cls = known[name].partition(":")
+    if name not in STAGES:
+        raise ValueError(f"unknown stage '{name}'; known: {', '.join(sorted(STAGES))}")
+    module, _, cls = STAGES[name].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
 def make_stage(name: str, **args: Any):
-    """Instantiate stage ``name`` with ``args`` (``from_args`` if the class defines it)."""
-    cls = stage_class(name)
-    factory = getattr(cls, "from_args", None)
-    return factory(**args) if callable(factory) else cls(**args)
+    """An instance of stage ``name`` built with ``args``."""
+    return stage_class(name)(**args)
 
 
-def make_pipeline(names: list[str], method_args: dict[str, dict] | None = None) -> list:
-    """Stages for a pipeline such as ``["llm_pruner", "lora"]``; ``method_args[name]`` are each stage's args."""
+def make_pipeline(names: list[str], stage_args: dict[str, dict] | None = None) -> list:
+    """Stages for a pipeline such as ``["llm_pruner", "lora"]``; ``stage_args[name]`` are each stage's args."""
     if not names:
         raise ValueError("pipeline is empty; expected a list of stage names such as ['pat'] or ['llm_pruner', 'lora']")
-    method_args = method_args or {}
-    unknown = sorted(set(method_args) - set(names))
+    stage_args = stage_args or {}
+    unknown = sorted(set(stage_args) - set(names))
     if unknown:
-        raise ValueError(f"method_args names stage(s) {unknown} that are not in the pipeline {names}")
-    return [make_stage(n, **method_args.get(n, {})) for n in names]
+        raise ValueError(f"stage_args names stage(s) {unknown} that are not in the pipeline {names}")
+    return [make_stage(n, **stage_args.get(n, {})) for n in names]

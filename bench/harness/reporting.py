@@ -24,7 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.harness.results import load_results, write_json_atomic  # noqa: F401  (write_json_atomic: re-export)
+from bench.harness.results import load_results
+from pat.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,13 @@ LETTER = "paper-first-capital-gen"
 
 
 # ---------------------------------------------------------------------------------------------- frames
-def label(pipeline: list[str], method_args: dict[str, dict] | None = None) -> tuple[str, str, str]:
+def label(pipeline: list[str], stage_args: dict[str, dict] | None = None) -> tuple[str, str, str]:
     """``(method family, display name, mode)`` of a pipeline: ``[]`` Dense, ``["lora"]`` LoRA-r FT, ``["pat"]``
     PAT, ``[X, "lora"]`` X P→FT, ``["lora", X]`` X FT→P, ``[X]`` X P (no tuning)."""
-    args = method_args or {}
+    args = stage_args or {}
     if not pipeline:
         return "Dense", "Dense", "—"
-    # a suite's named variant ([methods.pat_taylor] stage = "pat") is labelled by its `display` or "PAT (pat_taylor)"
+    # a suite's named variant ([stages.pat_taylor] stage = "pat") is labelled by its `display` or "PAT (pat_taylor)"
     base = [args.get(s, {}).get("stage", s) for s in pipeline]
 
     def show(i: int) -> str:
@@ -255,16 +256,14 @@ def to_markdown(df: pd.DataFrame, digits: int = 2, signed: bool = False, bold_ma
             for c in num:
                 if sub[c].notna().sum() > 1:
                     best[(grp, c)] = sub[c].max()
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        cells = []
-        for c in cols:
-            s = _fmt(row[c], digits, signed)
-            if bold_max_by and (row[bold_max_by], c) in best and row[c] == best[(row[bold_max_by], c)]:
-                s = f"**{s}**"
-            cells.append(s)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    def cell(row, c) -> str:
+        s = _fmt(row[c], digits, signed)
+        if bold_max_by and (row[bold_max_by], c) in best and row[c] == best[(row[bold_max_by], c)]:
+            s = f"**{s}**"
+        return s
+
+    cells = pd.DataFrame([[cell(row, c) for c in cols] for _, row in df.iterrows()], columns=[str(c) for c in cols])
+    return cells.to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- claims
@@ -469,13 +468,3 @@ def _throughput_section(tp: pd.DataFrame) -> list[str]:
     return [f"## Throughput: prefill speedup vs the dense model (context {ctx}, median of repeats)", "",
             f"Device: {tp['device_name'].iloc[0]} ({dev}).{note} The bound 1/(1-r) is the linear-dominated limit.", "",
             to_markdown(t, digits=2)]
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)

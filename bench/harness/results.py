@@ -5,8 +5,8 @@ Layout: ``<out>/<run_id>.json`` (``out`` defaults to ``results/<suite>``). A rec
 kept widths, throughput, timings and provenance (git sha + dirty flag, package versions, device, data sha256s).
 A failed run records its error and traceback; a rerun skips ``success`` records and retries failed ones.
 
-Writes go to a temp file in the same directory, then ``os.replace``: a reader (or a killed writer) never sees a
-half-written JSON.
+Writes go through ``pat.io.write_json_atomic`` (a temp file in the same directory, then ``os.replace``): a reader
+(or a killed writer) never sees a half-written JSON.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -32,35 +31,6 @@ REQUIRED_KEYS = ("schema", "run_id", "suite", "status", "spec", "provenance")
 
 def result_path(out_dir: str | os.PathLike, run_id: str) -> Path:
     return Path(out_dir) / f"{run_id}.json"
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):  # numpy / torch scalars
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return repr(o)
 
 
 def read_result(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -1,17 +1,17 @@
 """The grid loop: for each run of a suite, load the model, run its pipeline through the trainer, evaluate, time
 the finalized model and write one result JSON.
 
-It composes the other parts by name and never branches on a method's type:
+It composes the other parts by name and never branches on a stage's type:
 
-* stages: ``bench.harness.registry`` (``name -> "module:Class"``), built with the suite's ``[methods.<name>]`` args;
-  the run's prune ratio goes to each stage that takes one (a ``ratio_arg`` class attribute, else a ``ratio`` /
-  ``prune_ratio`` constructor or config field);
+* stages: ``bench.harness.registry`` (``name -> "module:Class"``), built with the suite's ``[stages.<name>]`` args;
+  the run's prune ratio goes to each stage that takes one (a ``ratio`` / ``prune_ratio`` constructor or config
+  field);
 * training: ``bench.harness.train.run_pipeline`` under the suite's ``TrainBudget`` (checkpoints in the run's work
   directory, so a killed run resumes mid-training);
 * evaluation: ``bench.harness.evaluation.evaluate_tasks`` and ``bench.harness.perplexity.perplexity``;
 * throughput: ``bench.harness.throughput.measure`` on the finalized model.
 
-``preflight`` checks everything a suite needs (pieces importable, stage classes, models, data) before the first
+``preflight`` checks everything a suite needs (stage classes and their arguments, models, data) before the first
 run. A run that raises is recorded as ``failed`` with its error, and the grid goes on. ``reuse_prefix``: a
 tune-then-prune run (``["lora", "llm_pruner"]``) starts from the finalized model of the suite's plain ``["lora"]``
 run of the same model, seed and budget when that run has finished, and then applies only the pruning stage (the
@@ -20,11 +20,10 @@ same ``prepare``/``finalize`` calls the trainer would make after training; no se
 
 from __future__ import annotations
 
-import importlib
+import gc
 import inspect
 import logging
 import os
-import sys
 import time
 import traceback
 import typing
@@ -32,23 +31,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
+from baselines.pruned_io import load_model
+from bench.harness import registry
 from bench.harness import results as R
+from bench.harness.budget import TrainBudget
+from bench.harness.calibration import calibration_sampler
+from bench.harness.datadir import DATASETS, DataError, dataset_path
+from bench.harness.evaluation import evaluate_tasks, validate_tasks
+from bench.harness.modelsrc import resolve_models
+from bench.harness.perplexity import perplexity
 from bench.harness.suites import RunSpec, Suite, resolve_stage
+from bench.harness.throughput import measure
+from bench.harness.train import run_pipeline, save_model
+from pat.arch import count_params, decoder_layers, get_arch, get_module
+from pat.io import write_json_atomic
+from pat.offline import datasets_offline
+from pat.stage import RunContext
 
 log = logging.getLogger(__name__)
 
-PIECES = {  # module -> the issue that builds it (for the "missing piece" message)
-    "bench.harness.train": "the trainer (issue 4)",
-    "bench.harness.budget": "the trainer (issue 4)",
-    "bench.harness.registry": "the trainer (issue 4)",
-    "bench.harness.evaluation": "evaluation (issue 3)",
-    "bench.harness.perplexity": "evaluation (issue 3)",
-    "pat.models": "the skeleton (pat/models.py)",
-}
-
 
 class MissingPieceError(RuntimeError):
-    """A module the runner composes cannot be imported."""
+    """A stage of the suite whose module cannot be imported (e.g. an optional dependency is missing)."""
 
 
 def work_dir_default() -> Path:
@@ -73,21 +80,8 @@ class RunnerOptions:
 
 
 # ---------------------------------------------------------------------------------------------- preflight
-def _import(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingPieceError(
-            f"bench runner: cannot import {module} ({type(e).__name__}: {e}); it is built by {PIECES.get(module, 'another part')}. "
-            "Nothing was run."
-        ) from e
-
-
 def ratio_kwarg(cls: type) -> str | None:
     """The constructor keyword through which a stage class takes the prune ratio, or ``None`` (e.g. LoRA)."""
-    explicit = getattr(cls, "ratio_arg", None)
-    if explicit:
-        return explicit
     params = inspect.signature(cls.__init__).parameters
     for k in ("ratio", "prune_ratio"):
         if k in params:
@@ -107,7 +101,7 @@ def ratio_kwarg(cls: type) -> str | None:
 
 def stage_args(spec: RunSpec, name: str, cls: type) -> dict[str, Any]:
     """Constructor args of pipeline stage ``name`` (a registered stage or a suite's named variant), with the ratio."""
-    args = resolve_stage(name, spec.method_args)[1]
+    args = resolve_stage(name, spec.stage_args)[1]
     key = ratio_kwarg(cls)
     if key and spec.ratio > 0:
         args[key] = spec.ratio
@@ -115,22 +109,16 @@ def stage_args(spec: RunSpec, name: str, cls: type) -> dict[str, Any]:
 
 
 def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[str, str]:
-    """Check every piece, stage, model and dataset the runs need; returns ``{model name: local dir}``.
+    """Check every stage, model and dataset the runs need; returns ``{model name: local dir}``.
 
     Raises:
         MissingPieceError, MissingModelsError, DataError, ValueError: before any run starts.
     """
-    from bench.harness.modelsrc import resolve_models
-
     if any(r.trains for r in runs):
-        for m in ("bench.harness.train", "bench.harness.budget", "bench.harness.registry"):
-            _import(m)
-        registry = _import("bench.harness.registry")
-        budget_mod = _import("bench.harness.budget")
         for r in (r for r in runs if r.trains):
-            budget_mod.TrainBudget.from_dict(r.budget)
+            TrainBudget.from_dict(r.budget)
             for s in r.pipeline:
-                base = resolve_stage(s, r.method_args)[0]
+                base = resolve_stage(s, r.stage_args)[0]
                 try:
                     cls = registry.stage_class(base)
                 except ImportError as e:
@@ -141,16 +129,11 @@ def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[st
                     raise ValueError(f"suite '{suite.name}', run {r.run_id}: stage {s!r} rejects its arguments "
                                      f"{stage_args(r, s, cls)}: {e}") from e
     if suite.eval.get("tasks"):
-        _import("bench.harness.evaluation").validate_tasks(list(suite.eval["tasks"]))
-    if suite.perplexity.get("datasets"):
-        _import("bench.harness.perplexity")
-    _import("pat.models")
+        validate_tasks(list(suite.eval["tasks"]))
     models = resolve_models(suite.models, sorted({r.model for r in runs}), opts.model_paths, suite.name, suite.runs_here)
-    from bench.harness.datadir import DATASETS, DataError, dataset_path
-
     td = suite.train_data
-    offline = os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", "", "false", "False")
-    if any(r.trains for r in runs) and td not in DATASETS and not Path(td).expanduser().exists() and offline:
+    if (any(r.trains for r in runs) and td not in DATASETS and not Path(td).expanduser().exists()
+            and datasets_offline()):
         raise DataError(f"suite '{suite.name}': train_data {td!r} is neither a dataset of the data directory "
                         f"({', '.join(sorted(DATASETS))}) nor a local file, and the hub is offline (HF_DATASETS_OFFLINE=1); "
                         "fix: --train-data FILE.jsonl (LaMini/Alpaca-style rows), or go online")
@@ -169,8 +152,6 @@ def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[st
 # ---------------------------------------------------------------------------------------------- one run
 def kept_widths(model) -> dict[str, Any]:
     """Hidden size and per-layer kept widths (query/key/value outputs, MLP intermediate) of a finalized model."""
-    from pat.arch import decoder_layers, get_arch, get_module
-
     arch = get_arch(model)
     layers = []
     for layer in decoder_layers(model, arch):
@@ -181,68 +162,51 @@ def kept_widths(model) -> dict[str, Any]:
             "layers": layers[:1] if uniform else layers, "n_layers": len(layers)}
 
 
-def _n_params(model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
 def _prefix_run(spec: RunSpec, all_runs: list[RunSpec]) -> RunSpec | None:
     """The finished-able run whose whole pipeline is a strict prefix of ``spec``'s (same model, seed, budget, args)."""
     for r in all_runs:
         n = len(r.pipeline)
         if (0 < n < len(spec.pipeline) and spec.pipeline[:n] == r.pipeline and r.model == spec.model
                 and r.seed == spec.seed and r.budget == spec.budget and r.ratio == 0.0
-                and all(r.method_args.get(s) == spec.method_args.get(s) for s in r.pipeline)):
+                and all(r.stage_args.get(s) == spec.stage_args.get(s) for s in r.pipeline)):
             return r
     return None
 
 
 def _apply_suffix(model, tokenizer, stages, names: list[str], offset: int, spec: RunSpec, opts: RunnerOptions):
     """Apply the remaining (training-free) stages of a pipeline to a reused finalized prefix model."""
-    from bench.harness.calibration import calibration_sampler
-    from bench.harness.method import RunContext
-
     ctx = RunContext(tokenizer=tokenizer, total_steps=0, seed=spec.seed, out_dir=opts.run_dir(spec),
                      data_dir=Path(opts.data_dir) if opts.data_dir else None,
                      calibration=calibration_sampler(tokenizer, spec.seed, opts.data_dir), extra={"pipeline": names})
     for phase in ("prepare", "finalize"):
         for j, st in enumerate(stages):
-            ctx.extra.update(stage_index=offset + j, phase=phase)
+            ctx.extra.update(stage_index=offset + j)
             model = getattr(st, phase)(model, ctx)
     return model, {f"{offset + j}-{n}": st.report() for j, (n, st) in enumerate(zip(names[offset:], stages))}
 
 
 def _make(spec: RunSpec, name: str):
     """Build pipeline stage ``name`` of ``spec`` (a named variant builds its registered stage with its own args)."""
-    from bench.harness.registry import make_stage, stage_class
-
-    base = resolve_stage(name, spec.method_args)[0]
-    return make_stage(base, **stage_args(spec, name, stage_class(base)))
+    base = resolve_stage(name, spec.stage_args)[0]
+    return registry.make_stage(base, **stage_args(spec, name, registry.stage_class(base)))
 
 
 def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpec], reuse: bool):
     """Run the pipeline (or its suffix after a reused prefix); returns ``(final model, train record)``."""
-    from bench.harness.budget import TrainBudget
-
     names = list(spec.pipeline)
     prefix = _prefix_run(spec, all_runs) if reuse else None
     prefix_dir = opts.run_dir(prefix) / "model" if prefix else None
     if prefix and (prefix_dir / "config.json").exists() and R.is_finished(opts.out_dir, prefix.run_id):
-        from pat.models import load
-
-        model, tok = load(str(prefix_dir), device=opts.device)
+        model, tok = load_model(str(prefix_dir), device=opts.device)
         offset = len(prefix.pipeline)
         stages = [_make(spec, n) for n in names[offset:]]
         model, reports = _apply_suffix(model, tok, stages, names, offset, spec, opts)
         prev = R.read_result(R.result_path(opts.out_dir, prefix.run_id)) or {}
         rec = {"reused_prefix": prefix.run_id, "prefix_train": prev.get("train"), "stages": reports}
         if _rank() == 0:  # the finalized model, where the trainer would have put it (loadable, retimable)
-            from bench.harness.train import save_model
-
             out = opts.run_dir(spec) / "model"
             rec["model_format"], rec["model_dir"] = save_model(model, tok, out), str(out)
         return model, rec
-    from bench.harness.train import run_pipeline
-
     stages = [_make(spec, n) for n in names]
     rec = run_pipeline(model, stages, TrainBudget.from_dict(spec.budget), spec.train_data,
                        opts.run_dir(spec), data_dir=opts.data_dir,
@@ -261,16 +225,12 @@ def _evaluate(model, tok, suite: Suite, spec: RunSpec, opts: RunnerOptions) -> d
     metrics: dict[str, Any] = {"main_metric": suite.main_metric}
     ev = suite.eval
     if ev.get("tasks"):
-        from bench.harness.evaluation import evaluate_tasks
-
         out = evaluate_tasks(model, tok, list(ev["tasks"]), limit=ev.get("limit") or None, seed=ev.get("seed", 1234),
                              batch_size=ev.get("batch_size", 8), data_dir=opts.data_dir)
         metrics.update(tasks=out["tasks"], means=out.get("means", {}), mean=out.get("mean"),
                        eval_seconds=out.get("seconds"), eval_data_sha256=out.get("data_sha256", {}))
     pp = suite.perplexity
     if pp.get("datasets"):
-        from bench.harness.perplexity import perplexity
-
         metrics["perplexity"] = {
             d: perplexity(model, tok, d, seq_len=pp.get("seq_len", 128), stride=pp.get("stride") or None,
                           max_tokens=pp.get("max_tokens") or None, data_dir=opts.data_dir)
@@ -287,15 +247,10 @@ def _trainable(train_rec: dict[str, Any] | None) -> int | None:
 def run_one(spec: RunSpec, suite: Suite, model_dir: str, opts: RunnerOptions, all_runs: list[RunSpec],
             prov: dict[str, Any]) -> dict[str, Any] | None:
     """Execute one run and return its ``success`` record (``None`` on ranks > 0); exceptions propagate."""
-    import torch
-
-    from bench.harness.throughput import measure
-    from pat.models import load
-
     t0 = time.perf_counter()
     torch.manual_seed(spec.seed)
-    model, tok = load(model_dir, device=opts.device)
-    dense_params = _n_params(model)
+    model, tok = load_model(model_dir, device=opts.device)
+    dense_params = count_params(model)
     train_rec = None
     if spec.trains:
         model, train_rec = _train(spec, model, tok, opts, all_runs, suite.reuse_prefix)
@@ -303,8 +258,8 @@ def run_one(spec: RunSpec, suite: Suite, model_dir: str, opts: RunnerOptions, al
         return None
     model.eval()
     metrics = _evaluate(model, tok, suite, spec, opts)
-    params = {"dense_total": dense_params, "total": _n_params(model),
-              "achieved_ratio": 1.0 - _n_params(model) / dense_params, "target_ratio": spec.ratio,
+    params = {"dense_total": dense_params, "total": count_params(model),
+              "achieved_ratio": 1.0 - count_params(model) / dense_params, "target_ratio": spec.ratio,
               "trainable": _trainable(train_rec),
               "widths": kept_widths(model)}
     tp = None
@@ -337,8 +292,6 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: 
     Returns:
         counts: ``{"done", "skipped", "failed", "total"}``.
     """
-    from tqdm.auto import tqdm
-
     all_runs = all_runs if all_runs is not None else runs
     model_dirs = preflight(suite, runs, opts)
     datasets = [suite.train_data] if any(r.trains for r in runs) else []
@@ -369,7 +322,7 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: 
                                 "traceback": traceback.format_exc()}, seconds=round(time.perf_counter() - t0, 2))
             counts["failed"] += 1
         if rec is not None and _rank() == 0:
-            R.write_json_atomic(path, rec)
+            write_json_atomic(path, rec)
         _free()
     return counts
 
@@ -381,12 +334,6 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
     loaded from its source, a trained run's finalized model from ``WORK_DIR/<suite>/<run_id>/model``; runs whose
     model is not on disk keep their timings and are counted as ``missing``.
     """
-    import torch
-
-    from bench.harness.modelsrc import resolve_models
-    from bench.harness.throughput import measure
-    from pat.models import load
-
     model_dirs = resolve_models(suite.models, sorted({r.model for r in runs}), opts.model_paths, suite.name, suite.runs_here)
     counts = {"retimed": 0, "missing": 0, "failed": 0, "not_finished": 0, "total": len(runs)}
     for spec in runs:
@@ -402,7 +349,7 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
             continue
         torch.manual_seed(spec.seed)
         try:
-            model, _ = load(str(mdir), device=opts.device)
+            model, _ = load_model(str(mdir), device=opts.device)
             tp = measure(model, **_throughput_args(suite))
         except Exception as e:  # one model that cannot be timed must not stop the others; its old timing stays
             log.error("run %s: retiming failed (%s: %s); its throughput is left as it was", spec.run_id, type(e).__name__, e)
@@ -412,7 +359,7 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
                          "replaced_host_load": (rec.get("throughput") or {}).get("host_load")}
         rec["throughput"] = tp
         rec.setdefault("protocol", suite_protocol(suite))["throughput"] = dict(suite.throughput)  # measured as now set
-        R.write_json_atomic(path, rec)
+        write_json_atomic(path, rec)
         counts["retimed"] += 1
         log.info("run %s retimed: prefill %s", spec.run_id,
                  {p["batch_size"]: p.get("median_s") for p in tp.get("prefill", [])})
@@ -426,9 +373,6 @@ def _rank() -> int:
 
 
 def _free() -> None:
-    import gc
-
     gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -9,7 +9,8 @@ then prune); the empty pipeline ``[]`` is the untouched dense model.
 
 This module imports neither torch nor transformers, so ``bench.run --list`` / ``--dry-run`` stay fast.
 
-To add a suite: drop a TOML file in ``bench/suites/``; ``tests/test_suites.py`` loads and validates every file.
+To add a suite: drop a TOML file in ``bench/suites/``; ``tests/bench/harness/test_suites.py`` loads and validates
+every file.
 """
 
 from __future__ import annotations
@@ -25,31 +26,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from bench.harness.budget import TrainBudget
+from bench.harness.evaluation import VALID_TASKS
+from bench.harness.registry import STAGES
+
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
-
-# Stage names used when the registry (bench.harness.registry, built by the trainer issue) is not importable yet.
-FALLBACK_STAGES = frozenset({"pat", "lora", "llm_pruner", "slicegpt", "flap", "wanda_sp"})
 
 SUITE_KEYS = {"name", "description", "seeds", "train_data", "reuse_prefix", "main_metric", "runs_here"}
 EVAL_KEYS = {"tasks", "limit", "seed", "batch_size"}
 PPL_KEYS = {"datasets", "seq_len", "stride", "max_tokens"}
 THROUGHPUT_KEYS = {"enabled", "batch_sizes", "context", "decode_tokens", "repeats", "warmup", "threads"}
 MODEL_KEYS = {"registered", "hub", "path", "env", "random", "size"}
-GRID_KEYS = {"models", "ratios", "pipelines", "seeds", "budget", "method_args"}
+GRID_KEYS = {"models", "ratios", "pipelines", "seeds", "budget", "stage_args"}
+# keys of earlier suite files, with their new names
+RENAMED = {"methods": "[methods.X] was renamed to [stages.X]", "method_args": "method_args was renamed to stage_args"}
 
 
-VARIANT_KEYS = ("stage", "display")  # in [methods.NAME]: NAME is a variant of stage `stage`, shown as `display`
+VARIANT_KEYS = ("stage", "display")  # in [stages.NAME]: NAME is a variant of stage `stage`, shown as `display`
 
 
-def resolve_stage(name: str, method_args: dict[str, dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+def resolve_stage(name: str, stage_args: dict[str, dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
     """``(registered stage, constructor args)`` of a pipeline name.
 
-    A suite may define a named variant of a stage: ``[methods.pat_taylor]`` with ``stage = "pat"`` runs the ``pat``
+    A suite may define a named variant of a stage: ``[stages.pat_taylor]`` with ``stage = "pat"`` runs the ``pat``
     stage with that table's other keys (``display`` only labels it in reports), under its own name, so the variant
     gets its own run ids and table rows beside the plain stage.
     """
-    args = dict((method_args or {}).get(name, {}))
+    args = dict((stage_args or {}).get(name, {}))
     base = args.get("stage", name)
     for k in VARIANT_KEYS:
         args.pop(k, None)
@@ -94,7 +98,7 @@ class RunSpec:
     seed: int
     budget_name: str
     budget: dict[str, Any]
-    method_args: dict[str, dict[str, Any]]
+    stage_args: dict[str, dict[str, Any]]
     train_data: str
 
     @property
@@ -113,7 +117,7 @@ class RunSpec:
         return {
             "run_id": self.run_id, "suite": self.suite, "model": self.model, "ratio": self.ratio,
             "pipeline": list(self.pipeline), "seed": self.seed, "budget_name": self.budget_name,
-            "budget": dict(self.budget), "method_args": {k: dict(v) for k, v in self.method_args.items()},
+            "budget": dict(self.budget), "method_args": {k: dict(v) for k, v in self.stage_args.items()},
             "train_data": self.train_data,
         }
 
@@ -132,7 +136,7 @@ class Suite:
     throughput: dict[str, Any]
     budgets: dict[str, dict[str, Any]]
     models: dict[str, ModelSource]
-    method_args: dict[str, dict[str, Any]]
+    stage_args: dict[str, dict[str, Any]]
     grid: tuple[dict[str, Any], ...]
     main_metric: str = "acc"
     reuse_prefix: bool = False
@@ -142,6 +146,12 @@ class Suite:
 
 def _where(path: Path | None, name: str) -> str:
     return f"suite '{name}'" + (f" ({path})" if path else "")
+
+
+def _check_renamed(table: dict, what: str, where: str) -> None:
+    for old, why in RENAMED.items():
+        if old in table:
+            raise SuiteError(f"{where}: {what}: {why}")
 
 
 def _check_keys(table: dict, allowed: set[str], what: str, where: str) -> None:
@@ -157,7 +167,9 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
         raise SuiteError(f"suite file {path}: missing [suite] table with a 'name' key")
     name = head["name"]
     where = _where(path, name)
-    _check_keys(data, {"suite", "eval", "perplexity", "throughput", "budget", "models", "methods", "grid"}, "the top level", where)
+    _check_renamed(data, "the top level", where)
+    _check_keys(data, {"suite", "eval", "perplexity", "throughput", "budget", "models", "stages", "grid"}, "the top level",
+                where)
     _check_keys(head, SUITE_KEYS, "[suite]", where)
     for key, allowed in (("eval", EVAL_KEYS), ("perplexity", PPL_KEYS), ("throughput", THROUGHPUT_KEYS)):
         _check_keys(data.get(key, {}), allowed, f"[{key}]", where)
@@ -175,6 +187,7 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
     if not isinstance(grid, list) or not grid:
         raise SuiteError(f"{where}: needs at least one [[grid]] table")
     for i, g in enumerate(grid):
+        _check_renamed(g, f"grid[{i}]", where)
         _check_keys(g, GRID_KEYS, f"grid[{i}]", where)
         for req in ("models", "ratios", "pipelines"):
             if req not in g:
@@ -184,7 +197,7 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
         seeds=tuple(head.get("seeds", [0])), eval=dict(data.get("eval", {})),
         perplexity=dict(data.get("perplexity", {})), throughput=dict(data.get("throughput", {})),
         budgets={k: dict(v) for k, v in data.get("budget", {}).items()}, models=models,
-        method_args={k: dict(v) for k, v in data.get("methods", {}).items()}, grid=tuple(grid),
+        stage_args={k: dict(v) for k, v in data.get("stages", {}).items()}, grid=tuple(grid),
         main_metric=head.get("main_metric", "acc"), reuse_prefix=bool(head.get("reuse_prefix", False)),
         runs_here=head.get("runs_here", "cpu"), raw=data,
     )
@@ -239,8 +252,8 @@ def expand(suite: Suite) -> list[RunSpec]:
         seeds = [int(s) for s in _as_list(g.get("seeds", list(suite.seeds)), f"grid[{i}].seeds", where, int)]
         budget_name = g.get("budget", "default")
         budget = suite.budgets.get(budget_name, {})
-        args = {k: dict(v) for k, v in suite.method_args.items()}
-        for stage, over in g.get("method_args", {}).items():  # per-grid deltas over the suite's [methods.*]
+        args = {k: dict(v) for k, v in suite.stage_args.items()}
+        for stage, over in g.get("stage_args", {}).items():  # per-grid deltas over the suite's [stages.*]
             args[stage] = {**args.get(stage, {}), **over}
         for model in models:
             for ratio in ratios:
@@ -259,13 +272,7 @@ def expand(suite: Suite) -> list[RunSpec]:
 def known_tasks(tasks_dir: Path = TASKS_DIR) -> set[str]:
     """Task names the evaluation accepts (``bench.harness.evaluation.VALID_TASKS``, torch-free), plus any task or
     group names declared in the lm-eval YAMLs of ``bench/tasks`` (read as text)."""
-    names: set[str] = set()
-    try:
-        from bench.harness.evaluation import VALID_TASKS  # the evaluation issue's task list
-
-        names.update(VALID_TASKS)
-    except ImportError:
-        pass
+    names: set[str] = set(VALID_TASKS)
     pat = re.compile(r"^(task|group|tag):\s*['\"]?([A-Za-z0-9_.-]+)['\"]?\s*$")
     for y in sorted(tasks_dir.rglob("*.yaml")):
         for line in y.read_text().splitlines():
@@ -276,12 +283,8 @@ def known_tasks(tasks_dir: Path = TASKS_DIR) -> set[str]:
 
 
 def known_stages() -> set[str]:
-    """Stage names of the method registry (``bench.harness.registry.methods()``), or the expected set until it exists."""
-    try:
-        from bench.harness import registry  # lazy name -> "module:Class" map (trainer issue)
-    except ImportError:
-        return set(FALLBACK_STAGES)
-    return set(registry.methods())
+    """Stage names of the registry (``bench.harness.registry.STAGES``)."""
+    return set(STAGES)
 
 
 def validate(suite: Suite, runs: Iterable[RunSpec] | None = None, *, stages: set[str] | None = None,
@@ -302,15 +305,15 @@ def validate(suite: Suite, runs: Iterable[RunSpec] | None = None, *, stages: set
     runs = list(expand(suite) if runs is None else runs)
     stages = set(known_stages() if stages is None else stages)
     tasks = known_tasks() if tasks is None else tasks
-    for s, table in suite.method_args.items():  # named variants: [methods.X] with stage = "<registered stage>"
+    for s, table in suite.stage_args.items():  # named variants: [stages.X] with stage = "<registered stage>"
         if "stage" in table:
             if not isinstance(table["stage"], str) or table["stage"] not in stages:
-                raise SuiteError(f"{where}: [methods.{s}].stage: {table['stage']!r} is not a registered stage; "
+                raise SuiteError(f"{where}: [stages.{s}].stage: {table['stage']!r} is not a registered stage; "
                                  f"known stages: {sorted(stages)}")
             if s in stages:
-                raise SuiteError(f"{where}: [methods.{s}] has stage = {table['stage']!r} but {s!r} is itself a "
+                raise SuiteError(f"{where}: [stages.{s}] has stage = {table['stage']!r} but {s!r} is itself a "
                                  "registered stage; give the variant another name, e.g. pat_taylor")
-    stages |= {s for s, t in suite.method_args.items() if "stage" in t}
+    stages |= {s for s, t in suite.stage_args.items() if "stage" in t}
     for i, g in enumerate(suite.grid):
         for m in g["models"]:
             if m not in suite.models:
@@ -318,20 +321,20 @@ def validate(suite: Suite, runs: Iterable[RunSpec] | None = None, *, stages: set
         for j, pipe in enumerate(g["pipelines"]):
             for s in pipe:
                 if s not in stages:
-                    raise SuiteError(f"{where}: grid[{i}].pipelines[{j}]: unknown method/stage {s!r}; known stages: {sorted(stages)}")
+                    raise SuiteError(f"{where}: grid[{i}].pipelines[{j}]: unknown stage {s!r}; known stages: {sorted(stages)}")
         b = g.get("budget", "default")
         if any(g["pipelines"]) and b not in suite.budgets:
             raise SuiteError(f"{where}: grid[{i}].budget: unknown budget {b!r}; budgets defined: {sorted(suite.budgets)}")
         for r in g["ratios"]:
             if not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
                 raise SuiteError(f"{where}: grid[{i}].ratios: {r!r} is not a prune ratio in [0, 1)")
-        for s in g.get("method_args", {}):
+        for s in g.get("stage_args", {}):
             if s not in stages:
-                raise SuiteError(f"{where}: grid[{i}].method_args: unknown method/stage {s!r}; known stages: {sorted(stages)}")
+                raise SuiteError(f"{where}: grid[{i}].stage_args: unknown stage {s!r}; known stages: {sorted(stages)}")
     _validate_budgets(suite, where)
-    for s in suite.method_args:
+    for s in suite.stage_args:
         if s not in stages:
-            raise SuiteError(f"{where}: [methods.{s}]: unknown method/stage {s!r}; known stages: {sorted(stages)}")
+            raise SuiteError(f"{where}: [stages.{s}]: unknown stage {s!r}; known stages: {sorted(stages)}")
     for t in suite.eval.get("tasks", []):
         if t not in tasks:
             raise SuiteError(f"{where}: eval.tasks: unknown task {t!r}; known tasks (bench/tasks/*.yaml): {sorted(tasks)}")
@@ -342,10 +345,6 @@ def validate(suite: Suite, runs: Iterable[RunSpec] | None = None, *, stages: set
 
 
 def _validate_budgets(suite: Suite, where: str) -> None:
-    try:
-        from bench.harness.budget import TrainBudget  # pure dataclass, no torch; built by the trainer issue
-    except ImportError:
-        return
     for name, table in suite.budgets.items():
         try:
             TrainBudget.from_dict(table)

@@ -32,6 +32,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from baselines.pruned_io import load_model
+from pat.arch import count_params, decoder_layers, get_arch, get_module
+
 log = logging.getLogger(__name__)
 
 
@@ -47,10 +50,6 @@ def check_finalized(model: nn.Module) -> None:
     foreign = sorted({type(m).__module__ for m in model.modules() if type(m).__module__.startswith(("pat.", "peft."))})
     if foreign:
         raise ValueError(f"throughput: the model still holds training-time modules from {foreign}; time only finalized models")
-
-
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def memory_bytes(model: nn.Module) -> dict[str, Any]:
@@ -72,8 +71,6 @@ def macs(model: nn.Module, context: int) -> dict[str, int]:
     attention-score MACs per layer = ``2 * context^2 * q_width`` (QK^T and AV, full square; ``q_width`` = the
     layer's query projection output width, which pruned models may vary per layer).
     """
-    from pat.arch import decoder_layers, get_arch, get_module
-
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     arch = get_arch(model)
     q_path = arch.attn_in[0]
@@ -171,7 +168,7 @@ def measure(model: nn.Module, batch_sizes: list[int] = (1, 8), context: int = 12
             return measure(model, batch_sizes, context, decode_tokens, repeats, warmup, seed)
         finally:
             torch.set_num_threads(before)
-    rec: dict[str, Any] = {"device": device_label(device), "memory": memory_bytes(model), "params": param_count(model),
+    rec: dict[str, Any] = {"device": device_label(device), "memory": memory_bytes(model), "params": count_params(model),
                            "macs": macs(model, context), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                            "protocol": {"context": context, "repeats": repeats, "warmup": warmup, "statistic": "median"}}
     load0 = os.getloadavg()[0]  # contention makes CPU timings meaningless; the report flags loaded hosts
@@ -219,12 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = ap.parse_args(argv)
-    from pat.models import load
-
     bs = [int(x) for x in args.batch_sizes.split(",") if x]
     records = {}
     for name in args.model:
-        model, _ = load(name, dtype=getattr(torch, args.dtype), device=args.device)
+        model, _ = load_model(name, dtype=getattr(torch, args.dtype), device=args.device)
         records[name] = measure(model, bs, args.context, args.decode_tokens, args.repeats, args.warmup, threads=args.threads)
         del model
         if args.device.startswith("cuda"):

@@ -1,6 +1,6 @@
 """The one training loop of the harness: every method, same budget, resumable, single- or multi-process.
 
-``run_pipeline(model, stages, budget, train_data, out_dir)`` trains a pipeline of ``Method`` stages and never
+``run_pipeline(model, stages, budget, train_data, out_dir)`` trains a pipeline of ``pat.stage.Stage`` objects and never
 branches on a stage's type:
 
 1. ``prepare`` of each stage, in pipeline order (a pruner first = prune-then-tune; LoRA first = tune-then-prune);
@@ -12,8 +12,8 @@ branches on a stage's type:
 4. ``finalize`` of each stage, again in pipeline order: the model flows through the stages exactly as in
    ``prepare``. For ``["lora", "llm_pruner"]`` LoRA merges first and the pruner then prunes the tuned model;
    for ``["llm_pruner", "lora"]`` the pruner (which pruned in ``prepare``) passes the model through and LoRA
-   merges into the pruned model; PAT (LoRA inside) finalizes once. Each stage sees ``ctx.extra["pipeline"]``,
-   ``ctx.extra["stage_index"]`` and ``ctx.extra["phase"]`` (``"prepare"`` / ``"finalize"``) to know its place.
+   merges into the pruned model; PAT (LoRA inside) finalizes once. Each stage sees ``ctx.extra["pipeline"]`` and
+   ``ctx.extra["stage_index"]`` to know its place.
 
 Distributed: run the same command under ``torchrun --nproc_per_node N`` or ``accelerate launch``. Each process
 holds the whole model; only the trainable parameters' gradients are all-reduced (one flat buffer per step), so the
@@ -38,7 +38,6 @@ import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -47,11 +46,19 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
-from bench.harness.budget import TrainBudget, check_parity
+from baselines import pruned_io
+from baselines.pruned_io import load_model
+from bench.harness.budget import TrainBudget, check_parity, solve_pat_ranks
 from bench.harness.calibration import calibration_sampler
 from bench.harness.data import IGNORE_INDEX, InstructionData, global_batch_indices, load_instruction_data
-from bench.harness.method import Method, RunContext
+from bench.harness.registry import make_pipeline
+from bench.harness.results import package_versions
+from pat.arch import count_params
+from pat.io import atomic_dir, write_atomic, write_json_atomic
+from pat.models import resolve
+from pat.stage import RunContext, Stage
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +66,8 @@ CHECKPOINT = "checkpoint.pt"
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via a temp file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def _save_torch_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -112,7 +107,7 @@ def make_optimizer(groups: list[dict], budget: TrainBudget) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=budget.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
-def collect_trainable(model: nn.Module, stages: Sequence[Method], lr: float) -> tuple[list[dict], list[tuple[str, nn.Parameter]]]:
+def collect_trainable(model: nn.Module, stages: Sequence[Stage], lr: float) -> tuple[list[dict], list[tuple[str, nn.Parameter]]]:
     """Union of the stages' parameter groups (deduplicated); every other parameter is frozen.
 
     Returns:
@@ -196,7 +191,7 @@ def _gather_rng(world: int) -> list[dict]:
 # ------------------------------------------------------------------------------------------- the loop
 def train(
     model: nn.Module,
-    stages: Sequence[Method],
+    stages: Sequence[Stage],
     budget: TrainBudget,
     data: InstructionData,
     out_dir: Path,
@@ -336,9 +331,6 @@ def save_model(model: nn.Module, tokenizer, path: Path) -> str:
     Returns:
         ``"hf"`` or ``"pruned"``.
     """
-    from baselines import pruned_io
-    from pat.fsutil import atomic_dir
-
     with atomic_dir(path) as tmp:
         fmt = "pruned" if pruned_io.needs_pruned_format(model) else "hf"
         if fmt == "pruned":
@@ -351,34 +343,17 @@ def save_model(model: nn.Module, tokenizer, path: Path) -> str:
 
 
 def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    os.close(fd)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
-
-
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    write_atomic(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp))
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "transformers", "peft", "accelerate"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    installed = package_versions(("torch", "transformers", "peft", "accelerate"))
+    return {"python": sys.version.split()[0], **{k: v for k, v in installed.items() if v is not None}}
 
 
 def run_pipeline(
     model_name_or_model: str | nn.Module,
-    stages: list[Method],
+    stages: list[Stage],
     budget: TrainBudget,
     train_data: str,
     out_dir: str | os.PathLike,
@@ -395,7 +370,7 @@ def run_pipeline(
 
     Args:
         model_name_or_model: a name/path for ``pat.models.load`` or a model (then pass ``tokenizer``).
-        stages: ``Method`` instances in pipeline order (see the module docstring for the finalize order).
+        stages: ``Stage`` instances in pipeline order (see the module docstring for the finalize order).
         budget: the shared ``TrainBudget``.
         train_data: dataset name (``"alpaca"``), a .jsonl path or a hub id.
         out_dir: run directory (checkpoint, ``model/``, ``method_state/``, ``run.json``).
@@ -419,16 +394,14 @@ def run_pipeline(
         out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     if isinstance(model_name_or_model, (str, os.PathLike)):
-        from pat.models import load
-
-        model, tokenizer = load(model_name_or_model)
+        model, tokenizer = load_model(model_name_or_model)
         model_name = str(model_name_or_model)
     else:
         model, model_name = model_name_or_model, type(model_name_or_model).__name__
         if tokenizer is None:
             raise ValueError("run_pipeline: pass tokenizer= when model_name_or_model is a model object")
     base_config = model.config
-    total_before = _count(model)
+    total_before = count_params(model)
     names = [getattr(st, "name", type(st).__name__) for st in stages]
     ctx = RunContext(tokenizer=tokenizer, total_steps=budget.total_steps, seed=budget.seed, out_dir=out_dir,
                      data_dir=Path(data_dir) if data_dir else None,
@@ -436,7 +409,7 @@ def run_pipeline(
                      extra={"pipeline": names, **(extra or {})})
     torch.manual_seed(budget.seed)
     for i, st in enumerate(stages):
-        ctx.extra.update(stage_index=i, phase="prepare")
+        ctx.extra.update(stage_index=i)
         model = st.prepare(model, ctx)
     groups, named = collect_trainable(model, stages, budget.lr)
     trainable = sum(p.numel() for _, p in named)
@@ -461,10 +434,10 @@ def run_pipeline(
     final_model = None
     if rec["completed"]:
         for i, st in enumerate(stages):
-            ctx.extra.update(stage_index=i, phase="finalize")
+            ctx.extra.update(stage_index=i)
             model = st.finalize(model, ctx)
         final_model = model
-        record["total_params_after"] = _count(model)
+        record["total_params_after"] = count_params(model)
         record["hidden_size_after"] = getattr(model.config, "hidden_size", None)
     record["stages"] = {f"{i}-{n}": st.report() for i, (n, st) in enumerate(zip(names, stages))}
     record["wall_seconds"] = time.perf_counter() - t_start
@@ -491,7 +464,7 @@ def _parse(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="python -m bench.harness.train", description="Train a pipeline of stages under a budget.")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--pipeline", default="lora", help="comma-separated stage names, e.g. pat | lora | llm_pruner,lora")
-    p.add_argument("--method-args", default="{}", help='JSON {stage: {arg: value}}, e.g. {"lora": {"rank": 64}}')
+    p.add_argument("--stage-args", default="{}", help='JSON {stage: {arg: value}}, e.g. {"lora": {"rank": 64}}')
     p.add_argument("--parity-solve", default=None, help="solve PAT's hio_rank/lora_rank to match this reference (lora-64)")
     p.add_argument("--budget", default="{}", help="JSON of TrainBudget fields (steps, global_batch, micro_batch, ...)")
     p.add_argument("--train-data", default="alpaca")
@@ -504,21 +477,16 @@ def _parse(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m bench.harness.train --pipeline pat --method-args '{"pat": {"prune_ratio": 0.25}}' ...``."""
-    from bench.harness.budget import solve_pat_ranks
-    from bench.harness.registry import make_pipeline
-
+    """CLI: ``python -m bench.harness.train --pipeline pat --stage-args '{"pat": {"prune_ratio": 0.25}}' ...``."""
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     budget = TrainBudget.from_dict(json.loads(args.budget))
     names = [n.strip() for n in args.pipeline.split(",") if n.strip()]
-    margs = json.loads(args.method_args)
+    margs = json.loads(args.stage_args)
     if args.parity_solve:
         from transformers import AutoConfig
-
-        from pat.models import resolve
 
         sol = solve_pat_ranks(AutoConfig.from_pretrained(resolve(args.model)), args.parity_solve, budget.parity_tol)
         margs.setdefault("pat", {}).update(hio_rank=sol["hio_rank"], lora_rank=sol["lora_rank"])

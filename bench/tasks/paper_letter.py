@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import re
 
+from bench.harness.data import format_prompt
+
 LETTERS = "ABCDEFGH"
-ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 
 
 def alpaca(instruction: str) -> str:
-    """The ``llama2-base-alpaca`` template of PAT, without the literal BOS text."""
-    return f"{ALPACA_SYSTEM}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+    """The ``llama2-base-alpaca`` template of PAT (``bench.harness.data.format_prompt``), without the BOS text."""
+    return format_prompt(instruction)
 
 
 def letter_prompt(origin: str, n_choices: int) -> str:

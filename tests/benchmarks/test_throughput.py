@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bench.harness import throughput as T
+from pat.arch import count_params
 from tests.tiny import tiny_model
 
 PAT25_DIR = Path(os.environ.get("PAT_BENCH_PAT25_MODEL",
@@ -81,7 +82,7 @@ def test_bench_prefill_smollm2_dense(benchmark):
     model, _ = load("smollm2-135m")
     with torch.no_grad():
         benchmark.pedantic(_prefill(model), rounds=5, warmup_rounds=1)
-    benchmark.extra_info.update(params=T.param_count(model), device="cpu", comparable=False)
+    benchmark.extra_info.update(params=count_params(model), device="cpu", comparable=False)
 
 
 @pytest.mark.slow
@@ -94,4 +95,4 @@ def test_bench_prefill_smollm2_pat25(benchmark):
     T.check_finalized(model)
     with torch.no_grad():
         benchmark.pedantic(_prefill(model), rounds=5, warmup_rounds=1)
-    benchmark.extra_info.update(params=T.param_count(model), hidden_size=model.config.hidden_size, device="cpu", comparable=False)
+    benchmark.extra_info.update(params=count_params(model), hidden_size=model.config.hidden_size, device="cpu", comparable=False)

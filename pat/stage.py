@@ -1,11 +1,11 @@
-"""The ``Method`` protocol: how a method (PAT, LoRA, a one-shot pruner) plugs into the one training loop.
+"""The ``Stage`` protocol: how PAT, LoRA or a one-shot pruner plugs into a training loop.
 
-The loop in ``bench.harness.train`` calls these hooks and never branches on a method's type. A pipeline such as
-``["llm_pruner", "lora"]`` (prune-then-tune) is a list of stages; each stage is a ``Method``. One-shot pruners do
-their work in ``prepare`` (or ``finalize`` when they run after tuning) and train nothing.
+A training loop (``bench.harness.train``) calls these hooks and never branches on a stage's type. A pipeline such as
+``["llm_pruner", "lora"]`` (prune-then-tune) is a list of stages. One-shot pruners do their work in ``prepare`` (or
+``finalize`` when they run after tuning) and train nothing.
 
-To add a method: implement this protocol in a module and add ``name -> "module:Class"`` to
-``bench.harness.registry.METHODS``.
+To add a stage: implement this protocol in a module and add ``name -> "module:Class"`` to
+``bench.harness.registry.STAGES``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,11 @@ import torch.nn as nn
 
 @dataclass
 class RunContext:
-    """What a method may need besides the model: tokenizer, calibration data, total steps, output dir, seed."""
+    """What a stage may need besides the model: tokenizer, calibration data, total steps, output dir, seed.
+
+    ``extra`` carries the stage's place in the pipeline (``"pipeline"``: the stage names, ``"stage_index"``) and
+    optional inputs such as ``"heldout_ids"`` (the tokens of PAT's merge check).
+    """
 
     tokenizer: Any = None
     total_steps: int = 0
@@ -32,14 +36,14 @@ class RunContext:
 
 
 @runtime_checkable
-class Method(Protocol):
+class Stage(Protocol):
     name: str
 
     def prepare(self, model: nn.Module, ctx: RunContext) -> nn.Module:
         """Inject modules / prune; returns the model to train (may be a new object, e.g. a peft wrapper)."""
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
-        """Optimizer parameter groups of this method's trainable parameters (may be empty)."""
+        """Optimizer parameter groups of this stage's trainable parameters (may be empty)."""
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         """A loss added to the LM loss (PAT: L_active + L_identity), or ``None``."""
@@ -54,7 +58,7 @@ class Method(Protocol):
         """Merge / physically remove; returns a plain ``PreTrainedModel`` that needs no custom code."""
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Method-owned tensors to checkpoint (for resume) — beyond the trainable parameters, if any."""
+        """Stage-owned tensors to checkpoint (for resume) — beyond the trainable parameters, if any."""
 
     def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Restore what ``state_dict`` returned."""
