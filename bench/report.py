@@ -1,34 +1,8 @@
-"""Regenerate a suite's report from its result JSONs: ``python -m bench.report --suite NAME [--results DIR]``.
+"""``python -m bench.report``: the same command as ``pat-bench report`` (``bench.cli.report``)."""
 
-Writes ``TABLES.md``, CSVs and PNG plots next to the JSONs (default ``results/<suite>/``).
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", required=True, help="suite name (the 'suite' field of the run records)")
-    ap.add_argument("--results", help="directory of run JSONs (default results/<suite>)")
-    ap.add_argument("--out", help="where TABLES.md, CSVs and PNGs go (default: the results directory)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from bench.harness.reporting import build_report
-
-    results = Path(args.results) if args.results else Path("results") / args.suite  # relative to the working directory
-    try:
-        path = build_report(results, args.suite, args.out)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
-
+from bench.cli.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,9 @@
 """Pruned-only quality of the baselines on one model: parameters, WikiText-2 perplexity, forward time vs dense.
 
-    python -m baselines.measure --model smollm2-135m --ratios 0.2,0.25,0.3 \\
+    pat-bench measure --model smollm2-135m --ratios 0.2,0.25,0.3 \\
         --methods llm_pruner,llm_pruner_random,wanda_sp,flap,slicegpt --out results/pruned/smollm2-135m.json
+
+(``python -m bench.cli.measure`` is the same command.)
 
 Every (method, ratio) is pruned from a fresh copy of the dense model with no tuning. Results are merged into ``--out``
 (keyed by method and ratio; written atomically after every entry), so runs can be split or resumed.
@@ -12,17 +14,25 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
+
+from baselines.common import layer_range
+from baselines.llm_pruner import taylor_scores
+from baselines.pruned_io import load_model
+from bench.harness.calibration import load_calibration
+from bench.harness.perplexity import perplexity
+from pat.arch import count_params, decoder_layers
+from pat.io import write_json_atomic
 
 METHODS = {
     "llm_pruner": ("baselines.llm_pruner", {"importance": "first"}, (10, 64)),
@@ -37,12 +47,7 @@ METHODS = {
 
 
 def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=1)
 
 
 @torch.no_grad()
@@ -58,8 +63,6 @@ def forward_seconds(model, ids: torch.Tensor, reps: int) -> float:
 
 
 def ppl(model, tok, seq_len: int, max_tokens: int, batch: int) -> dict:
-    from bench.harness.perplexity import perplexity
-
     t0 = time.perf_counter()
     r = perplexity(model, tok, dataset="wikitext2", seq_len=seq_len, max_tokens=max_tokens, batch_size=batch)
     r["seconds"] = round(time.perf_counter() - t0, 1)
@@ -67,8 +70,6 @@ def ppl(model, tok, seq_len: int, max_tokens: int, batch: int) -> dict:
 
 
 def evaluate(model, dense, tok, args) -> dict:
-    from baselines.common import count_params
-
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, tok.vocab_size, (args.time_batch, args.time_seq), generator=gen)
     t_dense, t_model = [], []
@@ -86,13 +87,7 @@ def evaluate(model, dense, tok, args) -> dict:
 
 def memory_probe(model_name: str, chunk: int | None) -> dict:
     """Peak RSS of LLM-Pruner first-order Taylor scoring (10 x 64 tokens), this process only."""
-    from baselines.common import layer_range
-    from baselines.llm_pruner import taylor_scores
-    from bench.harness.calibration import load_calibration
-    from pat.arch import decoder_layers
-    from pat.models import load
-
-    model, tok = load(model_name)
+    model, tok = load_model(model_name)
     calib, _ = load_calibration(tok, "c4", 10, 64, seed=0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     s, e = layer_range(len(decoder_layers(model)))
@@ -107,21 +102,22 @@ def memory_probe(model_name: str, chunk: int | None) -> dict:
 
 def table(res: dict) -> str:
     """A markdown table of a results file (dense first, then each method and ratio)."""
-    rows = ["| method | ratio | achieved param ratio | params | PPL@128 | PPL@2048 | forward time vs dense |",
-            "|---|---|---|---|---|---|---|"]
+    cols = ["method", "ratio", "achieved param ratio", "params", "PPL@128", "PPL@2048", "forward time vs dense"]
+    rows = []
     d = res.get("dense")
     if d:
-        rows.append(f"| dense | 0 | 0 | {d['params']:,} | {d['ppl128']['ppl']:.2f} | {d['ppl2048']['ppl']:.2f} | "
-                    f"{d['time_ratio_vs_dense']:.2f} (dense vs dense: noise) |")
+        rows.append(["dense", "0", "0", f"{d['params']:,}", f"{d['ppl128']['ppl']:.2f}", f"{d['ppl2048']['ppl']:.2f}",
+                     f"{d['time_ratio_vs_dense']:.2f} (dense vs dense: noise)"])
     for e in res.get("entries", {}).values():
         extra = f" (d'={e['report']['hidden_after']})" if "hidden_after" in e["report"] else ""
-        rows.append(f"| {e['method']} | {e['ratio']}{extra} | {e['report']['achieved_ratio']:.4f} | {e['params']:,} | "
-                    f"{e['ppl128']['ppl']:.2f} | {e['ppl2048']['ppl']:.2f} | {e['time_ratio_vs_dense']:.2f} |")
-    return "\n".join(rows)
+        rows.append([e["method"], f"{e['ratio']}{extra}", f"{e['report']['achieved_ratio']:.4f}", f"{e['params']:,}",
+                     f"{e['ppl128']['ppl']:.2f}", f"{e['ppl2048']['ppl']:.2f}", f"{e['time_ratio_vs_dense']:.2f}"])
+    return pd.DataFrame(rows, columns=cols).to_markdown(index=False, tablefmt="github", disable_numparse=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pat-bench measure", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--ratios", default="0.2,0.25,0.3")
     ap.add_argument("--methods", default="llm_pruner,llm_pruner_random,wanda_sp,flap,slicegpt")
@@ -137,72 +133,86 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     ap.add_argument("--merge", default="", help="comma-separated result files whose entries are merged into --out")
-    args = ap.parse_args(argv)
+    return ap
 
-    if args.merge:
-        out = Path(args.out)
-        res = json.loads(out.read_text()) if out.exists() else {"entries": {}}
-        for part in args.merge.split(","):
-            other = json.loads(Path(part).read_text())
-            res.setdefault("entries", {}).update(other.get("entries", {}))
-            res.setdefault("parts", []).append({"file": part, "command": other.get("command")})
-            res.setdefault("taylor_memory", other.get("taylor_memory")) if other.get("taylor_memory") else None
+
+def merge_parts(out: Path, parts: list[str]) -> None:
+    """Merge the entries (and the memory probe) of result files ``parts`` into ``out``."""
+    res = json.loads(out.read_text()) if out.exists() else {"entries": {}}
+    for part in parts:
+        other = json.loads(Path(part).read_text())
+        res.setdefault("entries", {}).update(other.get("entries", {}))
+        res.setdefault("parts", []).append({"file": part, "command": other.get("command")})
+        if other.get("taylor_memory"):
+            res.setdefault("taylor_memory", other.get("taylor_memory"))
+    write_json(out, res)
+
+
+def _prune_and_measure(method: str, dense, tok, args, res: dict, out: Path) -> None:
+    """Prune a fresh copy of ``dense`` with ``method`` at every ratio; each entry is written as soon as measured."""
+    if method not in METHODS:
+        raise SystemExit(f"--methods: unknown '{method}'; expected some of {', '.join(METHODS)}")
+    mod_name, opts, (n, L) = METHODS[method]
+    calib, calib_rec = load_calibration(tok, "c4", n, L, seed=args.seed)
+    for ratio in [float(r) for r in args.ratios.split(",")]:
+        t0 = time.perf_counter()
+        model, rep = importlib.import_module(mod_name).prune(copy.deepcopy(dense), ratio, calib, **opts)
+        prune_s = time.perf_counter() - t0
+        entry = {"method": method, "ratio": ratio, "opts": opts, "calibration": calib_rec,
+                 "prune_seconds": round(prune_s, 1), "report": rep, **evaluate(model, dense, tok, args)}
+        res["entries"][f"{method}@{ratio}"] = entry
         write_json(out, res)
-        return
+        print(method, ratio, "params", entry["params"], "ppl128", round(entry["ppl128"]["ppl"], 2),
+              "ppl2048", round(entry["ppl2048"]["ppl"], 2), "time", round(entry["time_ratio_vs_dense"], 3),
+              flush=True)
+        del model
 
-    if args.table:
-        print(table(json.loads(Path(args.out).read_text())))
-        return
 
-    if args.memory_probe is not None:
-        print(json.dumps(memory_probe(args.model, int(args.memory_probe) or None)))
-        return
+def _memory_probes(model_name: str) -> list[dict]:
+    """The memory probe in fresh subprocesses (peak RSS is per process), all layers at once and 8 at a time."""
+    probes = []
+    for chunk in (0, 8):
+        r = subprocess.run([sys.executable, "-m", "bench.cli.measure", "--model", model_name, "--memory-probe",
+                            str(chunk)], capture_output=True, text=True, check=True)
+        probes.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return probes
 
-    import importlib
 
-    from bench.harness.calibration import load_calibration
-    from pat.models import load
-
+def measure_all(args, argv: list[str] | None) -> None:
+    """Dense model, then every method and ratio, then (``--memory``) the probe; merged into ``--out``."""
     out = Path(args.out)
     res = json.loads(out.read_text()) if out.exists() else {}
     res.setdefault("entries", {})
-    cmd = "python -m baselines.measure " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "pat-bench measure " + " ".join(sys.argv[1:] if argv is None else argv)
     res.update(model=args.model, command=cmd,
                torch=torch.__version__, threads=torch.get_num_threads(),
                ppl_protocol={"dataset": "wikitext2 test", "max_tokens_128": args.max_tokens_128,
                              "max_tokens_2048": args.max_tokens_2048, "stride": "seq_len (non-overlapping)"})
-    dense, tok = load(args.model)
+    dense, tok = load_model(args.model)
     if not args.no_dense:
         res["dense"] = evaluate(dense, dense, tok, args)
         write_json(out, res)
         print("dense", json.dumps({k: v for k, v in res["dense"].items() if k != "ppl128"}), flush=True)
     for method in [m for m in args.methods.split(",") if m]:
-        if method not in METHODS:
-            raise SystemExit(f"--methods: unknown '{method}'; expected some of {', '.join(METHODS)}")
-        mod_name, opts, (n, L) = METHODS[method]
-        calib, calib_rec = load_calibration(tok, "c4", n, L, seed=args.seed)
-        for ratio in [float(r) for r in args.ratios.split(",")]:
-            t0 = time.perf_counter()
-            model, rep = importlib.import_module(mod_name).prune(copy.deepcopy(dense), ratio, calib, **opts)
-            prune_s = time.perf_counter() - t0
-            entry = {"method": method, "ratio": ratio, "opts": opts, "calibration": calib_rec,
-                     "prune_seconds": round(prune_s, 1), "report": rep, **evaluate(model, dense, tok, args)}
-            res["entries"][f"{method}@{ratio}"] = entry
-            write_json(out, res)
-            print(method, ratio, "params", entry["params"], "ppl128", round(entry["ppl128"]["ppl"], 2),
-                  "ppl2048", round(entry["ppl2048"]["ppl"], 2), "time", round(entry["time_ratio_vs_dense"], 3),
-                  flush=True)
-            del model
+        _prune_and_measure(method, dense, tok, args, res, out)
     if args.memory:
-        probes = []
-        for chunk in (0, 8):
-            r = subprocess.run([sys.executable, "-m", "baselines.measure", "--model", args.model, "--memory-probe",
-                                str(chunk)], capture_output=True, text=True, check=True)
-            probes.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        res["taylor_memory"] = probes
+        res["taylor_memory"] = _memory_probes(args.model)
         write_json(out, res)
-        print("memory", json.dumps(probes))
+        print("memory", json.dumps(res["taylor_memory"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.merge:
+        merge_parts(Path(args.out), args.merge.split(","))
+    elif args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+    elif args.memory_probe is not None:
+        print(json.dumps(memory_probe(args.model, int(args.memory_probe) or None)))
+    else:
+        measure_all(args, argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,13 +1,13 @@
-"""``python -m pat tune``: PAT on instruction data, then finalize into a smaller stock Hugging Face model.
+"""``pat-tune``: PAT on instruction data, then finalize into a smaller stock Hugging Face model.
 
-Example::
+Example (``python -m bench.cli.tune`` is the same command)::
 
-    python -m pat tune --model smollm2-135m --ratio 0.25 --train-data alpaca --max-steps 60 --out runs/pat-25
+    pat-tune --model smollm2-135m --ratio 0.25 --train-data alpaca --max-steps 60 --out runs/pat-25
 
 writes to ``--out``: the finalized model (``config.json``, ``model.safetensors``) and its tokenizer, loadable with
 ``AutoModelForCausalLM.from_pretrained``; ``pat_report.json`` (widths, parameters, achieved ratio, merge check);
-``run/run.json`` (budget, losses, throughput, versions) and ``run/method_state/``. An interrupted run resumes from its last
-checkpoint when the same command is run again.
+````run/run.json`` (budget, losses, throughput, versions) and ``run/method_state/``. An interrupted run resumes from its
+last checkpoint when the same command is run again.
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
+from baselines.pruned_io import load_model
+from bench.harness.budget import TrainBudget
+from bench.harness.datadir import DataError, dataset_path
+from bench.harness.train import run_pipeline, save_model
+from pat.config import PATConfig
+from pat.io import write_json_atomic
+from pat.method import PATStage
+
 log = logging.getLogger("pat")
 
 
@@ -28,9 +38,7 @@ class UsageError(ValueError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pat", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("tune", help="PAT-tune a model and write the smaller finalized model")
+    t = argparse.ArgumentParser(prog="pat-tune", description=__doc__.split("\n\n")[0])
     t.add_argument("--model", default="smollm2-135m", help="registered name, local HF directory or hub id")
     t.add_argument("--ratio", type=float, required=True, help="fraction of hidden channels to remove, in (0, 1)")
     t.add_argument("--train-data", default="alpaca", help="dataset name in the data directory, a .jsonl file, or a hub id")
@@ -53,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--checkpoint-every", type=int, default=25)
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    return p
+    return t
 
 
 def _validate(a: argparse.Namespace) -> None:
@@ -72,8 +80,6 @@ def _validate(a: argparse.Namespace) -> None:
 
 def _heldout_ids(tokenizer, data_dir, n: int = 2, seq_len: int = 128):
     """Tokens the merge check runs on: the start of WikiText-2 test (never trained on)."""
-    from bench.harness.datadir import DataError, dataset_path
-
     try:
         path = dataset_path("wikitext2", data_dir)
         text = "".join(json.loads(line)["text"] for _, line in zip(range(400), open(path, encoding="utf-8")))
@@ -84,17 +90,9 @@ def _heldout_ids(tokenizer, data_dir, n: int = 2, seq_len: int = 128):
 
 
 def tune(a: argparse.Namespace) -> dict:
-    import torch
-
-    from bench.harness.budget import TrainBudget
-    from bench.harness.train import run_pipeline, save_model, write_json_atomic
-    from pat.config import PATConfig
-    from pat.method import PATMethod
-    from pat.models import load
-
     if a.threads:
         torch.set_num_threads(a.threads)
-    model, tok = load(a.model)
+    model, tok = load_model(a.model)
     if a.hio_rank is not None and a.hio_rank > model.config.hidden_size:
         raise UsageError(f"--hio-rank {a.hio_rank}: expected at most the hidden size {model.config.hidden_size}")
     cfg = PATConfig(prune_ratio=a.ratio, hio_rank=a.hio_rank, lora_rank=a.lora_rank, align=a.align,
@@ -104,9 +102,9 @@ def tune(a: argparse.Namespace) -> dict:
     budget = TrainBudget(steps=a.max_steps, global_batch=a.global_batch, micro_batch=a.micro_batch, seq_len=a.seq_len,
                          lr=a.lr, warmup_steps=warmup, seed=a.seed)
     out = Path(a.out)
-    method = PATMethod(cfg)
+    stage = PATStage(cfg)
     # training state (checkpoints, run.json, method_state/) lives in OUT/run; the model files go to OUT itself
-    rec = run_pipeline(model, [method], budget, a.train_data, out / "run", data_dir=a.data_dir, tokenizer=tok,
+    rec = run_pipeline(model, [stage], budget, a.train_data, out / "run", data_dir=a.data_dir, tokenizer=tok,
                        checkpoint_every=a.checkpoint_every, save_finalized=False,
                        extra={"heldout_ids": _heldout_ids(tok, a.data_dir)})
     small = rec.pop("_model", None)
@@ -117,7 +115,7 @@ def tune(a: argparse.Namespace) -> dict:
     os.replace(out / "run", staging / "run")
     shutil.rmtree(out)
     os.replace(staging, out)
-    r = method.report()
+    r = stage.report()
     report = {
         "model": a.model, "ratio": a.ratio, **{k: r.get(k) for k in (
             "hidden_size_before", "hidden_size_after", "params_before", "params_after", "achieved_ratio",
@@ -141,3 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: report[k] for k in ("hidden_size_before", "hidden_size_after", "params_before",
                                              "params_after", "achieved_ratio", "merge_max_abs_logit_diff")}))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,12 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM
-
 from bench.harness.suites import ModelSource
 from pat.io import atomic_dir
-from pat.models import cache_dir, resolve
 from pat.offline import hub_offline
 
 log = logging.getLogger(__name__)
@@ -51,6 +47,8 @@ def resolve_source(src: ModelSource, overrides: dict[str, str] | None = None) ->
     if src.path and _local_dir(src.path):
         return str(_local_dir(src.path))
     if src.registered:
+        from pat.models import resolve  # lazy, as torch below: checking a suite's sources stays torch-free
+
         return resolve(src.registered)
     if src.random is not None:
         return str(build_random_model(src.random))
@@ -106,6 +104,11 @@ def build_random_model(cfg: dict[str, Any], root: Path | None = None) -> Path:
 
     The directory name hashes ``cfg``, so a changed config builds a new model; the write is atomic (temp dir + rename).
     """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pat.models import cache_dir
+
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
     out = (root or cache_dir() / "models") / f"random-{cfg.get('model_type', 'llama')}-{key}"
     if (out / "config.json").exists():
