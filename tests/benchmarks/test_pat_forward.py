@@ -16,8 +16,8 @@ import time
 import pytest
 import torch
 
-from bench.harness.method import RunContext
-from pat import PATConfig, PATMethod, get_mask
+from pat.stage import RunContext
+from pat import PATConfig, PATStage, get_mask
 
 BATCH, SEQ, ROUNDS = 8, 128, 5
 THREADS = int(os.environ.get("PAT_BENCH_THREADS", "1"))
@@ -28,7 +28,7 @@ GOAL, LIMIT = 1.25, 576 / 432
 def test_finalized_pat25_forward_vs_dense(benchmark, smollm2):
     torch.set_num_threads(THREADS)
     dense = smollm2[0]
-    method = PATMethod(PATConfig(prune_ratio=0.25, lora_rank=0))
+    method = PATStage(PATConfig(prune_ratio=0.25, lora_rank=0))
     pat_model = method.prepare(copy.deepcopy(dense), RunContext(total_steps=30))
     with torch.no_grad():
         get_mask(pat_model).proxy.normal_()

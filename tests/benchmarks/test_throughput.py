@@ -50,7 +50,7 @@ def test_smaller_model_has_fewer_macs_and_weights():
 
 
 def test_refuses_models_that_are_not_finalized():
-    from baselines.lora import LoRAConfig, apply_lora
+    from pat.lora import LoRAConfig, apply_lora
 
     with pytest.raises(ValueError, match="peft wrapper; finalize"):
         T.measure(apply_lora(tiny_model("llama-mha"), LoRAConfig(rank=2)), [1], context=4, repeats=1, warmup=0)

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from baselines.lora import LoRAConfig, LoRAStage
+from baselines.lora import LoRAStage
+from pat.lora import LoRAConfig
 from bench.harness.budget import TrainBudget, solve_pat_ranks
-from bench.harness.method import RunContext
+from pat.stage import RunContext
 from bench.harness.train import _lm_loss_sum, collect_trainable, make_optimizer
 
 BATCH, SEQ, ROUNDS = 8, 128, 3
@@ -37,10 +38,10 @@ def _stages(config, which: str) -> list:
     if which == "lora":
         return [LoRAStage(LoRAConfig(rank=64, alpha=16, dropout=0.05))]
     from pat.config import PATConfig
-    from pat.method import PATMethod
+    from pat.method import PATStage
 
     sol = solve_pat_ranks(config, "lora-64", tol=0.05)
-    return [PATMethod(PATConfig(prune_ratio=0.25, hio_rank=sol["hio_rank"], lora_rank=sol["lora_rank"]))]
+    return [PATStage(PATConfig(prune_ratio=0.25, hio_rank=sol["hio_rank"], lora_rank=sol["lora_rank"]))]
 
 
 class Stepper:
@@ -48,7 +49,7 @@ class Stepper:
 
     def __init__(self, model, tok, which: str, device: torch.device):
         self.stages = _stages(model.config, which)
-        ctx = RunContext(tokenizer=tok, total_steps=300, extra={"pipeline": [which], "stage_index": 0, "phase": "prepare"})
+        ctx = RunContext(tokenizer=tok, total_steps=300, extra={"pipeline": [which], "stage_index": 0})
         for st in self.stages:
             model = st.prepare(model, ctx)
         self.model = model.to(device).train()

@@ -16,7 +16,7 @@ import pytest
 from bench.harness.regression import TOLERANCES, compare, report
 from bench.harness.results import load_results
 
-FIX = Path(__file__).resolve().parent / "fixtures"
+FIX = Path(__file__).resolve().parents[2] / "fixtures"
 REFERENCE = FIX / "ci_reference"
 
 

@@ -13,12 +13,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from baselines.lora import LoRAConfig, LoRAStage, lora_param_count
+from baselines.lora import LoRAStage
+from pat.lora import LoRAConfig, lora_param_count
 from bench.harness.budget import ParityError, TrainBudget
 from bench.harness.train import run_pipeline
 from tests.tiny import VOCAB, tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,7 +65,7 @@ class GateStage:
         return next(p for n, p in model.named_parameters() if n.endswith("model.norm.weight"))
 
     def prepare(self, model, ctx):
-        self.calls.append(("prepare", ctx.extra["stage_index"], ctx.extra["phase"]))
+        self.calls.append(("prepare", ctx.extra["stage_index"]))
         self.mask = torch.ones_like(self._gain(model), dtype=torch.bool)
         return model
 
@@ -83,7 +84,7 @@ class GateStage:
         return {"active": int(self.mask.sum())}
 
     def finalize(self, model, ctx):
-        self.calls.append(("finalize", ctx.extra["stage_index"], ctx.extra["phase"]))
+        self.calls.append(("finalize", ctx.extra["stage_index"]))
         return model
 
     def state_dict(self, model):
@@ -161,8 +162,8 @@ def test_retraining_free_pipeline_skips_training_and_finalizes(tmp_path):
 def test_hooks_order_and_steps(tmp_path):
     a, b = GateStage(), GateStage()
     run(tmp_path, stages=[a, b], b=budget(steps=3, warmup_steps=0), checkpoint_every=0, save_finalized=False)
-    assert a.calls == [("prepare", 0, "prepare"), ("step", 1), ("step", 2), ("step", 3), ("finalize", 0, "finalize")]
-    assert b.calls[0] == ("prepare", 1, "prepare") and b.calls[-1] == ("finalize", 1, "finalize")
+    assert a.calls == [("prepare", 0), ("step", 1), ("step", 2), ("step", 3), ("finalize", 0)]
+    assert b.calls[0] == ("prepare", 1) and b.calls[-1] == ("finalize", 1)
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
@@ -235,9 +236,9 @@ def test_resume_after_kill(tmp_path):
 def _pat_stage():
     pytest.importorskip("pat.method")
     from pat.config import PATConfig
-    from pat.method import PATMethod
+    from pat.method import PATStage
 
-    return PATMethod(PATConfig(prune_ratio=0.25, hio_rank=4, lora_rank=4, lora_dropout=0.0, milestone_frac=0.5))
+    return PATStage(PATConfig(prune_ratio=0.25, hio_rank=4, lora_rank=4, lora_dropout=0.0, milestone_frac=0.5))
 
 
 def test_pat_resume_same_mask_and_exact_width(tmp_path):
@@ -263,7 +264,7 @@ class ShrinkStage(GateStage):
     name = "shrink"
 
     def finalize(self, model, ctx):
-        from baselines.lora import merge_lora
+        from pat.lora import merge_lora
 
         model = merge_lora(model)
         mlp = model.model.layers[0].mlp
@@ -292,9 +293,9 @@ def test_non_uniform_model_is_saved_in_pruned_format(tmp_path):
 
 
 def test_registry_builds_stages_lazily():
-    from bench.harness.registry import make_pipeline, make_stage, methods, stage_class
+    from bench.harness.registry import STAGES, make_pipeline, make_stage, stage_class
 
-    assert {"pat", "lora"} <= set(methods())
+    assert {"pat", "lora", "llm_pruner", "wanda_sp", "flap", "slicegpt"} <= set(STAGES)
     assert stage_class("lora") is LoRAStage and make_stage("lora", rank=8).cfg.rank == 8
     stages = make_pipeline(["lora"], {"lora": {"rank": 2, "dropout": 0.0}})
     assert isinstance(stages[0], LoRAStage) and stages[0].cfg.rank == 2

@@ -17,8 +17,8 @@ import pytest
 from bench.harness import reporting as REP
 from bench.harness.results import load_results
 
-FIX = Path(__file__).resolve().parent / "fixtures" / "report"
-SPEC_DOC = Path(__file__).resolve().parents[2] / "shared" / "docs" / "pat-spec.md"
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "report"
+SPEC_DOC = Path(__file__).resolve().parents[4] / "shared" / "docs" / "pat-spec.md"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``python -m pat tune`` end to end on a tiny Llama with SmolLM2's tokenizer, and its argument errors."""
+"""``pat-tune`` (``bench.cli.tune``) end to end on a tiny Llama with SmolLM2's tokenizer, and its argument errors."""
 
 import json
 import subprocess
@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pat.cli import main
+from bench.cli.tune import main
 from tests.tiny import tiny_model
 
 
@@ -23,7 +23,7 @@ def tiny_dir(tmp_path_factory, smollm2):
 
 def test_tune_writes_a_stock_smaller_model_and_report(tiny_dir, tmp_path):
     out = tmp_path / "pat"
-    rc = main(["tune", "--model", str(tiny_dir), "--ratio", "0.25", "--train-data", "alpaca", "--max-steps", "6",
+    rc = main(["--model", str(tiny_dir), "--ratio", "0.25", "--train-data", "alpaca", "--max-steps", "6",
                "--global-batch", "2", "--micro-batch", "2", "--seq-len", "128", "--hio-rank", "4", "--lora-rank", "2",
                "--out", str(out)])
     assert rc == 0
@@ -50,7 +50,7 @@ def test_bad_arguments_exit_nonzero_with_one_line(args, message, tmp_path):
     base = {"--ratio": "0.25", "--max-steps": "6", "--out": str(tmp_path / "o")}
     for k, v in zip(args[::2], args[1::2]):
         base[k] = v
-    argv = [sys.executable, "-m", "pat", "tune"] + [x for kv in base.items() for x in kv]
+    argv = [sys.executable, "-m", "bench.cli.tune"] + [x for kv in base.items() for x in kv]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]

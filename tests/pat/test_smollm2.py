@@ -13,15 +13,15 @@ import torch
 from transformers import AutoModelForCausalLM
 from transformers.models.llama import modeling_llama
 
-from bench.harness.method import RunContext
-from pat import PATConfig, PATMethod, set_hard
+from pat.stage import RunContext
+from pat import PATConfig, PATStage, set_hard
 from tests.tiny import randomize_pat
 
 pytestmark = pytest.mark.slow
 
 
 def _random_pat(model, ids_seed=0):
-    method = PATMethod(PATConfig(prune_ratio=0.25, hio_rank=16, lora_rank=4))
+    method = PATStage(PATConfig(prune_ratio=0.25, hio_rank=16, lora_rank=4))
     model = method.prepare(model, RunContext(total_steps=300))
     g = torch.Generator().manual_seed(ids_seed)
     randomize_pat(model, g, hsm_scale=0.02, lora_scale=0.01)

@@ -12,7 +12,7 @@ from bench.harness.suites import (
     SUITES_DIR, SuiteError, expand, load_suite, parse_shard, parse_suite, resolve_stage, select, validate,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 STAGES = {"pat", "lora", "llm_pruner", "slicegpt", "flap", "wanda_sp"}
 TASKS = {"piqa", "boolq", "arc_easy", "paper_piqa"}
 
@@ -23,7 +23,7 @@ def _suite(**over) -> dict:
         "eval": {"tasks": ["piqa"], "limit": 4},
         "budget": {"b": {"steps": 2, "global_batch": 2, "micro_batch": 2, "seq_len": 32}},
         "models": {"m1": "smollm2-135m", "m2": {"path": "/nowhere"}},
-        "methods": {"lora": {"rank": 4}},
+        "stages": {"lora": {"rank": 4}},
         "grid": [{"models": ["m1", "m2"], "ratios": [0.2, 0.25], "pipelines": [["pat"], ["llm_pruner", "lora"]], "budget": "b"},
                  {"models": ["m1"], "ratios": [0.0], "pipelines": [[], ["lora"]], "budget": "b"}],
     }
@@ -41,17 +41,17 @@ def test_expand_product_and_stable_ids():
     assert [r.run_id for r in expand(parse_suite(_suite()))] == ids  # pure: same input, same output
     lora = runs[-1]
     assert lora.budget == {"steps": 2, "global_batch": 2, "micro_batch": 2, "seq_len": 32, "seed": 0}
-    assert lora.method_args == {"lora": {"rank": 4}}
+    assert lora.stage_args == {"lora": {"rank": 4}}
     assert runs[-2].budget == {} and not runs[-2].trains  # the dense run trains nothing
 
 
-def test_seeds_and_per_grid_method_args():
+def test_seeds_and_per_grid_stage_args():
     d = _suite()
     d["grid"] = [{"models": ["m1"], "ratios": [0.0], "pipelines": [["lora"]], "seeds": [1, 2], "budget": "b",
-                  "method_args": {"lora": {"alpha": 8.0}}}]
+                  "stage_args": {"lora": {"alpha": 8.0}}}]
     runs = expand(parse_suite(d))
     assert [r.run_id for r in runs] == ["m1--lora--r0.00--s1", "m1--lora--r0.00--s2"]
-    assert runs[0].method_args["lora"] == {"rank": 4, "alpha": 8.0}
+    assert runs[0].stage_args["lora"] == {"rank": 4, "alpha": 8.0}
     assert runs[1].budget["seed"] == 2
 
 
@@ -80,7 +80,7 @@ def test_every_shipped_suite_validates_against_the_real_registry_and_tasks(path)
     (lambda d: d["eval"].update(tasks=["piqa", "mmlu_fake"]), "eval.tasks", "mmlu_fake"),
     (lambda d: d["grid"][0].update(budget="huge"), "grid[0].budget", "huge"),
     (lambda d: d["grid"][0].update(ratios=[1.5]), "grid[0].ratios", "1.5"),
-    (lambda d: d["methods"].update(sparsegpt={}), "[methods.sparsegpt]", "sparsegpt"),
+    (lambda d: d["stages"].update(sparsegpt={}), "[stages.sparsegpt]", "sparsegpt"),
 ])
 def test_unknown_names_fail_before_any_work_naming_the_field(mutate, field, bad):
     d = _suite()
@@ -165,22 +165,22 @@ def test_run_cli_reports_a_bad_suite_field_with_exit_code_2(tmp_path, capsys):
 
 def test_named_variant_of_a_stage_gets_its_own_runs_and_args():
     d = _suite()
-    d["methods"]["pat_taylor"] = {"stage": "pat", "display": "PAT (Taylor snap)", "snap_by": "taylor", "hio_rank": 8}
+    d["stages"]["pat_taylor"] = {"stage": "pat", "display": "PAT (Taylor snap)", "snap_by": "taylor", "hio_rank": 8}
     d["grid"] = [{"models": ["m1"], "ratios": [0.25], "pipelines": [["pat"], ["pat_taylor"]], "budget": "b"}]
     suite = parse_suite(d)
     runs = validate(suite, stages=STAGES, tasks=TASKS)
     assert [r.run_id for r in runs] == ["m1--pat--r0.25--s0", "m1--pat_taylor--r0.25--s0"]
-    assert runs[0].method_args == {} and resolve_stage("pat", runs[0].method_args) == ("pat", {})
-    assert resolve_stage("pat_taylor", runs[1].method_args) == ("pat", {"snap_by": "taylor", "hio_rank": 8})
+    assert runs[0].stage_args == {} and resolve_stage("pat", runs[0].stage_args) == ("pat", {})
+    assert resolve_stage("pat_taylor", runs[1].stage_args) == ("pat", {"snap_by": "taylor", "hio_rank": 8})
 
 
 @pytest.mark.parametrize("table, needle", [
-    ({"stage": "nope"}, "[methods.pat_taylor].stage: 'nope' is not a registered stage"),
-    ({"stage": 3}, "[methods.pat_taylor].stage: 3 is not a registered stage"),
+    ({"stage": "nope"}, "[stages.pat_taylor].stage: 'nope' is not a registered stage"),
+    ({"stage": 3}, "[stages.pat_taylor].stage: 3 is not a registered stage"),
 ])
 def test_named_variant_of_an_unknown_stage_fails_naming_the_field(table, needle):
     d = _suite()
-    d["methods"]["pat_taylor"] = table
+    d["stages"]["pat_taylor"] = table
     d["grid"] = [{"models": ["m1"], "ratios": [0.25], "pipelines": [["pat_taylor"]], "budget": "b"}]
     with pytest.raises(SuiteError) as e:
         validate(parse_suite(d), stages=STAGES, tasks=TASKS)
@@ -189,6 +189,6 @@ def test_named_variant_of_an_unknown_stage_fails_naming_the_field(table, needle)
 
 def test_a_variant_may_not_shadow_a_registered_stage():
     d = _suite()
-    d["methods"]["lora"] = {"stage": "pat"}
-    with pytest.raises(SuiteError, match=r"\[methods.lora\] has stage = 'pat' but 'lora' is itself a registered stage"):
+    d["stages"]["lora"] = {"stage": "pat"}
+    with pytest.raises(SuiteError, match=r"\[stages.lora\] has stage = 'pat' but 'lora' is itself a registered stage"):
         validate(parse_suite(d), stages=STAGES, tasks=TASKS)

@@ -1,7 +1,7 @@
 """The grid runner on a tiny random model saved to disk: results, failures recorded, resume after a kill,
 tune-then-prune reusing the finished LoRA run, the paper suite's missing-model message.
 
-Stages are injected through the registry (``bench.harness.registry.METHODS``), so these tests exercise the runner
+Stages are injected through the registry (``bench.harness.registry.STAGES``), so these tests exercise the runner
 and the real trainer without depending on a particular method.
 """
 
@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from bench.harness.method import StageDefaults
+from pat.stage import StageDefaults
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from bench.harness import results as R
 from bench.harness.runner import RunnerOptions, ratio_kwarg, run_suite
 from bench.harness.suites import expand, parse_suite, validate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.skipif(not os.environ.get("PAT_DATA_DIR"), reason="needs PAT_DATA_DIR (Alpaca)")
 
 
@@ -103,7 +103,7 @@ def suite_dict(pipelines, ratios=(0.0,), reuse=False) -> dict:
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     for k, v in STAGES.items():
-        monkeypatch.setitem(registry.METHODS, k, v)
+        monkeypatch.setitem(registry.STAGES, k, v)
     monkeypatch.setenv("PAT_CACHE_DIR", str(tmp_path / "cache"))
     return RunnerOptions(out_dir=tmp_path / "out", work_dir=tmp_path / "work", progress=False, checkpoint_every=1)
 
@@ -184,7 +184,7 @@ def test_retime_replaces_only_the_throughput_of_finished_runs(env):
 
 def test_a_named_variant_runs_its_stage_with_its_own_args(env):
     d = suite_dict([["fakeprune"], ["fp_half"]], ratios=(0.25,))
-    d["methods"] = {"fp_half": {"stage": "fakeprune", "display": "Fake (half)"}}
+    d["stages"] = {"fp_half": {"stage": "fakeprune", "display": "Fake (half)"}}
     counts, runs = _run(d, env)
     assert counts["done"] == 2 and [r.run_id for r in runs] == ["tiny--fakeprune--r0.25--s0", "tiny--fp_half--r0.25--s0"]
     rec = R.read_result(R.result_path(env.out_dir, "tiny--fp_half--r0.25--s0"))
@@ -199,7 +199,7 @@ def test_resume_after_a_killed_suite(env, tmp_path):
     code = (
         "import json, sys; from pathlib import Path\n"
         "from bench.harness import registry\n"
-        f"registry.METHODS.update({STAGES!r})\n"
+        f"registry.STAGES.update({STAGES!r})\n"
         "from bench.harness.suites import parse_suite, validate\n"
         "from bench.harness.runner import RunnerOptions, run_suite\n"
         "s = parse_suite(json.loads(Path(sys.argv[1]).read_text()))\n"
@@ -248,7 +248,7 @@ def test_ratio_reaches_stages_through_their_own_argument_names():
     assert ratio_kwarg(FakePruner) == "ratio"
     assert ratio_kwarg(NormTuneStage) is None
     pat_method = pytest.importorskip("pat.method")
-    assert ratio_kwarg(pat_method.PATMethod) == "prune_ratio"  # via its PATConfig dataclass
+    assert ratio_kwarg(pat_method.PATStage) == "prune_ratio"  # via its PATConfig dataclass
     assert ratio_kwarg(registry.stage_class("lora")) is None
 
 
@@ -279,7 +279,7 @@ def test_paper_suite_without_models_stops_before_any_work(tmp_path, monkeypatch)
 
 def test_bad_stage_arguments_fail_before_any_work(env):
     d = suite_dict([["normtune"]])
-    d["methods"] = {"normtune": {"sleep": 0.0, "bogus_option": 3}}
+    d["stages"] = {"normtune": {"sleep": 0.0, "bogus_option": 3}}
     suite = parse_suite(d)
     with pytest.raises(ValueError, match=r"run tiny--normtune--r0.00--s0: stage 'normtune' rejects its arguments .*bogus_option"):
         run_suite(suite, validate(suite), env)

@@ -12,7 +12,7 @@ import torch
 
 from bench.harness import evaluation as ev
 from bench.harness.datadir import DATASETS
-from tests.test_perplexity import byte_tokenizer, tiny_lm
+from tests.bench.harness.test_perplexity import byte_tokenizer, tiny_lm
 
 DATA = os.environ.get("PAT_DATA_DIR")
 needs_data = pytest.mark.skipif(not DATA, reason="PAT_DATA_DIR not set")

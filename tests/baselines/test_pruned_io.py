@@ -58,8 +58,9 @@ def test_uniform_widths_save_as_plain_hf(tmp_path):
     assert torch.equal(back(x).logits, m(x).logits)
 
 
-def test_load_through_pat_models(tmp_path):
-    """``pat.models.load`` recognises the format (model + tokenizer) and honours ``dtype``."""
+def test_load_model_reads_the_pruned_format(tmp_path):
+    """``pruned_io.load_model`` recognises the format (model + tokenizer) and honours ``dtype``; ``pat.models.load``
+    (stock checkpoints only) names the loader to use."""
     from transformers import AutoTokenizer
 
     from pat.models import ModelNotFoundError, load, resolve
@@ -70,8 +71,10 @@ def test_load_through_pat_models(tmp_path):
         pytest.skip(str(e))
     m = _heterogeneous("llama-mha")
     pruned_io.save_pruned(m, tok, tmp_path / "ck")
-    back, tok2 = load(tmp_path / "ck", dtype=torch.float64)
+    back, tok2 = pruned_io.load_model(tmp_path / "ck", dtype=torch.float64)
     assert next(back.parameters()).dtype == torch.float64
+    with pytest.raises(ModelNotFoundError, match="baselines.pruned_io.load_model"):
+        load(tmp_path / "ck")
     assert tok2.vocab_size == tok.vocab_size
     x = tiny_batch()
     torch.testing.assert_close(back(x).logits.float(), m(x).logits, atol=1e-5, rtol=0)
@@ -96,13 +99,13 @@ def test_manifest_errors_name_the_field(tmp_path):
         pruned_io.load_pruned(tmp_path / "ck")
 
 
-def test_sliced_checkpoint_with_an_odd_width_loads_through_pat_models(tmp_path):
+def test_sliced_checkpoint_with_an_odd_width_loads(tmp_path):
     """SliceGPT leaves hidden sizes that stock configs refuse (SmolLM2: 456 with 9 heads); loading the model and its
     tokenizer must not go through that validation (regression: the tokenizer read config.json)."""
     from transformers import AutoTokenizer
 
     from baselines import slicegpt
-    from pat.models import ModelNotFoundError, load, resolve
+    from pat.models import ModelNotFoundError, resolve
 
     try:
         tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
@@ -114,7 +117,7 @@ def test_sliced_checkpoint_with_an_odd_width_loads_through_pat_models(tmp_path):
     width = m.model.embed_tokens.weight.shape[1]
     assert width % m.config.num_attention_heads != 0, width  # the case stock validation refuses
     pruned_io.save_pruned(m, tok, tmp_path / "ck")
-    back, tok2 = load(tmp_path / "ck")
+    back, tok2 = pruned_io.load_model(tmp_path / "ck")
     assert back.model.embed_tokens.weight.shape[1] == width and tok2.vocab_size == tok.vocab_size
     x = tiny_batch()
     torch.testing.assert_close(back(x).logits, m(x).logits, atol=1e-6, rtol=0)

@@ -1,6 +1,6 @@
 """Two CPU processes (torchrun, gloo) vs one process with the same global batch: same losses, same shared state.
 
-The worker half of this file runs under ``python -m torch.distributed.run --nproc_per_node 2 tests/test_distributed.py
+The worker half of this file runs under ``python -m torch.distributed.run --nproc_per_node 2 tests/bench/harness/test_distributed.py
 OUT``; every rank snapshots its trainable parameters (LoRA, HSMs, the shared mask proxy) right before finalize.
 """
 
@@ -10,14 +10,14 @@ import os
 import socket
 import subprocess
 import sys
-from bench.harness.method import StageDefaults
+from pat.stage import StageDefaults
 from pathlib import Path
 
 import pytest
 import torch
 
 from bench.harness.train import run_pipeline
-from tests.test_train import ROOT, CharTokenizer, budget, write_alpaca
+from tests.bench.harness.test_train import ROOT, CharTokenizer, budget, write_alpaca
 from tests.tiny import tiny_model
 
 
@@ -42,9 +42,9 @@ class Snapshot(StageDefaults):
 
 def _stages(snapshot: Path) -> list:
     from pat.config import PATConfig
-    from pat.method import PATMethod
+    from pat.method import PATStage
 
-    pat = PATMethod(PATConfig(prune_ratio=0.25, hio_rank=4, lora_rank=4, lora_dropout=0.0, milestone_frac=0.5))
+    pat = PATStage(PATConfig(prune_ratio=0.25, hio_rank=4, lora_rank=4, lora_dropout=0.0, milestone_frac=0.5))
     return [Snapshot(snapshot), pat]
 
 

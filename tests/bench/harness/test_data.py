@@ -12,7 +12,7 @@ from bench.harness.data import (
     load_instruction_data, normalize_row,
 )
 from bench.harness.datadir import DataError
-from tests.test_train import CharTokenizer, write_alpaca
+from tests.bench.harness.test_train import CharTokenizer, write_alpaca
 
 
 def _labelled_text(tok, labels):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import LlamaConfig
 
-from baselines.lora import lora_param_count
+from pat.lora import lora_param_count
 from bench.harness.budget import ParityError, TrainBudget, check_parity, reference_param_count, solve_pat_ranks
 
 SMOLLM2 = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,

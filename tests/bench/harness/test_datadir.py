@@ -17,7 +17,7 @@ from bench.harness.datadir import DataError
 
 DATA = os.environ.get("PAT_DATA_DIR")
 needs_data = pytest.mark.skipif(not DATA, reason="PAT_DATA_DIR not set")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _mini_data_dir(tmp_path: Path, names: list[str]) -> Path:

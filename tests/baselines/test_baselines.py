@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import copy
-import importlib
 
 import pytest
 import torch
 import torch.nn as nn
 
-from baselines import STAGE_CLASSES, flap, llm_pruner, pruned_io, slicegpt, wanda_sp
+from baselines import flap, llm_pruner, pruned_io, slicegpt, wanda_sp
 from baselines.common import (
-    LayerCost, attn_geom, attn_module_path, count_params, get_module, group_q_rows, prune_attention_groups,
+    LayerCost, attn_geom, attn_module_path, get_module, group_q_rows, prune_attention_groups,
     prune_mlp_channels,
     solve_uniform_ratio,
 )
-from bench.harness.method import Method, RunContext
-from pat.arch import decoder_layers, get_arch, head_dim
+from pat.arch import count_params, decoder_layers, get_arch, head_dim
+from pat.stage import RunContext, Stage
 from tests.tiny import TINY, tiny_batch, tiny_model
 
 CALIB = tiny_batch(8, 16, seed=3)
@@ -161,18 +160,22 @@ def test_flap_sets_llama_bias_flags_and_reloads(tmp_path):
     assert all(get_module(layer, "mlp.gate_proj").bias is not None for layer in decoder_layers(m))
 
 
-@pytest.mark.parametrize("stage_name", list(STAGE_CLASSES))
-def test_stages_follow_the_method_protocol(stage_name):
-    module, _, cls = STAGE_CLASSES[stage_name].partition(":")
-    stage = getattr(importlib.import_module(module), cls)(ratio=0.25)
-    assert isinstance(stage, Method) and stage.param_groups(None, 1e-4) == []
+ONE_SHOT_STAGES = {"llm_pruner": llm_pruner.LLMPrunerStage, "wanda_sp": wanda_sp.WandaSPStage,
+                   "flap": flap.FLAPStage, "slicegpt": slicegpt.SliceGPTStage}
+
+
+@pytest.mark.parametrize("stage_name", list(ONE_SHOT_STAGES))
+def test_stages_follow_the_stage_protocol(stage_name):
+    cls = ONE_SHOT_STAGES[stage_name]
+    stage = cls(ratio=0.25)
+    assert isinstance(stage, Stage) and stage.param_groups(None, 1e-4) == []
     ctx = RunContext(calibration=lambda n=128, seq_len=128: tiny_batch(4, 16, seed=5), extra={"stage_index": 0})
     m = tiny_model("llama-gqa-tied")
     n0 = count_params(m)
     m = stage.prepare(m, ctx)  # first stage: prunes now (P->FT)
     assert count_params(m) < n0 and stage.report()["when"] == "prepare"
     assert stage.finalize(m, ctx) is m  # and passes through at the end
-    late = getattr(importlib.import_module(module), cls)(ratio=0.25)
+    late = cls(ratio=0.25)
     ctx.extra["stage_index"] = 1
     m2 = tiny_model("llama-gqa-tied")
     assert count_params(late.prepare(m2, ctx)) == n0  # after tuning (FT->P): nothing in prepare
@@ -191,33 +194,6 @@ def test_bad_inputs_name_the_field():
         llm_pruner.LLMPrunerStage(ratio=1.2)
     with pytest.raises(ValueError, match="taylor"):
         llm_pruner.LLMPrunerStage(ratio=0.2, taylor="param_first")
-
-
-def test_calibration_loader(smollm2_tokenizer):
-    from bench.harness.calibration import load_calibration
-    from bench.harness.datadir import DataError
-
-    a, rec = load_calibration(smollm2_tokenizer, "c4", n=10, seq_len=64, seed=0)
-    b, _ = load_calibration(smollm2_tokenizer, "c4", n=10, seq_len=64, seed=0)
-    c, _ = load_calibration(smollm2_tokenizer, "c4", n=10, seq_len=64, seed=1)
-    assert a.shape == (10, 64) and a.dtype == torch.long and torch.equal(a, b) and not torch.equal(a, c)
-    assert rec["n"] == 10 and rec["seq_len"] == 64 and len(rec["sha256"]) == 64
-    with pytest.raises(DataError, match="wikitext-2-raw-v1_train"):
-        load_calibration(smollm2_tokenizer, "wikitext2_train")
-    with pytest.raises(ValueError, match="seq_len"):
-        load_calibration(smollm2_tokenizer, "c4", seq_len=0)
-
-
-@pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    from transformers import AutoTokenizer
-
-    from pat.models import ModelNotFoundError, resolve
-
-    try:
-        return AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
-    except ModelNotFoundError as e:  # pragma: no cover
-        pytest.skip(str(e))
 
 
 # ---------------------------------------------------------------------------------------------- slow: SmolLM2

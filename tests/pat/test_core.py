@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from bench.harness.method import RunContext, trainable_count
-from pat import PATConfig, PATMethod, attach, finalize, get_mask, hsms, merge_check, pat_loss, pat_param_count, set_step
+from pat.stage import RunContext, trainable_count
+from pat import PATConfig, PATStage, attach, finalize, get_mask, hsms, merge_check, pat_loss, pat_param_count, set_step
 from pat import schedule
 from pat.arch import UnsupportedArchitectureError
 from pat.losses import active_loss
@@ -19,7 +19,7 @@ ARCHS = list(TINY)
 
 def _prepare(name, steps=30, **kw):
     model = tiny_model(name)
-    method = PATMethod(PATConfig(**{"hio_rank": 4, "lora_rank": 4, **kw}))
+    method = PATStage(PATConfig(**{"hio_rank": 4, "lora_rank": 4, **kw}))
     return method, method.prepare(model, RunContext(total_steps=steps))
 
 
@@ -33,7 +33,7 @@ def test_identity_at_init(name, lora):
     model = tiny_model(name)
     x = tiny_batch()
     ref = model(x).logits
-    m = PATMethod(PATConfig(hio_rank=4, lora_rank=lora, embed_hsm="full")).prepare(model, RunContext(total_steps=30))
+    m = PATStage(PATConfig(hio_rank=4, lora_rank=lora, embed_hsm="full")).prepare(model, RunContext(total_steps=30))
     assert (m(x).logits - ref).abs().max().item() <= 1e-5
 
 
@@ -218,7 +218,7 @@ def test_unsupported_architecture_is_named():
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
     with pytest.raises(UnsupportedArchitectureError, match="'gpt2'.*llama"):
-        PATMethod(PATConfig()).prepare(model, RunContext(total_steps=10))
+        PATStage(PATConfig()).prepare(model, RunContext(total_steps=10))
 
 
 def test_merge_check_detects_a_wrong_model():
@@ -227,7 +227,7 @@ def test_merge_check_detects_a_wrong_model():
     other = tiny_model("llama-mha", seed=5)
     small = finalize(model)
     assert merge_check(model, small, tiny_batch()) <= 1e-4
-    other_small = PATMethod(PATConfig(hio_rank=4)).prepare(other, RunContext(total_steps=30))
+    other_small = PATStage(PATConfig(hio_rank=4)).prepare(other, RunContext(total_steps=30))
     get_mask(other_small).snap(36)
     assert merge_check(model, finalize(other_small), tiny_batch()) > 1e-2
 
