@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-_FALSE = ("", "0", "false", "no", "off")
+_TRUE = ("1", "ON", "YES", "TRUE")  # the values huggingface_hub itself reads as true
 
 
 def env_flag(name: str) -> bool:
-    """``True`` when the environment variable ``name`` is set to anything but empty/0/false/no/off."""
-    return os.environ.get(name, "0").strip().lower() not in _FALSE
+    """``True`` when the environment variable ``name`` is 1/on/yes/true (any case), as huggingface_hub reads it."""
+    return os.environ.get(name, "").strip().upper() in _TRUE
 
 
 def hub_offline() -> bool:

@@ -7,7 +7,7 @@ from pat.offline import datasets_offline, env_flag, hub_offline, online
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("YES", True), ("on", True),
                                              ("0", False), ("", False), ("false", False), ("False", False),
-                                             ("no", False), ("off", False)])
+                                             ("no", False), ("off", False), ("2", False)])
 def test_env_flag_values(monkeypatch, value, expected):
     monkeypatch.setenv("PAT_TEST_FLAG", value)
     assert env_flag("PAT_TEST_FLAG") is expected
