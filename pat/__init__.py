@@ -23,36 +23,13 @@ identity-loss scale            ``dimdown_scale``           ``HybridSparsifier.s`
 =============================  ==========================  =================================
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
-
-# name -> submodule; imported on first access, so ``import pat.io`` or ``pat.offline`` does not import torch
-_EXPORTS = {
-    "attach": "attach", "get_mask": "attach", "hsms": "attach", "set_hard": "attach",
-    "PATConfig": "config",
-    "active_loss": "losses", "identity_loss": "losses",
-    "finalize": "merge", "merge_check": "merge",
-    "PATStage": "method", "pat_loss": "method", "pat_param_count": "method", "set_step": "method",
-}
+from .attach import attach, get_mask, hsms, set_hard
+from .config import PATConfig
+from .losses import active_loss, identity_loss
+from .merge import finalize, merge_check
+from .method import PATStage, pat_loss, pat_param_count, set_step
 
 __all__ = [
     "PATConfig", "PATStage", "attach", "finalize", "merge_check", "get_mask", "hsms", "set_hard", "set_step",
     "pat_loss", "pat_param_count", "active_loss", "identity_loss",
 ]
-
-if TYPE_CHECKING:
-    from .attach import attach, get_mask, hsms, set_hard
-    from .config import PATConfig
-    from .losses import active_loss, identity_loss
-    from .merge import finalize, merge_check
-    from .method import PATStage, pat_loss, pat_param_count, set_step
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pat' has no attribute {name!r}")

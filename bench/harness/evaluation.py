@@ -33,8 +33,6 @@ import yaml
 
 from bench.harness.datadir import dataset_path, dataset_sha256
 from bench.harness.results import package_versions
-from pat.io import write_json_atomic
-from pat.offline import online
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +166,8 @@ def resolve_task_files(tasks: list[str], data_dir=None) -> dict[str, Path | None
     Only when no data directory is configured at all (no argument, no ``$PAT_DATA_DIR``) and the hub is online
     (neither ``HF_HUB_OFFLINE`` nor ``HF_DATASETS_OFFLINE`` set) each task maps to None: the stock hub dataset.
     """
+    from pat.offline import online  # lazy, as every pat import here: importing pat imports torch
+
     if data_dir is None and not os.environ.get("PAT_DATA_DIR") and online():
         log.warning("no data directory (--data-dir / PAT_DATA_DIR): falling back to the stock tasks' hub datasets")
         return {t: None for t in tasks}
@@ -336,6 +336,7 @@ def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_le
 
     from bench.harness.perplexity import perplexity
     from pat.arch import count_params
+    from pat.io import write_json_atomic
 
     tasks, ppl = check_inputs(tasks, ppl, data_dir)
     if isinstance(model_or_name, (str, os.PathLike)):

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.suites import ModelSource
-from pat.io import atomic_dir
-from pat.offline import hub_offline
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +50,8 @@ def resolve_source(src: ModelSource, overrides: dict[str, str] | None = None) ->
         return resolve(src.registered)
     if src.random is not None:
         return str(build_random_model(src.random))
+    from pat.offline import hub_offline  # lazy, as every pat import here: importing pat imports torch
+
     if src.hub and not hub_offline():
         return src.hub
     return None
@@ -107,6 +107,7 @@ def build_random_model(cfg: dict[str, Any], root: Path | None = None) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from pat.io import atomic_dir
     from pat.models import cache_dir
 
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
