@@ -5,7 +5,7 @@
   stock YAML shipped inside the installed lm-eval package and overrides only the task name, ``dataset_path: json``,
   ``dataset_kwargs.data_files`` (the sha256-checked local file), the unused splits and the metric list (``acc`` and
   ``acc_norm`` for every task). Prompts, choices, targets and preprocessing (hellaswag's ``process_docs``,
-  winogrande's partial scoring) therefore come from lm-eval itself; ``tests/test_evaluation.py`` proves it.
+  winogrande's partial scoring) therefore come from lm-eval itself; ``tests/bench/harness/test_evaluation.py`` proves it.
 - ``paper-first-capital-gen`` (task names ``paper_<task>``): PAT's own letter protocol (spec §10) as lm-eval
   ``generate_until`` tasks: lettered question in the Alpaca template, greedy decoding, 5 new tokens, scored by the
   first capital letter that is a valid choice (a regex filter). See ``bench/tasks/paper_letter.py``. Its numbers

@@ -207,7 +207,7 @@ def test_smollm2_llm_pruner_ratio_and_slicegpt_invariance(smollm2):
     # SmolLM2 (30 layers, logits up to ~35) sits at the fp32 noise floor: the dense fp32 model itself differs from
     # its fp64 copy by ~5e-5..7e-5 max abs logit. Folding alone stays within 1e-4. Slicing at 0 % rotates residual
     # channels of magnitude ~23 000 into all channels; with fp32 skip-path products that measured 2.9e-4 (C4 text)
-    # and 4.5e-4 (these tokens), with fp64 ones 9.3e-5 and 8.7e-5 (notes/README-baselines.md).
+    # and 4.5e-4 (these tokens), with fp64 ones 9.3e-5 and 8.7e-5 (docs/baselines.md).
     ids = tiny_batch(2, 32, seed=7) + 1000
     calib = tiny_batch(8, 32, seed=8) + 1000
     with torch.no_grad():
