@@ -292,21 +292,6 @@ def test_non_uniform_model_is_saved_in_pruned_format(tmp_path):
     assert reloaded.model.layers[0].mlp.down_proj.in_features == 48 and rec["total_params_after"] < rec["total_params_before"]
 
 
-def test_registry_builds_stages_lazily():
-    from bench.harness.registry import STAGES, make_pipeline, make_stage, stage_class
-
-    assert {"pat", "lora", "llm_pruner", "wanda_sp", "flap", "slicegpt"} <= set(STAGES)
-    assert stage_class("lora") is LoRAStage and make_stage("lora", rank=8).cfg.rank == 8
-    stages = make_pipeline(["lora"], {"lora": {"rank": 2, "dropout": 0.0}})
-    assert isinstance(stages[0], LoRAStage) and stages[0].cfg.rank == 2
-    with pytest.raises(ValueError, match="unknown method/stage 'nope'; known: .*lora"):
-        stage_class("nope")
-    with pytest.raises(ValueError, match="not in the pipeline"):
-        make_pipeline(["lora"], {"pat": {}})
-    with pytest.raises(ValueError, match="lora rank must be a positive integer"):
-        make_stage("lora", rank=0)
-
-
 if __name__ == "__main__":  # the killed child of test_resume_after_kill
     torch.set_num_threads(1)
     _child(sys.argv[1], int(sys.argv[2]))
