@@ -129,7 +129,7 @@ def test_hub_fallback_only_without_data_dir_and_online(monkeypatch):
     stock = ev.task_yaml_text("piqa", None)
     assert "dataset_path" not in stock and "data_files" not in stock and str(ev.stock_yaml_path("piqa")) in stock
     paper = ev.task_yaml_text("paper_arc_easy", None)
-    assert 'dataset_path: "allenai/ai2_arc"' in paper and 'dataset_name: "ARC-Easy"' in paper
+    assert "dataset_path: allenai/ai2_arc\n" in paper and "dataset_name: ARC-Easy\n" in paper
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="no data directory"):
         ev.resolve_task_files(["piqa"])
