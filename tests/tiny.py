@@ -11,7 +11,8 @@ VOCAB = 128
 TINY = {
     "llama-mha": ("llama", dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)),
     "llama-gqa-tied": ("llama", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
-    "mistral": ("mistral", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, sliding_window=None)),
+    "mistral": ("mistral", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                                sliding_window=None)),
     "qwen2": ("qwen2", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
     "gemma": ("gemma", dict(num_attention_heads=4, num_key_value_heads=1, head_dim=12, tie_word_embeddings=True)),
 }
@@ -35,7 +36,8 @@ def tiny_model(name: str, seed: int = 0, **overrides):
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("norm.weight") or n.endswith("layernorm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p)) if model.config.model_type != "gemma" else p.copy_(0.2 * torch.randn_like(p))
+                offset = 0.0 if model.config.model_type == "gemma" else 1.0  # Gemma norms multiply by (1 + w)
+                p.copy_(offset + 0.2 * torch.randn_like(p))
             elif n.endswith(".bias"):
                 p.copy_(0.1 * torch.randn_like(p))
     return model.eval()

@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model-path", action="append", default=[], metavar="NAME=DIR",
                     help="local Hugging Face directory for a suite model (repeatable)")
     ap.add_argument("--data-dir", help="data directory (default $PAT_DATA_DIR)")
-    ap.add_argument("--train-data", help="override the suite's train_data (a data-directory name, a local .jsonl or a hub id)")
+    ap.add_argument("--train-data",
+                    help="override the suite's train_data (a data-directory name, a local .jsonl or a hub id)")
     ap.add_argument("--work-dir", help="checkpoints and finalized models (default $PAT_WORK_DIR or runs/bench)")
     ap.add_argument("--skip-failed", action="store_true", help="do not retry runs recorded as failed")
     ap.add_argument("--device", help="device for models, e.g. cuda (default: where the loader puts them)")

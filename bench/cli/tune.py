@@ -6,8 +6,8 @@ Example (``python -m bench.cli.tune`` is the same command)::
 
 writes to ``--out``: the finalized model (``config.json``, ``model.safetensors``) and its tokenizer, loadable with
 ``AutoModelForCausalLM.from_pretrained``; ``pat_report.json`` (widths, parameters, achieved ratio, merge check);
-````run/run.json`` (budget, losses, throughput, versions) and ``run/method_state/``. An interrupted run resumes from its
-last checkpoint when the same command is run again.
+````run/run.json`` (budget, losses, throughput, versions) and ``run/method_state/``. An interrupted run resumes from
+its last checkpoint when the same command is run again.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     t = argparse.ArgumentParser(prog="pat-tune", description=__doc__.split("\n\n")[0])
     t.add_argument("--model", default="smollm2-135m", help="registered name, local HF directory or hub id")
     t.add_argument("--ratio", type=float, required=True, help="fraction of hidden channels to remove, in (0, 1)")
-    t.add_argument("--train-data", default="alpaca", help="dataset name in the data directory, a .jsonl file, or a hub id")
+    t.add_argument("--train-data", default="alpaca",
+                   help="dataset name in the data directory, a .jsonl file, or a hub id")
     t.add_argument("--max-steps", type=int, required=True, help="optimizer steps (s0 = 1/3 of them by default)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--data-dir", default=None, help="data directory (default: $PAT_DATA_DIR)")

@@ -161,7 +161,8 @@ def parse_reference(ref: str) -> tuple[str, re.Match]:
             m = re.fullmatch(pattern, ref.strip().lower())
             if m and all(int(g) >= 1 for g in m.groups()):
                 return pattern, m
-    raise ValueError(f"TrainBudget.param_parity = {ref!r} is invalid; expected 'lora-<rank>' with rank >= 1, e.g. 'lora-64'")
+    raise ValueError(f"TrainBudget.param_parity = {ref!r} is invalid; expected 'lora-<rank>' with rank >= 1, e.g. "
+                     f"'lora-64'")
 
 
 def reference_param_count(ref: str, model_config) -> int:
@@ -229,6 +230,7 @@ def solve_pat_ranks(
     if abs(rel) > tol:
         raise ParityError(
             f"cannot match {ref} ({target:,} params) within ±{tol:.2%} with PAT LoRA rank {lora_rank}: the closest "
-            f"HIO rank {best} gives {params:,} ({rel:+.2%}); fix: a smaller lora_rank, a larger tolerance or another reference"
+            f"HIO rank {best} gives {params:,} ({rel:+.2%}); fix: a smaller lora_rank, a larger tolerance or another "
+            "reference"
         )
     return {"hio_rank": best, "lora_rank": lora_rank, "params": params, "reference_params": target, "rel_diff": rel}

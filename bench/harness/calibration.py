@@ -90,5 +90,6 @@ def load_calibration(
 
 def calibration_sampler(tokenizer, seed: int, data_dir: str | os.PathLike | None = None, seq_len: int = 128,
                         source: str = "c4"):
-    """The ``RunContext.calibration`` callable: ``(n=128, seq_len=seq_len) -> LongTensor (n, seq_len)`` of ``source``."""
+    """The ``RunContext.calibration`` callable: ``(n=128, seq_len=seq_len) -> LongTensor (n, seq_len)`` of
+    ``source``."""
     return lambda n=128, seq_len=seq_len: load_calibration(tokenizer, source, n, seq_len, seed, data_dir)[0]

@@ -44,7 +44,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         )
     path = Path(raw).expanduser().resolve()
     if not path.is_dir():
-        raise DataError(f"data directory {path} does not exist; set PAT_DATA_DIR or --data-dir to a folder laid out like shared/data")
+        raise DataError(f"data directory {path} does not exist; set PAT_DATA_DIR or --data-dir to a folder laid out "
+                        f"like shared/data")
     return path
 
 

@@ -5,7 +5,8 @@
   stock YAML shipped inside the installed lm-eval package and overrides only the task name, ``dataset_path: json``,
   ``dataset_kwargs.data_files`` (the sha256-checked local file), the unused splits and the metric list (``acc`` and
   ``acc_norm`` for every task). Prompts, choices, targets and preprocessing (hellaswag's ``process_docs``,
-  winogrande's partial scoring) therefore come from lm-eval itself; ``tests/bench/harness/test_evaluation.py`` proves it.
+  winogrande's partial scoring) therefore come from lm-eval itself; ``tests/bench/harness/test_evaluation.py`` proves
+  it.
 - ``paper-first-capital-gen`` (task names ``paper_<task>``): PAT's own letter protocol (spec §10) as lm-eval
   ``generate_until`` tasks: lettered question in the Alpaca template, greedy decoding, 5 new tokens, scored by the
   first capital letter that is a valid choice (a regex filter). See ``bench/tasks/paper_letter.py``. Its numbers
@@ -55,7 +56,8 @@ STOCK_YAML = {
 SPLIT = {"boolq": "validation", "piqa": "validation", "hellaswag": "validation", "winogrande": "validation",
          "arc_easy": "test", "arc_challenge": "test", "openbookqa": "test"}
 # letters a valid answer may take under the letter protocol (ARC keeps its few 5-choice items)
-N_LETTERS = {"boolq": 2, "piqa": 2, "winogrande": 2, "hellaswag": 4, "openbookqa": 4, "arc_easy": 5, "arc_challenge": 5}
+N_LETTERS = {"boolq": 2, "piqa": 2, "winogrande": 2, "hellaswag": 4, "openbookqa": 4, "arc_easy": 5,
+             "arc_challenge": 5}
 # accuracy of uniform guessing (ARC: most items have 4 choices), for the sanity check "every acc above chance"
 CHANCE = {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5, "hellaswag": 0.25, "openbookqa": 0.25, "arc_easy": 0.25,
           "arc_challenge": 0.25}
@@ -96,7 +98,8 @@ def stock_yaml_path(task: str) -> Path:
 
     path = Path(lm_eval.tasks.__file__).resolve().parent / STOCK_YAML[task]
     if not path.exists():
-        raise FileNotFoundError(f"stock lm-eval task file {path} not found; lm-eval {package_versions(('lm_eval',))['lm_eval']} is not supported")
+        raise FileNotFoundError(f"stock lm-eval task file {path} not found; lm-eval "
+                                f"{package_versions(('lm_eval',))['lm_eval']} is not supported")
     return path
 
 

@@ -35,12 +35,14 @@ def resolve_source(src: ModelSource, overrides: dict[str, str] | None = None) ->
     if src.name in overrides:
         d = _local_dir(overrides[src.name])
         if d is None:
-            raise MissingModelsError(f"--model-path {src.name}={overrides[src.name]}: no config.json there; expected a Hugging Face model directory")
+            raise MissingModelsError(f"--model-path {src.name}={overrides[src.name]}: no config.json there; expected "
+                                     f"a Hugging Face model directory")
         return str(d)
     if src.env and os.environ.get(src.env):
         d = _local_dir(os.environ[src.env])
         if d is None:
-            raise MissingModelsError(f"${src.env}={os.environ[src.env]}: no config.json there; expected a Hugging Face model directory")
+            raise MissingModelsError(f"${src.env}={os.environ[src.env]}: no config.json there; expected a Hugging "
+                                     f"Face model directory")
         return str(d)
     if src.path and _local_dir(src.path):
         return str(_local_dir(src.path))

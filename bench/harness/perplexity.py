@@ -50,7 +50,8 @@ def load_text(dataset: str, data_dir: str | os.PathLike | None = None) -> str:
 
 
 def window_starts(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
-    """Windows as ``(start, n_scored)``: each window is ``ids[start:start + seq_len]``, its last ``n_scored`` targets count.
+    """Windows as ``(start, n_scored)``: each window is ``ids[start:start + seq_len]``, its last ``n_scored`` targets
+    count.
 
     Non-overlapping (``stride == seq_len``): windows ``[0, L), [L, 2L), ...``, each scoring ``L - 1`` targets.
     Sliding (``stride < seq_len``): starts ``0, stride, 2*stride, ...``; the first window scores ``L - 1``

@@ -99,7 +99,8 @@ def compare(current: list[dict[str, Any]], reference: list[dict[str, Any]],
             continue
         if c.get("spec") != ref.get("spec"):  # a changed suite file needs a new reference, not a tolerance
             diffs.append(Diff(rid, "spec (the suite changed: regenerate tests/fixtures/ci_reference)",
-                              json.dumps(ref.get("spec"), sort_keys=True), json.dumps(c.get("spec"), sort_keys=True), "exact", 0.0))
+                              json.dumps(ref.get("spec"), sort_keys=True), json.dumps(c.get("spec"), sort_keys=True),
+                              "exact", 0.0))
             continue
         cvals = {name: v for name, _, v in _values(c)}
         for name, key, v in _values(ref):
@@ -112,13 +113,15 @@ def report(diffs: list[Diff]) -> tuple[bool, str]:
     bad = [d for d in diffs if not d.ok]
     if not bad:
         return True, f"regression: all {len(diffs)} compared values within tolerance"
-    return False, "regression: {} of {} values moved beyond tolerance:\n".format(len(bad), len(diffs)) + "\n".join(f"  {d}" for d in bad)
+    return False, (f"regression: {len(bad)} of {len(diffs)} values moved beyond tolerance:\n"
+                   + "\n".join(f"  {d}" for d in bad))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.harness.regression", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", required=True, help="directory of the fresh run JSONs")
-    ap.add_argument("--reference", default="tests/fixtures/ci_reference", help="reference run JSONs (default: %(default)s)")
+    ap.add_argument("--reference", default="tests/fixtures/ci_reference",
+                    help="reference run JSONs (default: %(default)s)")
     args = ap.parse_args(argv)
     ok, text = report(compare(load_results(args.results), load_results(args.reference)))
     print(text)

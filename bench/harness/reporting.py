@@ -87,10 +87,12 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         fam, name, mode = label(s["pipeline"], s.get("method_args"))
         m = r.get("metrics") or {}
         p = r.get("params") or {}
-        row = {"run_id": r["run_id"], "model": s["model"], "ratio": float(s["ratio"]), "pipeline": "+".join(s["pipeline"]) or "dense",
+        row = {"run_id": r["run_id"], "model": s["model"], "ratio": float(s["ratio"]),
+               "pipeline": "+".join(s["pipeline"]) or "dense",
                "seed": s["seed"], "family": fam, "method": name, "mode": mode, "status": r["status"],
                "main_metric": m.get("main_metric", "acc"),
-               "acc": _mean_acc(m, LOGLIK), "acc_se": _mean_se(m, LOGLIK), "acc_norm": _mean_acc(m, LOGLIK, "acc_norm"),
+               "acc": _mean_acc(m, LOGLIK), "acc_se": _mean_se(m, LOGLIK), "acc_norm": _mean_acc(m, LOGLIK,
+                                                                                                 "acc_norm"),
                "letter_acc": _mean_acc(m, LETTER), "letter_acc_se": _mean_se(m, LETTER),
                "params": p.get("total"), "achieved_ratio": p.get("achieved_ratio"), "trainable": p.get("trainable"),
                "hidden_size": (p.get("widths") or {}).get("hidden_size"),
@@ -135,11 +137,15 @@ def throughput_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         fam, name, mode = label(s["pipeline"], s.get("method_args"))
         for p in tp.get("prefill", []):
             rows.append({"run_id": r["run_id"], "model": s["model"], "ratio": float(s["ratio"]), "family": fam,
-                         "method": name, "mode": mode, "batch_size": p["batch_size"], "context": p.get("context"), "prefill_s": p.get("median_s"),
-                         "oom": bool(p.get("oom")), "device": tp["device"].get("kind"), "device_name": tp["device"].get("name"),
-                         "comparable": tp["device"].get("comparable"), "weights_mb": tp["memory"]["weights_bytes"] / 2**20,
+                         "method": name, "mode": mode, "batch_size": p["batch_size"], "context": p.get("context"),
+                         "prefill_s": p.get("median_s"),
+                         "oom": bool(p.get("oom")), "device": tp["device"].get("kind"),
+                         "device_name": tp["device"].get("name"),
+                         "comparable": tp["device"].get("comparable"),
+                         "weights_mb": tp["memory"]["weights_bytes"] / 2**20,
                          "cuda_mb": (tp["memory"].get("cuda_allocated_bytes") or 0) / 2**20 or None,
-                         "decode_tok_s": (tp.get("decode") or {}).get("decode_tokens_per_s"), "params": tp.get("params"),
+                         "decode_tok_s": (tp.get("decode") or {}).get("decode_tokens_per_s"),
+                         "params": tp.get("params"),
                          "loaded": _loaded(tp)})
     df = pd.DataFrame(rows)
     if df.empty:
@@ -163,11 +169,13 @@ def _order(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- tables
 def _model_cols(t: pd.DataFrame) -> pd.DataFrame:
-    """Model columns in the paper's order (Gemma-2B, Gemma-7B, Llama2-7B, Llama2-13B, Yi), others alphabetical after."""
+    """Model columns in the paper's order (Gemma-2B, Gemma-7B, Llama2-7B, Llama2-13B, Yi), others alphabetical
+    after."""
     with open(PAPER_TABLE, "rb") as fh:
         paper = tomllib.load(fh)["meta"]["models"]
     fixed = [c for c in t.columns if c in ("Ratio", "Method", "Mode")]
-    models = sorted((c for c in t.columns if c not in fixed), key=lambda c: (paper.index(c) if c in paper else 99, str(c)))
+    models = sorted((c for c in t.columns if c not in fixed), key=lambda c: (paper.index(c) if c in paper else 99,
+                                                                             str(c)))
     return t[fixed + models]
 
 
@@ -177,10 +185,12 @@ def main_table(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame()
     g = ok.groupby(["ratio", "family", "method", "mode", "model"], dropna=False)[value].mean().reset_index()
-    t = g.pivot_table(index=["ratio", "family", "method", "mode"], columns="model", values=value, aggfunc="mean").reset_index()
+    t = g.pivot_table(index=["ratio", "family", "method", "mode"], columns="model", values=value,
+                      aggfunc="mean").reset_index()
     t = _order(t)
     t.insert(0, "Ratio", t.pop("ratio").map(lambda r: f"{100 * r:.0f} %"))
-    return _model_cols(t.drop(columns=["family"]).rename(columns={"method": "Method", "mode": "Mode"}).reset_index(drop=True))
+    return _model_cols(t.drop(columns=["family"]).rename(columns={"method": "Method",
+                                                                  "mode": "Mode"}).reset_index(drop=True))
 
 
 def ratio_table(runs: pd.DataFrame, model: str, value: str = "acc") -> pd.DataFrame:
@@ -194,7 +204,8 @@ def ratio_table(runs: pd.DataFrame, model: str, value: str = "acc") -> pd.DataFr
     cells = g[value].mean().to_frame("v")
     cells["p"] = g[ppl].mean() if ppl else float("nan")
     cells["cell"] = [f"{v:.2f}" + ("" if pd.isna(q) else f" / {q:.1f}") for v, q in zip(cells["v"], cells["p"])]
-    t = cells.reset_index().pivot_table(index=["family", "method", "mode"], columns="ratio", values="cell", aggfunc="first")
+    t = cells.reset_index().pivot_table(index=["family", "method", "mode"], columns="ratio", values="cell",
+                                        aggfunc="first")
     t = t.reset_index().assign(ratio=0.0)
     t = _order(t).drop(columns=["ratio", "family"]).fillna("")
     t.columns = ["Method", "Mode"] + [f"{100 * r:.0f} %" for r in t.columns[2:]]
@@ -210,17 +221,20 @@ def delta_vs_lora(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
     d = ok.join(ref, on=["model", "seed"]).dropna(subset=["lora"])
     d = d.assign(delta=d[value] - d["lora"])
     d = d[~((d["family"] == "LoRA") & (d["ratio"] == 0))]
-    t = d.pivot_table(index=["ratio", "family", "method", "mode"], columns="model", values="delta", aggfunc="mean").reset_index()
+    t = d.pivot_table(index=["ratio", "family", "method", "mode"], columns="model", values="delta",
+                      aggfunc="mean").reset_index()
     t = _order(t)
     t.insert(0, "Ratio", t.pop("ratio").map(lambda r: f"{100 * r:.0f} %"))
-    return _model_cols(t.drop(columns=["family"]).rename(columns={"method": "Method", "mode": "Mode"}).reset_index(drop=True))
+    return _model_cols(t.drop(columns=["family"]).rename(columns={"method": "Method",
+                                                                  "mode": "Mode"}).reset_index(drop=True))
 
 
 def per_task_table(tasks: pd.DataFrame, model: str) -> pd.DataFrame:
     d = tasks[tasks["model"] == model]
     if d.empty:
         return pd.DataFrame()
-    t = d.pivot_table(index=["ratio", "family", "method", "mode"], columns="task", values="acc", aggfunc="mean").reset_index()
+    t = d.pivot_table(index=["ratio", "family", "method", "mode"], columns="task", values="acc",
+                      aggfunc="mean").reset_index()
     t = _order(t)
     t.insert(0, "Ratio", t.pop("ratio").map(lambda r: f"{100 * r:.0f} %"))
     return t.drop(columns=["family"]).rename(columns={"method": "Method", "mode": "Mode"}).reset_index(drop=True)
@@ -303,17 +317,21 @@ def claims_table(runs: pd.DataFrame, tp: pd.DataFrame, value: str = "acc") -> pd
             p_pat = paper.get((rl, "PAT", "PAT"))
             diff = None if pat is None or v is None else pat - v
             err = math.sqrt((pat_se or 0) ** 2 + (se or 0) ** 2) if diff is not None else None
-            verdict = "–" if diff is None else ("within noise" if err and abs(diff) <= 2 * err else ("yes" if diff > 0 else "no"))
-            rows.append({"claim": f"{pm} > {name} {mode} at {rl}", "paper (Llama2-7B)": None if p_pat is None or p_other is None else p_pat - p_other,
+            verdict = "–" if diff is None else (
+                "within noise" if err and abs(diff) <= 2 * err else ("yes" if diff > 0 else "no"))
+            rows.append({"claim": f"{pm} > {name} {mode} at {rl}",
+                         "paper (Llama2-7B)": None if p_pat is None or p_other is None else p_pat - p_other,
                          "model": model, "ours": diff, "± 1 s.e.": err, "PAT beats it here": verdict})
     for model in sorted(runs["model"].unique()):
         if not tp.empty:
-            d = tp[(tp["model"] == model) & (tp["family"] == "PAT") & ((tp["ratio"] - 0.25).abs() < 1e-9) & ~tp["oom"]].dropna(subset=["speedup"])
+            d = tp[(tp["model"] == model) & (tp["family"] == "PAT") & ((tp["ratio"] - 0.25).abs() < 1e-9)
+                   & ~tp["oom"]].dropna(subset=["speedup"])
             if not d.empty:
                 best = d.loc[d["speedup"].idxmax()]
                 sel = (tp["model"] == model) & ((tp["run_id"] == best["run_id"]) | (tp["family"] == "Dense"))
                 loaded = bool(tp[sel]["loaded"].any())
-                rows.append({"claim": "25 % model: prefill speedup (paper: 1.33x; bound 1/(1-r) = 1.33x)", "paper (Llama2-7B)": 1.33,
+                rows.append({"claim": "25 % model: prefill speedup (paper: 1.33x; bound 1/(1-r) = 1.33x)",
+                             "paper (Llama2-7B)": 1.33,
                              "model": model, "ours": best["speedup"], "± 1 s.e.": None,
                              "PAT beats it here": f"best at batch {int(best['batch_size'])} on {best['device']}"
                              + (" (UNRELIABLE: timed on a loaded host)" if loaded else "")})
@@ -369,7 +387,8 @@ def plot_speedup(tp: pd.DataFrame, model: str, path: Path) -> Path | None:
     dev = d["device"].iloc[0]
     ax.set_xlabel(f"batch size (context {int(d['context'].iloc[0])})")
     ax.set_ylabel("prefill speedup vs dense")
-    ax.set_title(f"{model}: prefill speedup vs batch size ({dev}{'' if dev == 'cuda' else ', not comparable with the paper'})", fontsize=9)
+    ax.set_title(f"{model}: prefill speedup vs batch size "
+                 f"({dev}{'' if dev == 'cuda' else ', not comparable with the paper'})", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -382,9 +401,11 @@ def _header(suite: str, records: list[dict], results_dir: Path) -> list[str]:
     ok = sum(r["status"] == "success" for r in records)
     shas = sorted({(r["provenance"].get("git") or {}).get("sha") or "?" for r in records})
     dirty = any((r["provenance"].get("git") or {}).get("dirty") for r in records)
-    devs = sorted({f"{(r['provenance'].get('device') or {}).get('kind')} {(r['provenance'].get('device') or {}).get('name')}" for r in records})
+    devs = sorted({f"{(r['provenance'].get('device') or {}).get('kind')} "
+                   f"{(r['provenance'].get('device') or {}).get('name')}" for r in records})
     return [f"# Results of suite `{suite}`", "",
-            f"Generated by `python -m bench.report --suite {suite}` from {len(records)} run records in `{results_dir}` "
+            f"Generated by `python -m bench.report --suite {suite}` from {len(records)} run records in "
+            f"`{results_dir}` "
             f"({ok} succeeded, {len(records) - ok} failed). Do not edit by hand.", "",
             f"- git: {', '.join(s[:10] for s in shas)}{' (dirty tree)' if dirty else ''}",
             f"- device: {', '.join(devs)}", ""]
@@ -397,7 +418,8 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
     out.mkdir(parents=True, exist_ok=True)
     records = [r for r in load_results(results_dir) if suite is None or r.get("suite") == suite]
     if not records:
-        raise FileNotFoundError(f"no run records (*.json) for suite {suite!r} in {results_dir}; run python -m bench.run --suite {suite} first")
+        raise FileNotFoundError(f"no run records (*.json) for suite {suite!r} in {results_dir}; run python -m "
+                                f"bench.run --suite {suite} first")
     suite = suite or records[0]["suite"]
     runs, tasks, tp = runs_frame(records), tasks_frame(records), throughput_frame(records)
     runs.to_csv(out / "runs.csv", index=False)
@@ -409,17 +431,19 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
     main = main_table(runs, value)
     main.to_csv(out / "main_table.csv", index=False)
     md += ["## Main table (layout of the paper's Table 1)", "",
-           f"Mean zero-shot accuracy (%) over the suite's tasks, protocol `{proto}`; mean over seeds. Bold: best per ratio.", "",
+           f"Mean zero-shot accuracy (%) over the suite's tasks, protocol `{proto}`; mean over seeds. "
+           "Bold: best per ratio.", "",
            to_markdown(main, bold_max_by="Ratio")]
     if value == "acc" and runs["letter_acc"].notna().any():
-        md += [f"Same layout, the paper's letter protocol (`{LETTER}`):", "", to_markdown(main_table(runs, "letter_acc"), bold_max_by="Ratio")]
+        md += [f"Same layout, the paper's letter protocol (`{LETTER}`):", "",
+               to_markdown(main_table(runs, "letter_acc"), bold_max_by="Ratio")]
     ref, meta = paper_table()
     md += ["## Reference: the paper's Table 1 (not produced by this code)", "",
            f"{meta['metric']}. Source: {meta['citation']}. Different models, data scale and protocol than ours: "
            "compare orderings, not values.", "", to_markdown(ref, bold_max_by="Ratio")]
     md += ["## The paper's claims beside ours", "",
-           "Differences in points of mean accuracy (PAT minus the other method); the paper column is computed from its "
-           "Table 1 (Llama2-7B). `within noise`: |difference| <= 2 standard errors of our subset means.", "",
+           "Differences in points of mean accuracy (PAT minus the other method); the paper column is computed from "
+           "its Table 1 (Llama2-7B). `within noise`: |difference| <= 2 standard errors of our subset means.", "",
            to_markdown(claims_table(runs, tp, value), signed=False)]
     for model in sorted(runs["model"].unique()):
         rt = ratio_table(runs, model, value)
@@ -434,7 +458,8 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
         pt = per_task_table(tasks, model)
         md += [f"## Per-task accuracy (%): {model}", "", to_markdown(pt, digits=1)]
     ppl_cols = [c for c in runs.columns if c.startswith("ppl_")]
-    info = _order(runs[runs["status"] == "success"].copy())[["run_id", "achieved_ratio", "params", "hidden_size", "trainable", "final_loss", *ppl_cols, "seconds"]]
+    info = _order(runs[runs["status"] == "success"].copy())[["run_id", "achieved_ratio", "params", "hidden_size",
+                                                             "trainable", "final_loss", *ppl_cols, "seconds"]]
     md += ["## Parameters, perplexity and cost per run", "", to_markdown(info.reset_index(drop=True), digits=3)]
     md += _throughput_section(tp)
     failed = runs[runs["status"] != "success"]
@@ -456,15 +481,17 @@ def _throughput_section(tp: pd.DataFrame) -> list[str]:
         return []
     dev = tp["device"].iloc[0]
     note = "" if dev == "cuda" else " CPU figures (`comparable=false`): not comparable with the paper's A100 numbers."
-    t = tp.pivot_table(index=["model", "ratio", "method", "mode"], columns="batch_size", values="speedup", aggfunc="median").reset_index()
+    t = tp.pivot_table(index=["model", "ratio", "method", "mode"], columns="batch_size", values="speedup",
+                       aggfunc="median").reset_index()
     t.columns = [f"speedup @ bs {c}" if isinstance(c, (int, float)) else c for c in t.columns]
     mem = tp.groupby(["model", "ratio", "method", "mode"])[["weights_mb", "decode_tok_s"]].first().reset_index()
     t = t.merge(mem, on=["model", "ratio", "method", "mode"])
     t["bound 1/(1-r)"] = 1 / (1 - t["ratio"])
     ctx = ", ".join(str(int(c)) for c in sorted(tp["context"].dropna().unique()))
     if tp["loaded"].any():
-        note += (f" **Warning:** {tp[tp['loaded']]['run_id'].nunique()} run(s) were timed while the host's load average "
-                 "exceeded its core count; their speedups are not reliable (rerun `python -m bench.harness.throughput` on a quiet machine).")
+        note += (f" **Warning:** {tp[tp['loaded']]['run_id'].nunique()} run(s) were timed while the host's load "
+                 "average exceeded its core count; their speedups are not reliable (rerun `python -m "
+                 "bench.harness.throughput` on a quiet machine).")
     return [f"## Throughput: prefill speedup vs the dense model (context {ctx}, median of repeats)", "",
             f"Device: {tp['device_name'].iloc[0]} ({dev}).{note} The bound 1/(1-r) is the linear-dominated limit.", "",
             to_markdown(t, digits=2)]

@@ -47,7 +47,8 @@ def is_finished(out_dir: str | os.PathLike, run_id: str) -> bool:
 
 
 def load_results(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every run record under ``out_dir`` (non-recursive), sorted by run id; malformed files are skipped with a warning."""
+    """Every run record under ``out_dir`` (non-recursive), sorted by run id; malformed files are skipped with a
+    warning."""
     recs = []
     for p in sorted(Path(out_dir).glob("*.json")):
         rec = read_result(p)
@@ -107,7 +108,8 @@ def device_info() -> dict[str, Any]:
     """Accelerator and host description; imports torch (only called by the runner, never by ``--list``)."""
     import torch
 
-    info: dict[str, Any] = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+    info: dict[str, Any] = {"host": platform.node(), "platform": platform.platform(),
+                            "python": platform.python_version(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info.update(kind="cuda", name=torch.cuda.get_device_name(0), count=torch.cuda.device_count())
@@ -136,7 +138,8 @@ def data_hashes(names: list[str], data_dir: str | os.PathLike | None = None) -> 
 def provenance(datasets: list[str], data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     return {
         "git": git_state(), "packages": package_versions(), "device": device_info(),
-        "data_sha256": data_hashes(datasets, data_dir), "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data_sha256": data_hashes(datasets, data_dir),
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 

@@ -59,7 +59,8 @@ class MissingPieceError(RuntimeError):
 
 
 def work_dir_default() -> Path:
-    """Checkpoints and finalized models: ``$PAT_WORK_DIR`` or ``runs/bench`` under the working directory (gitignored)."""
+    """Checkpoints and finalized models: ``$PAT_WORK_DIR`` or ``runs/bench`` under the working directory
+    (gitignored)."""
     return Path(os.environ.get("PAT_WORK_DIR", Path("runs") / "bench")).expanduser()
 
 
@@ -122,7 +123,8 @@ def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[st
                 try:
                     cls = registry.stage_class(base)
                 except ImportError as e:
-                    raise MissingPieceError(f"bench runner: stage {base!r} cannot be imported ({e}); nothing was run") from e
+                    raise MissingPieceError(f"bench runner: stage {base!r} cannot be imported ({e}); "
+                                            "nothing was run") from e
                 try:  # constructing a stage validates its arguments (unknown options, bad ratios) before any work
                     registry.make_stage(base, **stage_args(r, s, cls))
                 except (TypeError, ValueError) as e:
@@ -130,12 +132,14 @@ def preflight(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[st
                                      f"{stage_args(r, s, cls)}: {e}") from e
     if suite.eval.get("tasks"):
         validate_tasks(list(suite.eval["tasks"]))
-    models = resolve_models(suite.models, sorted({r.model for r in runs}), opts.model_paths, suite.name, suite.runs_here)
+    models = resolve_models(suite.models, sorted({r.model for r in runs}), opts.model_paths, suite.name,
+                            suite.runs_here)
     td = suite.train_data
     if (any(r.trains for r in runs) and td not in DATASETS and not Path(td).expanduser().exists()
             and datasets_offline()):
         raise DataError(f"suite '{suite.name}': train_data {td!r} is neither a dataset of the data directory "
-                        f"({', '.join(sorted(DATASETS))}) nor a local file, and the hub is offline (HF_DATASETS_OFFLINE=1); "
+                        f"({', '.join(sorted(DATASETS))}) nor a local file, and the hub is offline "
+                        f"(HF_DATASETS_OFFLINE=1); "
                         "fix: --train-data FILE.jsonl (LaMini/Alpaca-style rows), or go online")
 
     needed = set(suite.perplexity.get("datasets", []))
@@ -286,7 +290,8 @@ def suite_protocol(suite: Suite) -> dict[str, Any]:
     return {"eval": dict(suite.eval), "perplexity": dict(suite.perplexity), "throughput": dict(suite.throughput)}
 
 
-def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: list[RunSpec] | None = None) -> dict[str, int]:
+def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions,
+              all_runs: list[RunSpec] | None = None) -> dict[str, int]:
     """Run ``runs`` (a selection of the suite's runs), skipping finished ones; one JSON per run in ``opts.out_dir``.
 
     Returns:
@@ -305,7 +310,8 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: 
         if old is not None and (old.get("spec") != spec.to_dict() or old.get("protocol", protocol) != protocol):
             log.warning("run %s: the suite (run spec or eval/perplexity/throughput settings) changed since %s was "
                         "written; running it again", spec.run_id, path)
-        elif old is not None and (old.get("status") == "success" or (old.get("status") == "failed" and not opts.retry_failed)):
+        elif old is not None and (old.get("status") == "success"
+                                  or (old.get("status") == "failed" and not opts.retry_failed)):
             counts["skipped"] += 1
             continue
         bar.set_postfix_str(spec.run_id)
@@ -318,7 +324,8 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions, all_runs: 
                          (rec["metrics"].get("mean") or {}).get("acc"))
         except Exception as e:  # a failed run is recorded and the grid goes on
             log.error("run %s failed: %s: %s", spec.run_id, type(e).__name__, e)
-            rec = R.make_record(spec.to_dict(), "failed", prov, protocol=protocol, error={"type": type(e).__name__, "message": str(e),
+            rec = R.make_record(spec.to_dict(), "failed", prov, protocol=protocol, error={"type": type(e).__name__,
+                                                                                          "message": str(e),
                                 "traceback": traceback.format_exc()}, seconds=round(time.perf_counter() - t0, 2))
             counts["failed"] += 1
         if rec is not None and _rank() == 0:
@@ -334,7 +341,8 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
     loaded from its source, a trained run's finalized model from ``WORK_DIR/<suite>/<run_id>/model``; runs whose
     model is not on disk keep their timings and are counted as ``missing``.
     """
-    model_dirs = resolve_models(suite.models, sorted({r.model for r in runs}), opts.model_paths, suite.name, suite.runs_here)
+    model_dirs = resolve_models(suite.models, sorted({r.model for r in runs}), opts.model_paths, suite.name,
+                                suite.runs_here)
     counts = {"retimed": 0, "missing": 0, "failed": 0, "not_finished": 0, "total": len(runs)}
     for spec in runs:
         path = R.result_path(opts.out_dir, spec.run_id)
@@ -352,7 +360,8 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
             model, _ = load_model(str(mdir), device=opts.device)
             tp = measure(model, **_throughput_args(suite))
         except Exception as e:  # one model that cannot be timed must not stop the others; its old timing stays
-            log.error("run %s: retiming failed (%s: %s); its throughput is left as it was", spec.run_id, type(e).__name__, e)
+            log.error("run %s: retiming failed (%s: %s); its throughput is left as it was", spec.run_id,
+                      type(e).__name__, e)
             counts["failed"] += 1
             continue
         tp["retimed"] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model_dir": str(mdir),

@@ -168,8 +168,8 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
     name = head["name"]
     where = _where(path, name)
     _check_renamed(data, "the top level", where)
-    _check_keys(data, {"suite", "eval", "perplexity", "throughput", "budget", "models", "stages", "grid"}, "the top level",
-                where)
+    _check_keys(data, {"suite", "eval", "perplexity", "throughput", "budget", "models", "stages", "grid"},
+                "the top level", where)
     _check_keys(head, SUITE_KEYS, "[suite]", where)
     for key, allowed in (("eval", EVAL_KEYS), ("perplexity", PPL_KEYS), ("throughput", THROUGHPUT_KEYS)):
         _check_keys(data.get(key, {}), allowed, f"[{key}]", where)
@@ -247,8 +247,10 @@ def expand(suite: Suite) -> list[RunSpec]:
         models = _as_list(g["models"], f"grid[{i}].models", where, str)
         ratios = [float(r) for r in _as_list(g["ratios"], f"grid[{i}].ratios", where, (int, float))]
         pipes = g["pipelines"]
-        if not isinstance(pipes, list) or not all(isinstance(p, list) and all(isinstance(s, str) for s in p) for p in pipes):
-            raise SuiteError(f"{where}: grid[{i}].pipelines must be a list of lists of stage names, e.g. [[\"pat\"], [\"llm_pruner\", \"lora\"]]")
+        if not isinstance(pipes, list) or not all(
+                isinstance(p, list) and all(isinstance(s, str) for s in p) for p in pipes):
+            raise SuiteError(f"{where}: grid[{i}].pipelines must be a list of lists of stage names, e.g. [[\"pat\"], "
+                             f"[\"llm_pruner\", \"lora\"]]")
         seeds = [int(s) for s in _as_list(g.get("seeds", list(suite.seeds)), f"grid[{i}].seeds", where, int)]
         budget_name = g.get("budget", "default")
         budget = suite.budgets.get(budget_name, {})
@@ -260,10 +262,13 @@ def expand(suite: Suite) -> list[RunSpec]:
                 for pipe in pipes:
                     for seed in seeds:
                         used = {s: args[s] for s in pipe if s in args}
-                        resolved = {**budget, "seed": seed} if pipe else {}  # the run's seed drives training init/dropout
-                        spec = RunSpec(suite.name, model, ratio, tuple(pipe), seed, budget_name, resolved, used, suite.train_data)
+                        # the run's seed drives training init/dropout
+                        resolved = {**budget, "seed": seed} if pipe else {}
+                        spec = RunSpec(suite.name, model, ratio, tuple(pipe), seed, budget_name, resolved, used,
+                                       suite.train_data)
                         if spec.run_id in seen:
-                            raise SuiteError(f"{where}: run {spec.run_id} appears twice (grid[{seen[spec.run_id]}] and grid[{i}])")
+                            raise SuiteError(f"{where}: run {spec.run_id} appears twice (grid[{seen[spec.run_id]}] "
+                                             f"and grid[{i}])")
                         seen[spec.run_id] = i
                         runs.append(spec)
     return runs
@@ -317,14 +322,17 @@ def validate(suite: Suite, runs: Iterable[RunSpec] | None = None, *, stages: set
     for i, g in enumerate(suite.grid):
         for m in g["models"]:
             if m not in suite.models:
-                raise SuiteError(f"{where}: grid[{i}].models: unknown model {m!r}; models defined in [models]: {sorted(suite.models)}")
+                raise SuiteError(f"{where}: grid[{i}].models: unknown model {m!r}; models defined in [models]: "
+                                 f"{sorted(suite.models)}")
         for j, pipe in enumerate(g["pipelines"]):
             for s in pipe:
                 if s not in stages:
-                    raise SuiteError(f"{where}: grid[{i}].pipelines[{j}]: unknown stage {s!r}; known stages: {sorted(stages)}")
+                    raise SuiteError(f"{where}: grid[{i}].pipelines[{j}]: unknown stage {s!r}; known stages: "
+                                     f"{sorted(stages)}")
         b = g.get("budget", "default")
         if any(g["pipelines"]) and b not in suite.budgets:
-            raise SuiteError(f"{where}: grid[{i}].budget: unknown budget {b!r}; budgets defined: {sorted(suite.budgets)}")
+            raise SuiteError(f"{where}: grid[{i}].budget: unknown budget {b!r}; budgets defined: "
+                             f"{sorted(suite.budgets)}")
         for r in g["ratios"]:
             if not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
                 raise SuiteError(f"{where}: grid[{i}].ratios: {r!r} is not a prune ratio in [0, 1)")
@@ -337,7 +345,8 @@ def validate(suite: Suite, runs: Iterable[RunSpec] | None = None, *, stages: set
             raise SuiteError(f"{where}: [stages.{s}]: unknown stage {s!r}; known stages: {sorted(stages)}")
     for t in suite.eval.get("tasks", []):
         if t not in tasks:
-            raise SuiteError(f"{where}: eval.tasks: unknown task {t!r}; known tasks (bench/tasks/*.yaml): {sorted(tasks)}")
+            raise SuiteError(f"{where}: eval.tasks: unknown task {t!r}; known tasks (bench/tasks/*.yaml): "
+                             f"{sorted(tasks)}")
     for r in runs:
         if r.ratio > 0 and not any(s != "lora" for s in r.pipeline):
             raise SuiteError(f"{where}: run {r.run_id}: ratio {r.ratio} needs a pruning stage in its pipeline")

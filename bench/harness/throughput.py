@@ -46,10 +46,12 @@ def _sync(device: torch.device) -> None:
 def check_finalized(model: nn.Module) -> None:
     """Refuse models that are not plain, physically pruned HF models (peft wrappers, PAT/HSM modules)."""
     if hasattr(model, "peft_config") or hasattr(model, "get_base_model"):
-        raise ValueError("throughput: the model is a peft wrapper; finalize (merge) it first so the timed model is the deployed one")
+        raise ValueError("throughput: the model is a peft wrapper; finalize (merge) it first so the timed model is "
+                         "the deployed one")
     foreign = sorted({type(m).__module__ for m in model.modules() if type(m).__module__.startswith(("pat.", "peft."))})
     if foreign:
-        raise ValueError(f"throughput: the model still holds training-time modules from {foreign}; time only finalized models")
+        raise ValueError(f"throughput: the model still holds training-time modules from {foreign}; time only "
+                         f"finalized models")
 
 
 def memory_bytes(model: nn.Module) -> dict[str, Any]:
@@ -93,7 +95,8 @@ def _timed(fn, device: torch.device, repeats: int, warmup: int) -> list[float]:
 
 
 @torch.no_grad()
-def prefill_latency(model: nn.Module, batch: int, context: int, repeats: int, warmup: int, seed: int = 0) -> dict[str, Any]:
+def prefill_latency(model: nn.Module, batch: int, context: int, repeats: int, warmup: int, seed: int = 0) -> dict[str,
+                                                                                                                  Any]:
     """Median seconds to the first token's logits for ``(batch, context)`` random token ids."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
@@ -168,9 +171,12 @@ def measure(model: nn.Module, batch_sizes: list[int] = (1, 8), context: int = 12
             return measure(model, batch_sizes, context, decode_tokens, repeats, warmup, seed)
         finally:
             torch.set_num_threads(before)
-    rec: dict[str, Any] = {"device": device_label(device), "memory": memory_bytes(model), "params": count_params(model),
-                           "macs": macs(model, context), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-                           "protocol": {"context": context, "repeats": repeats, "warmup": warmup, "statistic": "median"}}
+    rec: dict[str, Any] = {"device": device_label(device), "memory": memory_bytes(model),
+                           "params": count_params(model),
+                           "macs": macs(model, context), "dtype": str(next(model.parameters()).dtype).replace("torch.",
+                                                                                                              ""),
+                           "protocol": {"context": context, "repeats": repeats, "warmup": warmup,
+                                        "statistic": "median"}}
     load0 = os.getloadavg()[0]  # contention makes CPU timings meaningless; the report flags loaded hosts
     rec["prefill"] = []
     for b in batch_sizes:
@@ -181,7 +187,8 @@ def measure(model: nn.Module, batch_sizes: list[int] = (1, 8), context: int = 12
             rec["prefill"].append({"batch_size": int(b), "context": context, "oom": True})
     if decode_tokens:
         rec["decode"] = decode_speed(model, 1, context, decode_tokens, repeats, warmup, seed)
-    rec["host_load"] = {"loadavg_1min_before": load0, "loadavg_1min_after": os.getloadavg()[0], "cpu_count": os.cpu_count()}
+    rec["host_load"] = {"loadavg_1min_before": load0, "loadavg_1min_after": os.getloadavg()[0],
+                        "cpu_count": os.cpu_count()}
     return rec
 
 
@@ -189,7 +196,8 @@ def format_table(records: dict[str, dict[str, Any]]) -> str:
     """A human table: one row per (model, batch size), with speedup vs the first model."""
     names = list(records)
     base = {p["batch_size"]: p.get("median_s") for p in records[names[0]]["prefill"]} if names else {}
-    lines = [f"{'model':<36} {'params':>12} {'weights MB':>10} {'batch':>5} {'prefill ms':>10} {'speedup':>7} {'decode tok/s':>12}"]
+    lines = [f"{'model':<36} {'params':>12} {'weights MB':>10} {'batch':>5} {'prefill ms':>10} {'speedup':>7} "
+             f"{'decode tok/s':>12}"]
     for n in names:
         r = records[n]
         dec = r.get("decode", {}).get("decode_tokens_per_s")
@@ -200,7 +208,8 @@ def format_table(records: dict[str, dict[str, Any]]) -> str:
             lines.append(f"{n[-36:]:<36} {r['params']:>12,} {r['memory']['weights_bytes'] / 2**20:>10.1f} "
                          f"{p['batch_size']:>5} {ms:>10} {sp:>7} {(f'{dec:.1f}' if dec else '-'):>12}")
     dev = next(iter(records.values()))["device"] if records else {}
-    lines.append(f"device: {dev.get('kind')} {dev.get('name')}" + ("  (CPU figures: not comparable with the paper)" if dev.get("kind") == "cpu" else ""))
+    cpu_note = "  (CPU figures: not comparable with the paper)" if dev.get("kind") == "cpu" else ""
+    lines.append(f"device: {dev.get('kind')} {dev.get('name')}" + cpu_note)
     return "\n".join(lines)
 
 
@@ -220,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     records = {}
     for name in args.model:
         model, _ = load_model(name, dtype=getattr(torch, args.dtype), device=args.device)
-        records[name] = measure(model, bs, args.context, args.decode_tokens, args.repeats, args.warmup, threads=args.threads)
+        records[name] = measure(model, bs, args.context, args.decode_tokens, args.repeats, args.warmup,
+                                threads=args.threads)
         del model
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -107,7 +107,8 @@ def make_optimizer(groups: list[dict], budget: TrainBudget) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=budget.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
-def collect_trainable(model: nn.Module, stages: Sequence[Stage], lr: float) -> tuple[list[dict], list[tuple[str, nn.Parameter]]]:
+def collect_trainable(model: nn.Module, stages: Sequence[Stage],
+                      lr: float) -> tuple[list[dict], list[tuple[str, nn.Parameter]]]:
     """Union of the stages' parameter groups (deduplicated); every other parameter is frozen.
 
     Returns:
@@ -266,7 +267,8 @@ def train(
         lm_sum = torch.zeros((), device=device)
         extra_sum = torch.zeros((), device=device)
         for k in range(accum):
-            batch = {key: v.to(device) for key, v in data.collate(mine[k * budget.micro_batch:(k + 1) * budget.micro_batch]).items()}
+            rows = mine[k * budget.micro_batch:(k + 1) * budget.micro_batch]
+            batch = {key: v.to(device) for key, v in data.collate(rows).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=budget.precision == "bf16"):
                 lm = _lm_loss_sum(model, batch) / max(1, n_resp)
                 extras = [e for e in (st.extra_loss(model) for st in stages) if e is not None]
@@ -311,7 +313,8 @@ def train(
         "accumulation": accum,
         "world_size": world,
         "trainable_params": sum(p.numel() for p in params),
-        "trainable_by_group": {g.get("name", str(i)): sum(p.numel() for p in g["params"]) for i, g in enumerate(groups)},
+        "trainable_by_group": {g.get("name", str(i)): sum(p.numel() for p in g["params"])
+                               for i, g in enumerate(groups)},
         "final_loss": state["losses"][-1] if state["losses"] else None,
         "final_loss_mean_last10": sum(state["losses"][-10:]) / max(1, len(state["losses"][-10:])),
         "losses": state["losses"],
@@ -415,8 +418,10 @@ def run_pipeline(
     trainable = sum(p.numel() for _, p in named)
     model.to(device)
     if trainable:
-        parity = check_parity(trainable, budget.param_parity, budget.parity_tol, base_config) if budget.param_parity else None
-        data = load_instruction_data(train_data, tokenizer, budget.seq_len, budget.subset_size, budget.data_seed, data_dir)
+        parity = (check_parity(trainable, budget.param_parity, budget.parity_tol, base_config)
+                  if budget.param_parity else None)
+        data = load_instruction_data(train_data, tokenizer, budget.seq_len, budget.subset_size, budget.data_seed,
+                                     data_dir)
         torch.manual_seed(budget.seed + 1000 * rank)  # dropout streams differ per rank, reproducibly
         rec = train(model, stages, budget, data, out_dir, checkpoint_every, resume, stop_after, progress, dist_info)
         data_record = data.record
@@ -461,18 +466,21 @@ def run_pipeline(
 def _parse(argv: list[str] | None):
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m bench.harness.train", description="Train a pipeline of stages under a budget.")
+    p = argparse.ArgumentParser(prog="python -m bench.harness.train",
+                                description="Train a pipeline of stages under a budget.")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--pipeline", default="lora", help="comma-separated stage names, e.g. pat | lora | llm_pruner,lora")
     p.add_argument("--stage-args", default="{}", help='JSON {stage: {arg: value}}, e.g. {"lora": {"rank": 64}}')
-    p.add_argument("--parity-solve", default=None, help="solve PAT's hio_rank/lora_rank to match this reference (lora-64)")
+    p.add_argument("--parity-solve", default=None,
+                   help="solve PAT's hio_rank/lora_rank to match this reference (lora-64)")
     p.add_argument("--budget", default="{}", help="JSON of TrainBudget fields (steps, global_batch, micro_batch, ...)")
     p.add_argument("--train-data", default="alpaca")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on an oversubscribed CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest on an oversubscribed CPU)")
     return p.parse_args(argv)
 
 

@@ -3,7 +3,8 @@
 Each ``process_<task>`` maps the raw rows to ``{"prompt", "gold_letter", "letters"}``:
 
 - ``origin`` is the OpenCompass "gen"-style lettered question that PAT's ``dataset_eval/*.json`` files hold
-  (``"Question: ...\\nA. ...\\nB. ...\\nAnswer:"``; BoolQ ``"{passage}\\nQuestion: {question}\\nA. Yes\\nB. No\\nAnswer:"``;
+  (``"Question: ...\\nA. ...\\nB. ...\\nAnswer:"``; BoolQ
+  ``"{passage}\\nQuestion: {question}\\nA. Yes\\nB. No\\nAnswer:"``;
   PIQA ``"{goal}\\nA. {sol1}\\nB. {sol2}\\nAnswer:"``).
 - ``prompt`` wraps it exactly as PAT's ``chat.py --chat debug-all`` does: the instruction
   ``"Answer the question by replying the index of the correct choice, which should be one of 'A', 'B'.\\n" + origin +
@@ -45,7 +46,8 @@ def _lettered(choices: list[str]) -> str:
 
 
 def _doc(origin: str, choices: list[str], gold: int) -> dict:
-    return {"prompt": letter_prompt(origin, len(choices)), "gold_letter": LETTERS[gold], "letters": LETTERS[:len(choices)]}
+    return {"prompt": letter_prompt(origin, len(choices)), "gold_letter": LETTERS[gold],
+            "letters": LETTERS[:len(choices)]}
 
 
 def _hellaswag_clean(text: str) -> str:

@@ -65,8 +65,8 @@ def test_loglik_throughput_vs_bare_forward(benchmark, smollm2):
     ratio = (n_tokens / ours_s) / (n_tokens / bare_s)
     benchmark.extra_info.update(tokens=n_tokens, requests=len(seqs), bare_tok_s=n_tokens / bare_s,
                                 ours_tok_s=n_tokens / ours_s, ratio=ratio, threads=torch.get_num_threads())
-    print(f"\n{TASK} n={LIMIT}: {n_tokens} tokens; bare {n_tokens / bare_s:.0f} tok/s, ours {n_tokens / ours_s:.0f} tok/s, "
-          f"ratio {ratio:.2f}")
+    print(f"\n{TASK} n={LIMIT}: {n_tokens} tokens; bare {n_tokens / bare_s:.0f} tok/s, ours {n_tokens / ours_s:.0f} "
+          f"tok/s, ratio {ratio:.2f}")
     assert result["tasks"][TASK]["n"] == LIMIT
     assert ratio >= 0.8, f"evaluation runs at {ratio:.2f}x of a bare forward (goal >= 0.8x)"
 
@@ -77,6 +77,7 @@ def test_first_capital_protocol_time(benchmark, smollm2):
     result = benchmark.pedantic(ev.evaluate_tasks, args=(model, tok, ["paper_piqa"]),
                                 kwargs=dict(limit=limit, seed=SEED, batch_size=BATCH), rounds=1, iterations=1)
     secs = benchmark.stats.stats.mean
-    benchmark.extra_info.update(docs=limit, s_per_doc=secs / limit, invalid_rate=result["tasks"]["paper_piqa"]["invalid_rate"])
+    benchmark.extra_info.update(docs=limit, s_per_doc=secs / limit,
+                                invalid_rate=result["tasks"]["paper_piqa"]["invalid_rate"])
     print(f"\npaper_piqa n={limit}: {secs:.1f}s, {secs / limit:.2f} s/doc (5 new tokens each)")
     assert result["tasks"]["paper_piqa"]["n"] == limit

@@ -17,8 +17,9 @@ from bench.harness import throughput as T
 from pat.arch import count_params
 from tests.tiny import tiny_model
 
-PAT25_DIR = Path(os.environ.get("PAT_BENCH_PAT25_MODEL",
-                                Path(__file__).resolve().parents[2] / "runs" / "bench" / "ci" / "smollm2-135m--pat--r0.25--s0" / "model"))
+PAT25_DIR = Path(os.environ.get(
+    "PAT_BENCH_PAT25_MODEL",
+    Path(__file__).resolve().parents[2] / "runs" / "bench" / "ci" / "smollm2-135m--pat--r0.25--s0" / "model"))
 
 
 def test_record_structure_and_analytic_macs():
@@ -41,7 +42,8 @@ def test_record_structure_and_analytic_macs():
 
 
 def test_smaller_model_has_fewer_macs_and_weights():
-    big, small = tiny_model("llama-mha"), tiny_model("llama-mha", hidden_size=32, head_dim=12)  # PAT-style: d shrinks, heads keep
+    big, small = tiny_model("llama-mha"), tiny_model("llama-mha", hidden_size=32,
+                                                     head_dim=12)  # PAT-style: d shrinks, heads keep
     rb = T.measure(big, [1], context=8, decode_tokens=0, repeats=1, warmup=0)
     rs = T.measure(small, [1], context=8, decode_tokens=0, repeats=1, warmup=0)
     assert rs["memory"]["weights_bytes"] < rb["memory"]["weights_bytes"]
@@ -87,7 +89,8 @@ def test_bench_prefill_smollm2_dense(benchmark):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (PAT25_DIR / "config.json").exists(),
-                    reason="needs a finalized PAT-25 % SmolLM2 (python -m bench.run --suite ci, or PAT_BENCH_PAT25_MODEL=DIR)")
+                    reason="needs a finalized PAT-25 % SmolLM2 (python -m bench.run --suite ci, or "
+                           "PAT_BENCH_PAT25_MODEL=DIR)")
 def test_bench_prefill_smollm2_pat25(benchmark):
     from pat.models import load
 
@@ -95,4 +98,5 @@ def test_bench_prefill_smollm2_pat25(benchmark):
     T.check_finalized(model)
     with torch.no_grad():
         benchmark.pedantic(_prefill(model), rounds=5, warmup_rounds=1)
-    benchmark.extra_info.update(params=count_params(model), hidden_size=model.config.hidden_size, device="cpu", comparable=False)
+    benchmark.extra_info.update(params=count_params(model), hidden_size=model.config.hidden_size, device="cpu",
+                                comparable=False)

@@ -86,7 +86,8 @@ def _device() -> torch.device:
 def _peak_memory(which: str) -> dict:
     """Peak memory of two training steps, measured in a fresh process (CPU max RSS is per process)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([sys.executable, __file__, which], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    p = subprocess.run([sys.executable, __file__, which], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
 

@@ -113,7 +113,8 @@ def test_schedule_matches_spec_table(s, tau, beta):
     assert schedule.beta(s, 10_000) == pytest.approx(beta)
 
 
-@pytest.mark.parametrize("s, pos, neg", [(0, 1.12, 0.88), (1000, 1.28, 0.52), (2500, 1.22, 0.28), (5000, 0.9987, 0.0013)])
+@pytest.mark.parametrize("s, pos, neg", [(0, 1.12, 0.88), (1000, 1.28, 0.52), (2500, 1.22, 0.28), (5000, 0.9987,
+                                                                                                   0.0013)])
 def test_gate_values_match_spec_table(s, pos, neg):
     m = SharedMask(2, s0=10_000)
     with torch.no_grad():

@@ -67,7 +67,8 @@ def test_solver_reproduces_paper_ratio_on_llama2_7b():
     pytest.importorskip("pat.method")
     from pat.method import pat_param_count
 
-    sol = solve_pat_ranks(LLAMA2_7B, "lora-64", tol=0.05, count_fn=lambda c, h, r: pat_param_count(c, h, r, embed_mode="full"))
+    sol = solve_pat_ranks(LLAMA2_7B, "lora-64", tol=0.05, count_fn=lambda c, h, r: pat_param_count(c, h, r,
+                                                                                                   embed_mode="full"))
     assert sol["lora_rank"] == 20  # the paper's LoRA rank
     assert 190 <= sol["hio_rank"] <= 215 and abs(sol["rel_diff"]) < 0.005
     # the paper's own choice, HIO-200 + LoRA-20, is within 3 % of LoRA-64 (pat-spec §3: 156.7 M vs 159.9 M)
@@ -84,7 +85,8 @@ def test_solver_on_smollm2_and_scaled_lora_rank():
     assert abs(sol["params"] - lora_param_count(SMOLLM2, 64)) <= 0.01 * lora_param_count(SMOLLM2, 64)
     # neighbours are no closer: the solver picks the best HIO rank
     for h in (sol["hio_rank"] - 1, sol["hio_rank"] + 1):
-        assert abs(pat_param_count(SMOLLM2, h, 20) - sol["reference_params"]) >= abs(sol["params"] - sol["reference_params"])
+        assert abs(pat_param_count(SMOLLM2, h,
+                                   20) - sol["reference_params"]) >= abs(sol["params"] - sol["reference_params"])
     assert solve_pat_ranks(SMOLLM2, "lora-32", tol=0.05)["lora_rank"] == 10
 
 

@@ -53,7 +53,8 @@ def test_altered_file_fails_the_sha256_check(tmp_path):
     root = _mini_data_dir(tmp_path, ["openbookqa"])
     f = root / datadir.DATASETS["openbookqa"]
     f.write_bytes(f.read_bytes().replace(b'"answerKey": "B"', b'"answerKey": "A"', 1))
-    with pytest.raises(DataError, match=r"openbookqa/test\.jsonl: sha256 .* does not match manifest\.json.*fix: restore"):
+    with pytest.raises(DataError,
+                       match=r"openbookqa/test\.jsonl: sha256 .* does not match manifest\.json.*fix: restore"):
         ev.evaluate_tasks(ExplodingModel(), None, ["openbookqa"], data_dir=root)
 
 

@@ -1,6 +1,7 @@
 """Two CPU processes (torchrun, gloo) vs one process with the same global batch: same losses, same shared state.
 
-The worker half of this file runs under ``python -m torch.distributed.run --nproc_per_node 2 tests/bench/harness/test_distributed.py
+The worker half of this file runs under ``python -m torch.distributed.run --nproc_per_node 2
+tests/bench/harness/test_distributed.py
 OUT``; every rank snapshots its trainable parameters (LoRA, HSMs, the shared mask proxy) right before finalize.
 """
 

@@ -95,7 +95,8 @@ def test_sample_ids_are_seeded_sorted_and_unique():
 
 
 def test_unknown_task_fails_before_model_work():
-    with pytest.raises(ValueError, match=r"tasks: unknown task\(s\) 'piqaa'; valid names: boolq piqa .* paper_openbookqa"):
+    with pytest.raises(ValueError,
+                       match=r"tasks: unknown task\(s\) 'piqaa'; valid names: boolq piqa .* paper_openbookqa"):
         ev.evaluate_tasks(None, None, ["piqa", "piqaa"])
     with pytest.raises(ValueError, match="tasks: no tasks given"):
         ev.validate_tasks("")
@@ -108,7 +109,8 @@ def test_letter_prompt_matches_pat_files():
     t = ev.load_tasks(["paper_piqa", "paper_winogrande", "paper_arc_challenge"])
     piqa = list(t["paper_piqa"].eval_docs)[0]
     # origin_prompt of item 0 of PAT's dataset_eval/base_piqa/piqa.json, wrapped as in chat.py
-    origin = ("How do I ready a guinea pig cage for it's new occupants?\nA. Provide the guinea pig with a cage full of a "
+    origin = ("How do I ready a guinea pig cage for it's new occupants?\nA. Provide the guinea pig with a cage full "
+              "of a "
               "few inches of bedding made of ripped paper strips, you will also need to supply it with a water bottle "
               "and a food dish.\nB. Provide the guinea pig with a cage full of a few inches of bedding made of ripped "
               "jeans material, you will also need to supply it with a water bottle and a food dish.\nAnswer:")
@@ -118,8 +120,8 @@ def test_letter_prompt_matches_pat_files():
         f"'A', 'B'.\n{origin}\nThe index of the answer is\n\n### Response:\n")
     assert piqa["gold_letter"] == "A"
     wg = list(t["paper_winogrande"].eval_docs)[0]
-    assert "Question: Sarah was a much better surgeon than Maria so _ always got the easier cases.\nA. Sarah\nB. Maria\n" \
-        "Answer:" in wg["prompt"] and wg["gold_letter"] == "B"
+    assert ("Question: Sarah was a much better surgeon than Maria so _ always got the easier cases.\nA. Sarah\nB. "
+            "Maria\nAnswer:") in wg["prompt"] and wg["gold_letter"] == "B"
     cfg = t["paper_arc_challenge"].config
     assert cfg.generation_kwargs["max_gen_toks"] == 5 and cfg.generation_kwargs["do_sample"] is False
     assert cfg.filter_list[0]["filter"][0]["regex_pattern"] == "[ABCDE]"

@@ -1,4 +1,5 @@
-"""The report, built from fixture run records (tests/fixtures/report: real records of the runner, plus a failed one)."""
+"""The report, built from fixture run records (tests/fixtures/report: real records of the runner, plus a failed
+one)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ def _expected_mean(rec, protocol="lm-eval-loglik-0shot") -> float:
 def test_tables_md_has_every_section_and_the_paper_reference(report):
     out, md, recs = report
     for section in ("## Main table (layout of the paper's Table 1)", "## Reference: the paper's Table 1",
-                    "## Delta vs LoRA", "## Per-task accuracy (%): tiny-llama", "## Parameters, perplexity and cost per run",
+                    "## Delta vs LoRA", "## Per-task accuracy (%): tiny-llama",
+                    "## Parameters, perplexity and cost per run",
                     "## Throughput: prefill speedup vs the dense model", "## Failed runs", "## Plots"):
         assert section in md, section
-    assert "arXiv:2408.14721" in md and "| 25 % | PAT | PAT | **52.98** | **66.68** | **60.02** | **66.58** | **78.90** |" in md
+    assert "arXiv:2408.14721" in md
+    assert "| 25 % | PAT | PAT | **52.98** | **66.68** | **60.02** | **66.58** | **78.90** |" in md
     n_ok = sum(r["status"] == "success" for r in recs)
     assert f"from {len(recs)} run records" in md and f"({n_ok} succeeded, {len(recs) - n_ok} failed)" in md
     assert "tiny-llama--flap--r0.25--s0 | optimizer got an empty parameter list" in md  # a real failed record
@@ -79,7 +82,8 @@ def test_main_table_cells_are_the_records_means(report):
         ("Dense", "—"), ("LoRA-2", "FT"), ("LLM-Pruner", "P→FT"), ("LLM-Pruner", "FT→P"), ("SliceGPT", "P→FT"),
         ("SliceGPT", "FT→P"), ("PAT", "PAT")]
     slice_ft = main[(main["Method"] == "SliceGPT") & (main["Mode"] == "P→FT")]
-    assert slice_ft["tiny-llama"].item() == pytest.approx(_expected_mean(by_id["tiny-llama--slicegpt+lora--r0.25--s0"]))
+    expected = _expected_mean(by_id["tiny-llama--slicegpt+lora--r0.25--s0"])
+    assert slice_ft["tiny-llama"].item() == pytest.approx(expected)
 
 
 def test_csvs_reload_and_delta_vs_lora_is_a_difference(report):

@@ -5,10 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +58,8 @@ def test_provenance_records_git_versions_device_and_data_hashes():
     assert re.fullmatch(r"[0-9a-f]{40}", prov["git"]["sha"]) and isinstance(prov["git"]["dirty"], bool)
     import torch
 
-    assert prov["packages"]["torch"] == torch.__version__.split("+")[0] or prov["packages"]["torch"].startswith(torch.__version__[:4])
+    assert (prov["packages"]["torch"] == torch.__version__.split("+")[0]
+            or prov["packages"]["torch"].startswith(torch.__version__[:4]))
     assert prov["device"]["kind"] in ("cpu", "cuda")
     manifest = {f["file"]: f["sha256"] for f in json.loads(Path(data_dir, "manifest.json").read_text())["files"]}
     assert prov["data_sha256"]["piqa"] == manifest["piqa/validation.jsonl"]

@@ -85,15 +85,18 @@ class FakePruner(NormTuneStage):
         return {"ratio": self.ratio, "calls": self.calls}
 
 
-STAGES = {"normtune": "tests.bench.harness.test_runner:NormTuneStage", "boom": "tests.bench.harness.test_runner:BoomStage",
+STAGES = {"normtune": "tests.bench.harness.test_runner:NormTuneStage",
+          "boom": "tests.bench.harness.test_runner:BoomStage",
           "fakeprune": "tests.bench.harness.test_runner:FakePruner"}
 
 
 def suite_dict(pipelines, ratios=(0.0,), reuse=False) -> dict:
     return {
         "suite": {"name": "rt", "seeds": [0], "train_data": "alpaca", "reuse_prefix": reuse},
-        "throughput": {"enabled": True, "batch_sizes": [1], "context": 8, "decode_tokens": 2, "repeats": 1, "warmup": 0},
-        "budget": {"b": {"steps": 2, "global_batch": 2, "micro_batch": 2, "seq_len": 256, "subset_size": 4, "lr": 1e-3}},
+        "throughput": {"enabled": True, "batch_sizes": [1], "context": 8, "decode_tokens": 2, "repeats": 1,
+                       "warmup": 0},
+        "budget": {"b": {"steps": 2, "global_batch": 2, "micro_batch": 2, "seq_len": 256, "subset_size": 4,
+                         "lr": 1e-3}},
         "models": {"tiny": {"random": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
                                        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}}},
         "grid": [{"models": ["tiny"], "ratios": list(ratios), "pipelines": pipelines, "budget": "b"}],
@@ -123,12 +126,14 @@ def test_runs_write_complete_records_and_failures_do_not_stop_the_grid(env):
         R.validate_record(r)
     failed = recs["tiny--boom--r0.00--s0"]
     assert failed["status"] == "failed" and failed["error"]["type"] == "RuntimeError"
-    assert "boom: this stage always fails" in failed["error"]["message"] and "Traceback" in failed["error"]["traceback"]
+    assert "boom: this stage always fails" in failed["error"]["message"]
+    assert "Traceback" in failed["error"]["traceback"]
     tuned = recs["tiny--normtune--r0.00--s0"]
     assert tuned["train"]["steps_done"] == 2 and tuned["params"]["trainable"] == 32
     assert tuned["spec"]["budget"]["seed"] == 0 and tuned["spec"]["budget"]["steps"] == 2
     dense = recs["tiny--dense--r0.00--s0"]
-    assert dense["params"]["total"] == dense["params"]["dense_total"] and dense["params"]["widths"]["hidden_size"] == 32
+    assert dense["params"]["total"] == dense["params"]["dense_total"]
+    assert dense["params"]["widths"]["hidden_size"] == 32
     tp = dense["throughput"]
     assert tp["device"]["kind"] == "cpu" and tp["device"]["comparable"] is False and tp["prefill"][0]["median_s"] > 0
     assert re.fullmatch(r"[0-9a-f]{40}", dense["provenance"]["git"]["sha"])
@@ -169,7 +174,8 @@ def test_retime_replaces_only_the_throughput_of_finished_runs(env):
         expect = old["model_source"] if "dense" in rid else str(env.work_dir / "rt" / rid / "model")
         assert new["throughput"]["retimed"]["model_dir"] == expect
         assert new["throughput"]["params"] == old["throughput"]["params"]
-        assert {k: v for k, v in new.items() if k != "throughput"} == {k: v for k, v in old.items() if k != "throughput"}
+        unchanged = {k: v for k, v in old.items() if k != "throughput"}
+        assert {k: v for k, v in new.items() if k != "throughput"} == unchanged
     assert after["tiny--boom--r0.00--s0"] == before["tiny--boom--r0.00--s0"]
 
     # retiming with other throughput settings records them, so a later run of the suite does not redo the runs
@@ -186,7 +192,8 @@ def test_a_named_variant_runs_its_stage_with_its_own_args(env):
     d = suite_dict([["fakeprune"], ["fp_half"]], ratios=(0.25,))
     d["stages"] = {"fp_half": {"stage": "fakeprune", "display": "Fake (half)"}}
     counts, runs = _run(d, env)
-    assert counts["done"] == 2 and [r.run_id for r in runs] == ["tiny--fakeprune--r0.25--s0", "tiny--fp_half--r0.25--s0"]
+    assert counts["done"] == 2 and [r.run_id for r in runs] == ["tiny--fakeprune--r0.25--s0",
+                                                                "tiny--fp_half--r0.25--s0"]
     rec = R.read_result(R.result_path(env.out_dir, "tiny--fp_half--r0.25--s0"))
     assert rec["train"]["stages"]["0-fakeprune"]["ratio"] == 0.25  # built as FakePruner, with the run's ratio
 
@@ -203,10 +210,12 @@ def test_resume_after_a_killed_suite(env, tmp_path):
         "from bench.harness.suites import parse_suite, validate\n"
         "from bench.harness.runner import RunnerOptions, run_suite\n"
         "s = parse_suite(json.loads(Path(sys.argv[1]).read_text()))\n"
-        "run_suite(s, validate(s), RunnerOptions(out_dir=Path(sys.argv[2]), work_dir=Path(sys.argv[3]), progress=False))\n"
+        "run_suite(s, validate(s), RunnerOptions(out_dir=Path(sys.argv[2]), work_dir=Path(sys.argv[3]), "
+        "progress=False))\n"
     )
     envvars = dict(os.environ, TEST_STAGE_SLEEP="120", PAT_CACHE_DIR=os.environ["PAT_CACHE_DIR"])
-    proc = subprocess.Popen([sys.executable, "-c", code, str(spec), str(env.out_dir), str(env.work_dir)], cwd=REPO, env=envvars,
+    proc = subprocess.Popen([sys.executable, "-c", code, str(spec), str(env.out_dir), str(env.work_dir)], cwd=REPO,
+                            env=envvars,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = env.out_dir / "tiny--dense--r0.00--s0.json"
     try:
@@ -281,7 +290,8 @@ def test_bad_stage_arguments_fail_before_any_work(env):
     d = suite_dict([["normtune"]])
     d["stages"] = {"normtune": {"sleep": 0.0, "bogus_option": 3}}
     suite = parse_suite(d)
-    with pytest.raises(ValueError, match=r"run tiny--normtune--r0.00--s0: stage 'normtune' rejects its arguments .*bogus_option"):
+    with pytest.raises(ValueError,
+                       match=r"run tiny--normtune--r0.00--s0: stage 'normtune' rejects its arguments .*bogus_option"):
         run_suite(suite, validate(suite), env)
     assert not env.out_dir.exists()
 
@@ -304,7 +314,8 @@ def test_smoke_suite_end_to_end_then_report(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PAT_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "smoke"
-    assert run_main(["--suite", "smoke", "--out", str(out), "--work-dir", str(tmp_path / "work"), "--no-progress"]) == 0
+    assert run_main(["--suite", "smoke", "--out", str(out), "--work-dir", str(tmp_path / "work"),
+                     "--no-progress"]) == 0
     recs = {r["run_id"]: r for r in R.load_results(out)}
     assert set(recs) == {r.run_id for r in expand(parse_suite(__import__("tomllib").loads(
         (REPO / "bench" / "suites" / "smoke.toml").read_text())))}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,8 @@ def _suite(**over) -> dict:
         "budget": {"b": {"steps": 2, "global_batch": 2, "micro_batch": 2, "seq_len": 32}},
         "models": {"m1": "smollm2-135m", "m2": {"path": "/nowhere"}},
         "stages": {"lora": {"rank": 4}},
-        "grid": [{"models": ["m1", "m2"], "ratios": [0.2, 0.25], "pipelines": [["pat"], ["llm_pruner", "lora"]], "budget": "b"},
+        "grid": [{"models": ["m1", "m2"], "ratios": [0.2, 0.25], "pipelines": [["pat"], ["llm_pruner", "lora"]],
+                  "budget": "b"},
                  {"models": ["m1"], "ratios": [0.0], "pipelines": [[], ["lora"]], "budget": "b"}],
     }
     for k, v in over.items():
@@ -36,7 +35,8 @@ def test_expand_product_and_stable_ids():
     runs = expand(parse_suite(_suite()))
     assert len(runs) == 2 * 2 * 2 + 2
     ids = [r.run_id for r in runs]
-    assert ids[:4] == ["m1--pat--r0.20--s0", "m1--llm_pruner+lora--r0.20--s0", "m1--pat--r0.25--s0", "m1--llm_pruner+lora--r0.25--s0"]
+    assert ids[:4] == ["m1--pat--r0.20--s0", "m1--llm_pruner+lora--r0.20--s0", "m1--pat--r0.25--s0",
+                       "m1--llm_pruner+lora--r0.25--s0"]
     assert ids[-2:] == ["m1--dense--r0.00--s0", "m1--lora--r0.00--s0"]
     assert [r.run_id for r in expand(parse_suite(_suite()))] == ids  # pure: same input, same output
     lora = runs[-1]

@@ -46,7 +46,8 @@ def write_alpaca(path: Path, n: int = 40) -> Path:
     rows = []
     for i in range(n):
         a, b = i % 7, (3 * i) % 5
-        rows.append({"instruction": f"add {a} and {b}", "input": "" if i % 3 else f"n{i}", "output": f"{a + b} is the sum"})
+        rows.append({"instruction": f"add {a} and {b}", "input": "" if i % 3 else f"n{i}",
+                     "output": f"{a + b} is the sum"})
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -133,7 +134,8 @@ def test_pipeline_trains_records_and_saves(tmp_path):
     assert rec["tokens_seen"] > rec["response_tokens_seen"] > 0 and rec["tokens_per_s"] > 0
     assert rec["peak_memory"]["cpu_max_rss_mib"] > 0
     saved = json.loads((out / "run.json").read_text())
-    assert saved["budget"]["total_steps"] == 8 and saved["stages"]["1-gate"]["active"] == rec["stages"]["1-gate"]["active"]
+    assert saved["budget"]["total_steps"] == 8
+    assert saved["stages"]["1-gate"]["active"] == rec["stages"]["1-gate"]["active"]
     assert saved["data"]["examples"] + saved["data"]["dropped_no_response"] == 40 and saved["data"]["data_seed"] == 3
     assert saved["data"]["examples"] >= 20
     # the finalized model is a plain HF model that reloads and gives the same logits
@@ -177,8 +179,10 @@ def test_parity_is_checked_before_training(tmp_path):
     with pytest.raises(ParityError, match="lora-64"):
         run(tmp_path, b=budget(param_parity="lora-64", parity_tol=0.05), checkpoint_every=0)
     assert not (tmp_path / "run" / "run.json").exists()
-    rec = run(tmp_path, stages=[LoRAStage(rank=4, dropout=0.0)], b=budget(steps=1, warmup_steps=0, param_parity="lora-4",
-                                                                      parity_tol=0.0), checkpoint_every=0, save_finalized=False)
+    rec = run(tmp_path, stages=[LoRAStage(rank=4, dropout=0.0)], b=budget(steps=1, warmup_steps=0,
+                                                                          param_parity="lora-4",
+                                                                      parity_tol=0.0), checkpoint_every=0,
+                                                                      save_finalized=False)
     assert rec["parity"]["rel_diff"] == 0.0
 
 
@@ -218,7 +222,8 @@ def _child(out: str, kill_at: int) -> None:
 def test_resume_after_kill(tmp_path):
     write_alpaca(tmp_path / "alpaca.jsonl")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, __file__, str(tmp_path), "5"], env=env, cwd=ROOT, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, __file__, str(tmp_path), "5"], env=env, cwd=ROOT, capture_output=True,
+                       text=True,
                        timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
@@ -289,7 +294,8 @@ def test_non_uniform_model_is_saved_in_pruned_format(tmp_path):
     x = torch.randint(2, VOCAB, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x).logits, rec["_model"](x).logits, atol=1e-5, rtol=1e-5)
-    assert reloaded.model.layers[0].mlp.down_proj.in_features == 48 and rec["total_params_after"] < rec["total_params_before"]
+    assert reloaded.model.layers[0].mlp.down_proj.in_features == 48
+    assert rec["total_params_after"] < rec["total_params_before"]
 
 
 if __name__ == "__main__":  # the killed child of test_resume_after_kill
