@@ -1,5 +1,5 @@
 """pat-bench harness: evaluation, matched-budget training, suites, results and reports.
 
-Entry points (thin): ``python -m bench.evaluate``, ``python -m bench.run``, ``python -m bench.report``.
-The library code they call lives in ``bench.harness``.
+The library code lives in ``bench.harness``; the entry points in ``bench.cli`` (console scripts ``pat-tune`` and
+``pat-bench run|report|evaluate|measure|train|throughput``; ``python -m bench.run|report|evaluate`` are the same).
 """

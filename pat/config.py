@@ -7,7 +7,7 @@ The official code's bugs are reproducible only through ``official_quirks=True``,
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 IDENTITY_LOSSES = ("official", "paper", "none")
@@ -81,7 +81,6 @@ class PATConfig:
     hsm_lr_scale: float = 1.0
     fold_scale: bool = True
     official_quirks: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         def bad(name, expected):
