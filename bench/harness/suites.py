@@ -114,6 +114,8 @@ class RunSpec:
         return bool(self.pipeline)
 
     def to_dict(self) -> dict[str, Any]:
+        """The run's ``spec`` in its record. The stage arguments keep the record key ``method_args``: finished
+        records (and the CI reference under tests/fixtures) are compared by spec, so the key is part of the format."""
         return {
             "run_id": self.run_id, "suite": self.suite, "model": self.model, "ratio": self.ratio,
             "pipeline": list(self.pipeline), "seed": self.seed, "budget_name": self.budget_name,
