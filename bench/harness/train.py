@@ -93,7 +93,7 @@ def make_accelerator(budget: TrainBudget):
             (on CPU ``accelerate launch`` needs ``ACCELERATE_USE_CPU=1``, else every process trains alone).
         ValueError: ``global_batch`` not a multiple of ``micro_batch * processes``; ``fp16`` without CUDA.
     """
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -101,19 +101,20 @@ def make_accelerator(budget: TrainBudget):
     shared = AcceleratorState._shared_state
     if shared and shared.get("_mixed_precision") not in (None, mp):  # another run of this process chose another
         AcceleratorState._reset_state()
-    world_env, world = int(os.environ.get("WORLD_SIZE", "1")), PartialState().num_processes
-    if world_env > 1 and world == 1:
-        raise RuntimeError(
-            f"WORLD_SIZE={world_env} but accelerate runs a single process (distributed type "
-            f"{PartialState().distributed_type}): every process would train alone. On CPU set ACCELERATE_USE_CPU=1 "
-            "(ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...)")
     if mp == "fp16" and not torch.cuda.is_available():
         raise ValueError("TrainBudget.precision = 'fp16' is invalid on this machine; expected a CUDA device for fp16 "
                          "(use 'fp32' or 'bf16' on CPU)")
     # buffers (PAT's step / importance) are per-process state the stages keep in step themselves
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=budget.accumulation(world),
-                       step_scheduler_with_optimizer=False, kwargs_handlers=[ddp])
+    acc = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, kwargs_handlers=[ddp])
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_env > 1 and acc.num_processes == 1:
+        raise RuntimeError(
+            f"WORLD_SIZE={world_env} but accelerate runs a single process (distributed type {acc.distributed_type}): "
+            "every process would train alone. On CPU set ACCELERATE_USE_CPU=1 "
+            "(ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...)")
+    acc.gradient_accumulation_steps = budget.accumulation(acc.num_processes)
+    return acc
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, budget: TrainBudget):

@@ -1,0 +1,137 @@
+"""Two CPU processes under ``accelerate launch`` (gloo DDP) vs one process with the same global batch.
+
+``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 tests/bench/harness/test_multiprocess.py OUT``
+runs the worker half of this file: a LoRA pipeline and a PAT pipeline on a tiny Llama; every process snapshots
+its trainable tensors (LoRA, HSMs, the shared mask proxy) right before finalize. The test then runs the same two
+pipelines in one process (gradient accumulation 2 instead of 2 processes) and compares.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from bench.harness.method import StageDefaults
+from bench.harness.train import run_pipeline
+from tests.test_train import ROOT, CharTokenizer, budget, write_alpaca
+from tests.tiny import tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LOSS_TOL = 1e-4  # float summation order differs (2 x 2 examples + all-reduce vs 4 examples accumulated)
+PARAM_TOL = dict(atol=1e-4, rtol=1e-3)
+
+
+class Snapshot(StageDefaults):
+    """First stage of the pipeline: its ``finalize`` sees the trained model and saves the trainable tensors."""
+
+    name = "snapshot"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def prepare(self, model, ctx):
+        return model
+
+    def finalize(self, model, ctx):
+        save_file({n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                  self.path)
+        return model
+
+    def report(self):
+        return {}
+
+
+def _second_stage(which: str):
+    if which == "lora":
+        from baselines.lora import LoRAConfig, LoRAStage
+
+        return LoRAStage(LoRAConfig(rank=4, dropout=0.0))
+    from pat.config import PATConfig
+    from pat.method import PATMethod
+
+    return PATMethod(PATConfig(prune_ratio=0.25, hio_rank=4, lora_rank=4, lora_dropout=0.0, milestone_frac=0.5))
+
+
+def _run(root: Path, which: str, name: str, snapshot: Path) -> dict:
+    return run_pipeline(tiny_model("llama-gqa-tied"), [Snapshot(snapshot), _second_stage(which)],
+                        budget(steps=6, micro_batch=2, lr=5e-3), str(root / "alpaca.jsonl"), root / name,
+                        tokenizer=CharTokenizer(), progress=False, checkpoint_every=0, save_finalized=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(root: Path, cpu_env: bool) -> subprocess.CompletedProcess:
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    env.pop("ACCELERATE_USE_CPU", None)
+    if cpu_env:
+        env["ACCELERATE_USE_CPU"] = "1"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port",
+           str(_free_port()), __file__, str(root)]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("which", ["lora", "pat"])
+def test_two_processes_match_one(tmp_path_factory, which):
+    root = _two_process_runs(tmp_path_factory)
+    single = _run(root, which, f"single-{which}", root / f"single-{which}.safetensors")
+    multi = json.loads((root / f"multi-{which}" / "run.json").read_text())
+    assert multi["world_size"] == 2 and multi["accumulation"] == 1 and single["accumulation"] == 2
+    assert multi["distributed_type"] == "DistributedType.MULTI_CPU"
+    assert multi["losses"] == pytest.approx(single["losses"], abs=LOSS_TOL)
+    r0, r1 = (load_file(root / f"multi-{which}-rank{r}.safetensors") for r in (0, 1))
+    ref = load_file(root / f"single-{which}.safetensors")
+    assert set(r0) == set(r1) == set(ref) and any("lora_B" in k for k in r0)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k  # shared state identical on every process, bit for bit
+        torch.testing.assert_close(r0[k], ref[k], **PARAM_TOL)
+    if which == "pat":
+        mask = next(k for k in r0 if "pat_mask" in k)
+        assert torch.equal(r0[mask] > 0, ref[mask] > 0)
+        assert multi["stages"]["1-pat"]["active_at_s0"] == multi["stages"]["1-pat"]["target_keep"]
+
+
+_ROOT: list[Path] = []
+
+
+def _two_process_runs(tmp_path_factory) -> Path:
+    """One ``accelerate launch`` for both parametrizations (its start-up dominates the time)."""
+    if not _ROOT:
+        root = tmp_path_factory.mktemp("multiprocess")
+        write_alpaca(root / "alpaca.jsonl")
+        p = _launch(root, cpu_env=True)
+        assert p.returncode == 0, p.stderr[-3000:]
+        _ROOT.append(root)
+    return _ROOT[0]
+
+
+def test_launch_without_accelerate_use_cpu_fails_naming_the_variable(tmp_path):
+    """Without ACCELERATE_USE_CPU=1 on a CPU machine each process would train alone: the trainer refuses."""
+    write_alpaca(tmp_path / "alpaca.jsonl")
+    p = _launch(tmp_path, cpu_env=False)
+    assert p.returncode != 0
+    assert "WORLD_SIZE=2 but accelerate runs a single process" in p.stderr and "ACCELERATE_USE_CPU=1" in p.stderr
+    assert not list(tmp_path.glob("multi-*/run.json"))
+
+
+if __name__ == "__main__":  # the accelerate-launched worker
+    torch.set_num_threads(1)
+    out = Path(sys.argv[1])
+    rank = os.environ.get("RANK", "0")
+    for which in ("lora", "pat"):
+        _run(out, which, f"multi-{which}", out / f"multi-{which}-rank{rank}.safetensors")
