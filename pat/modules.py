@@ -93,7 +93,7 @@ class SharedMask(nn.Module):
         self._gate = self.compute_gate()
 
     def gate(self) -> torch.Tensor:
-        if self._gate is None:  # called outside a root forward (the root hooks refresh and clear it)
+        if self._gate is None:  # called before any root forward, or after set_step / snap / set_hard dropped it
             self.refresh()
         return self._gate
 
