@@ -155,7 +155,10 @@ def collect_trainable(model: nn.Module, stages: Sequence[Method], lr: float) -> 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Activation checkpointing of the HF model's layers (non-reentrant), under a peft wrapper too."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name warns there
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
 
