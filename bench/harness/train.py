@@ -444,11 +444,13 @@ def _progress(run: TrainRun, enabled: bool):
 
 
 def _show(bar, run: TrainRun, loss: float) -> None:
+    """Every process asks the stages for their values (reading sharded state may be a collective); main shows."""
     shown = {"loss": f"{loss:.4f}", "lr": f"{run.scheduler.get_last_lr()[0]:.2e}"}
     for st in run.stages:
         shown.update({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in st.log_values(run.model).items()})
-    bar.set_postfix(shown, refresh=False)
-    bar.update(1)
+    if bar is not None:
+        bar.set_postfix(shown, refresh=False)
+        bar.update(1)
 
 
 def run_steps(run: TrainRun, data: InstructionData, out_dir: Path, checkpoint_every: int | None,
@@ -461,7 +463,7 @@ def run_steps(run: TrainRun, data: InstructionData, out_dir: Path, checkpoint_ev
     t0 = time.perf_counter()
     for step in range(run.start, end):
         loss, _ = train_step(run, data, step)
-        if bar is not None:
+        if progress:
             _show(bar, run, loss)
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
             run.state["train_seconds"] += time.perf_counter() - t0
