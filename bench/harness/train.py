@@ -201,9 +201,11 @@ def drop_optimizer_state(optimizer: torch.optim.Optimizer, params: Iterable[nn.P
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
-def _checkpoint_files(world: int) -> list[str]:
-    return (["model.safetensors", "optimizer.bin", "scheduler.bin", "stages.safetensors", "loop.json"]
-            + [f"random_states_{r}.pkl" for r in range(world)])
+def _checkpoint_files(world: int, engine_files: bool = False) -> list[str]:
+    """The files a checkpoint directory must hold; under FSDP / DeepSpeed the engine's own model and optimizer
+    files (sharded directories) are its business, and only the rest is listed."""
+    ours = ["stages.safetensors", "loop.json"] + [f"random_states_{r}.pkl" for r in range(world)]
+    return ours if engine_files else ["model.safetensors", "optimizer.bin", "scheduler.bin"] + ours
 
 
 def _read_checked(path: Path) -> Any:
@@ -224,9 +226,12 @@ def _read_checked(path: Path) -> Any:
                                  f"{str(e).splitlines()[0][:300] if str(e) else ''})") from e
 
 
-def verify_checkpoint(root: Path, world: int, trainable: Iterable[str]) -> tuple[Path, dict, dict]:
+def verify_checkpoint(root: Path, world: int, trainable: Iterable[str] | None) -> tuple[Path, dict, dict]:
     """Read and check every file of the latest checkpoint under ``root`` before anything is loaded into the model.
 
+    Args:
+        trainable: the names of the trainable parameters the model file must hold; ``None`` when the engine
+            (FSDP, DeepSpeed) writes the model and optimizer files itself.
     Returns:
         ``(step_dir, loop_state, stage_tensors)``.
     Raises:
@@ -236,8 +241,8 @@ def verify_checkpoint(root: Path, world: int, trainable: Iterable[str]) -> tuple
     if not isinstance(latest, dict) or not isinstance(latest.get("dir"), str) or "/" in latest["dir"]:
         raise BadCheckpointError(f"checkpoint file {root / LATEST} is invalid: expected {{'dir': 'step-N', ...}}")
     d = root / latest["dir"]
-    files = {f: _read_checked(d / f) for f in _checkpoint_files(world)}
-    saved, expected = set(files["model.safetensors"]), set(trainable)
+    files = {f: _read_checked(d / f) for f in _checkpoint_files(world, engine_files=trainable is None)}
+    saved, expected = set(files.get("model.safetensors", ())), set(trainable or ())
     if saved != expected:
         raise BadCheckpointError(f"checkpoint file {d / 'model.safetensors'} holds other parameters than this run "
                                  f"trains: missing {sorted(expected - saved)[:5]}, extra {sorted(saved - expected)[:5]}")
@@ -297,6 +302,13 @@ class TrainRun:
     def accum(self) -> int:
         return self.accelerator.gradient_accumulation_steps
 
+    @property
+    def engine_files(self) -> bool:
+        """FSDP / DeepSpeed: the engine writes and reads the model and optimizer files of a checkpoint itself."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
     def engine_trainable_names(self) -> list[str]:
         return [n for n, p in self.engine_model.named_parameters() if p.requires_grad]
 
@@ -335,7 +347,8 @@ def resume_from_checkpoint(run: TrainRun, out_dir: Path, on_bad_checkpoint: str 
     if not (root / LATEST).exists():
         return False
     try:
-        d, loop, stage_tensors = verify_checkpoint(root, run.world, run.engine_trainable_names())
+        names = None if run.engine_files else run.engine_trainable_names()
+        d, loop, stage_tensors = verify_checkpoint(root, run.world, names)
     except BadCheckpointError as e:
         if on_bad_checkpoint != "restart":
             raise BadCheckpointError(f"{e}; fix: rerun with on_bad_checkpoint='restart' (--on-bad-checkpoint "
@@ -349,7 +362,10 @@ def resume_from_checkpoint(run: TrainRun, out_dir: Path, on_bad_checkpoint: str 
     if saved != run.budget.to_dict() or loop.get("world_size") != run.world:
         raise ValueError(f"{d} was written by a run with another budget or world size; remove it or use another "
                          f"out_dir (saved budget {saved}, world {loop.get('world_size')}; now {run.world})")
-    acc.load_state(str(d), strict=False)  # strict=False: the file holds the trainable tensors only (checked above)
+    if run.engine_files:
+        acc.load_state(str(d))
+    else:  # strict=False: the model file holds the trainable tensors only (checked above)
+        acc.load_state(str(d), strict=False)
     _load_stage_tensors(run.stages, run.model, stage_tensors)
     run.state, run.start = loop["state"], loop["step"]
     after_optimizer_step(run, run.start)  # stages re-derive their schedule position from the step count
@@ -408,8 +424,9 @@ def optimizer_step(run: TrainRun) -> None:
     acc = run.accelerator
     if not acc.sync_gradients:
         raise RuntimeError(f"gradient accumulation out of step: accelerate did not sync after {run.accum} micro-batches")
-    if run.budget.max_grad_norm:
-        acc.clip_grad_norm_(list(run.engine_model.parameters()), run.budget.max_grad_norm)
+    if run.budget.max_grad_norm:  # FSDP1 clips through the wrapper only when handed all of its parameters
+        params = list(run.engine_model.parameters()) if run.engine_files else [p for _, p in run.named]
+        acc.clip_grad_norm_(params, run.budget.max_grad_norm)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
