@@ -330,7 +330,10 @@ def after_optimizer_step(run: TrainRun, step: int) -> None:
     for st in run.stages:
         reset = st.on_optimizer_step(run.model, step)
         if reset:
-            problems = drop_optimizer_state(run.optimizer, reset)
+            if str(run.accelerator.distributed_type).endswith("DEEPSPEED"):  # flat fp32 partitions, not per parameter
+                problems = [f"{len(list(reset))} parameter(s): DeepSpeed keeps the optimizer state in flat partitions"]
+            else:
+                problems = drop_optimizer_state(run.optimizer, reset)
             for msg in problems:
                 log.warning("step %d: optimizer state not reset for %s: %s", step, getattr(st, "name", st), msg)
             run.state["optimizer_state_not_reset"] += [f"step {step}: {m}" for m in problems]
