@@ -32,7 +32,7 @@ from bench.harness.train import run_pipeline
 from tests.test_train import ROOT, CharTokenizer, budget, write_alpaca
 from tests.tiny import tiny_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.multiprocess]
 
 LOSS_TOL = 1e-4  # float summation order differs (2 x 2 examples + all-reduce vs 4 examples accumulated)
 PARAM_TOL = {"atol": 1e-4, "rtol": 1e-3}
