@@ -236,19 +236,23 @@ def verify_checkpoint(root: Path, world: int, trainable: Iterable[str] | None) -
         ``(step_dir, loop_state, stage_tensors)``.
     Raises:
         BadCheckpointError: a file missing, truncated, tampered or inconsistent (the message names it).
+        ValueError: the checkpoint was written by another number of processes.
     """
     latest = _read_checked(root / LATEST)
     if not isinstance(latest, dict) or not isinstance(latest.get("dir"), str) or "/" in latest["dir"]:
         raise BadCheckpointError(f"checkpoint file {root / LATEST} is invalid: expected {{'dir': 'step-N', ...}}")
     d = root / latest["dir"]
+    loop = _read_checked(d / "loop.json")
+    if not isinstance(loop, dict) or not isinstance(loop.get("step"), int) or not isinstance(loop.get("state"), dict):
+        raise BadCheckpointError(f"checkpoint file {d / 'loop.json'} is invalid: expected step and state")
+    if loop.get("world_size") != world:
+        raise ValueError(f"{d} was written by a run with another world size ({loop.get('world_size')} processes, now "
+                         f"{world}); remove it or use another out_dir")
     files = {f: _read_checked(d / f) for f in _checkpoint_files(world, engine_files=trainable is None)}
     saved, expected = set(files.get("model.safetensors", ())), set(trainable or ())
     if saved != expected:
         raise BadCheckpointError(f"checkpoint file {d / 'model.safetensors'} holds other parameters than this run "
                                  f"trains: missing {sorted(expected - saved)[:5]}, extra {sorted(saved - expected)[:5]}")
-    loop = files["loop.json"]
-    if not isinstance(loop, dict) or not isinstance(loop.get("step"), int) or not isinstance(loop.get("state"), dict):
-        raise BadCheckpointError(f"checkpoint file {d / 'loop.json'} is invalid: expected step and state")
     return d, loop, files["stages.safetensors"]
 
 

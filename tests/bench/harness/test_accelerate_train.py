@@ -256,3 +256,7 @@ def test_resume_rejects_other_world_or_budget_before_loading(tmp_path):
     _cut(tmp_path)
     with pytest.raises(ValueError, match="another budget or world size"):
         _resume(tmp_path, b=budget(lr=5e-3))
+    f = _latest_dir(tmp_path) / "loop.json"
+    f.write_text(json.dumps(dict(json.loads(f.read_text()), world_size=2)))  # as if written by 2 processes
+    with pytest.raises(ValueError, match=r"another world size \(2 processes, now 1\)"):
+        _resume(tmp_path)
