@@ -2,7 +2,9 @@
 
 Each residual writer (embedding, every ``o_proj``, every ``down_proj``) is replaced by a ``HybridSparsifier`` that
 wraps it (``setattr`` on the parent, as peft does). One ``SharedMask`` is registered on the model root as
-``pat_mask``; a forward pre-hook on the root computes its gate once per forward and a forward hook clears it.
+``pat_mask``; a forward pre-hook on the root computes its gate once per forward. The gate stays cached after the
+forward (``set_step``, ``snap`` and ``set_hard`` drop it), so activation checkpointing recomputes the layers with the
+very gate of the original forward.
 Apply peft LoRA first, then attach: the HSM then sees ``W x + dW x``.
 """
 
@@ -61,10 +63,7 @@ def attach(model: nn.Module, cfg: PATConfig, total_steps: int) -> SharedMask:
         hsm.to(device=ref.device)
         set_module(base, path, hsm)
 
-    mask.hook_handles = (
-        base.register_forward_pre_hook(lambda m, a: mask.refresh()),
-        base.register_forward_hook(lambda m, a, o: mask.clear()),
-    )
+    mask.hook_handles = (base.register_forward_pre_hook(lambda m, a: mask.refresh()),)
     log.info("PAT attached: d=%d -> keep %d (%.4f pruned), hio_rank=%d, s0=%d, %d HSMs, embedding %s",
              d, keep, 1 - keep / d, rank, s0, len(list(hsms(base))), mask.embed_mode)
     return mask

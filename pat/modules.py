@@ -65,9 +65,14 @@ class SharedMask(nn.Module):
     def beta(self) -> float:
         return schedule.beta(int(self.step), self.s0)
 
+    def full_proxy(self) -> torch.Tensor:
+        """The whole proxy (d,), detached; gathered when a sharding engine (FSDP2) holds it as a sharded DTensor."""
+        w = self.proxy.detach()
+        return w.full_tensor() if hasattr(w, "full_tensor") else w
+
     def active(self) -> torch.Tensor:
         """Boolean (d,) of active channels under the training/merge threshold."""
-        w = self.proxy.detach()
+        w = self.full_proxy()
         return w >= 0 if self.inclusive else w > 0
 
     def compute_gate(self) -> torch.Tensor:
@@ -93,7 +98,7 @@ class SharedMask(nn.Module):
         self._gate = self.compute_gate()
 
     def gate(self) -> torch.Tensor:
-        if self._gate is None:  # called outside a root forward (the root hooks refresh and clear it)
+        if self._gate is None:  # called before any root forward, or after set_step / snap / set_hard dropped it
             self.refresh()
         return self._gate
 
@@ -108,11 +113,18 @@ class SharedMask(nn.Module):
         Returns the number of channels whose active state changed.
         """
         before = self.active().clone()
-        order = torch.argsort(self.importance if by == "taylor" else self.proxy, descending=True, stable=True)
+        w = self.full_proxy().clone()
+        order = torch.argsort(self.importance if by == "taylor" else w, descending=True, stable=True)
         on = torch.zeros_like(before)
         on[order[:keep]] = True
-        self.proxy[on] = torch.clamp(self.proxy[on], min=margin)
-        self.proxy[~on] = torch.clamp(self.proxy[~on], max=-margin)
+        w[on] = torch.clamp(w[on], min=margin)
+        w[~on] = torch.clamp(w[~on], max=-margin)
+        if hasattr(self.proxy, "device_mesh"):  # sharded: every process writes its own shard of the snapped proxy
+            from torch.distributed.tensor import distribute_tensor
+
+            self.proxy.copy_(distribute_tensor(w, self.proxy.device_mesh, self.proxy.placements))
+        else:
+            self.proxy.copy_(w)
         self.snapped.fill_(True)
         self._gate = None
         return int((before != self.active()).sum())

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "sgd")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 PAPER_LORA_FRACTION = 20 / 64  # PAT's LoRA rank relative to the LoRA baseline it matches (HIO-200 + LoRA-20 ~ LoRA-64)
 
 
@@ -52,7 +53,9 @@ class TrainBudget:
     ``global_batch`` is the number of examples per optimizer step over all processes; it must be a multiple
     of ``micro_batch * world_size`` (checked by the trainer, which derives gradient accumulation from it).
     ``warmup_steps`` counts optimizer steps. ``subset_size`` (``None`` = all) and ``data_seed`` fix which
-    examples are used and in which order.
+    examples are used and in which order. ``precision`` is accelerate's mixed precision (``fp32`` = none;
+    ``fp16`` needs a CUDA device). ``gradient_checkpointing`` recomputes activations in the backward pass
+    (less memory, about a third more compute, same gradients).
     """
 
     steps: int | None = None
@@ -70,6 +73,7 @@ class TrainBudget:
     subset_size: int | None = None
     data_seed: int = 42
     precision: str = "fp32"
+    gradient_checkpointing: bool = False
     param_parity: str | None = None
     parity_tol: float = 0.05
 
@@ -90,6 +94,8 @@ class TrainBudget:
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {SCHEDULES}")
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
+        _check(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing", self.gradient_checkpointing,
+               "true or false")
         _check(_is_int(self.warmup_steps) and 0 <= self.warmup_steps, "warmup_steps", self.warmup_steps,
                "a non-negative integer")
         if self.steps is not None:
@@ -132,7 +138,7 @@ class TrainBudget:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainBudget":
+    def from_dict(cls, d: dict[str, Any]) -> TrainBudget:
         """Build from a mapping (e.g. a suite's TOML table); unknown keys are errors naming the key."""
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known - {"total_steps"})

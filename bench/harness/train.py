@@ -1,28 +1,36 @@
-"""The one training loop of the harness: every method, same budget, resumable, single- or multi-process.
+"""The one training loop of the harness, on ``accelerate``: every stage, same budget, resumable, any engine.
 
-``run_pipeline(model, stages, budget, train_data, out_dir)`` trains a pipeline of ``pat.stage.Stage`` objects and never
-branches on a stage's type:
+``run_pipeline(model, stages, budget, train_data, out_dir)`` trains a pipeline of ``pat.stage.Stage`` objects and
+never branches on a stage's type:
 
 1. ``prepare`` of each stage, in pipeline order (a pruner first = prune-then-tune; LoRA first = tune-then-prune);
 2. trainable parameters = the union of every stage's ``param_groups`` (everything else frozen); an optional
    parameter-parity check (``TrainBudget.param_parity``) fails here, before any training;
 3. each optimizer step: for every micro-batch, loss = LM loss on response tokens (normalised by the response
    tokens of the whole global batch) + the sum of the stages' ``extra_loss``; after the step,
-   ``on_optimizer_step(model, steps_done)`` of every stage;
+   ``on_optimizer_step(model, steps_done)`` of every stage (parameters it returns lose their optimizer state);
 4. ``finalize`` of each stage, again in pipeline order: the model flows through the stages exactly as in
    ``prepare``. For ``["lora", "llm_pruner"]`` LoRA merges first and the pruner then prunes the tuned model;
    for ``["llm_pruner", "lora"]`` the pruner (which pruned in ``prepare``) passes the model through and LoRA
    merges into the pruned model; PAT (LoRA inside) finalizes once. Each stage sees ``ctx.extra["pipeline"]`` and
    ``ctx.extra["stage_index"]`` to know its place.
 
-Distributed: run the same command under ``torchrun --nproc_per_node N`` or ``accelerate launch``. Each process
-holds the whole model; only the trainable parameters' gradients are all-reduced (one flat buffer per step), so the
-shared state (LoRA, PAT's mask) stays identical on every rank, and the result equals a single-process run with the
-same global batch up to float summation order. Backend: NCCL on CUDA, gloo on CPU.
+Engine: ``accelerate.Accelerator`` owns the processes, the devices, the gradient synchronisation (``prepare``,
+``accumulate``, ``backward``, ``clip_grad_norm_``), mixed precision (``TrainBudget.precision``) and the checkpoint
+files (``save_state`` / ``load_state``). Launch the same command with ``python`` (one process) or ``accelerate
+launch`` (DDP, FSDP or DeepSpeed from accelerate's own config); stages get the unwrapped model and never learn
+which engine runs them. With ``global_batch`` fixed, N processes give the same result as one, up to float
+summation order. The LR schedule is ``transformers.get_scheduler`` (``linear`` / ``cosine`` /
+``constant_with_warmup``) over ``total_steps`` optimizer steps with ``warmup_steps`` of linear warmup.
 
-Resume: every ``checkpoint_every`` steps, ``out_dir/checkpoint.pt`` is written atomically with the trainable
-parameters, optimizer and scheduler state, step, per-rank RNG states and each stage's ``state_dict``. The data
-order is a pure function of (step, data_seed), so a resumed run continues the schedule, data order and RNG.
+Resume: every ``checkpoint_every`` steps, ``out_dir/checkpoint/step-<N>/`` is written (accelerate's files: the
+trainable parameters as ``model.safetensors``, ``optimizer.bin``, ``scheduler.bin``, ``random_states_<rank>.pkl``;
+ours: ``stages.safetensors`` with each stage's ``state_dict``, ``loop.json`` with losses and counters), then
+``checkpoint/latest.json`` is replaced atomically to point at it. Nothing is unpickled on load beyond tensors and
+plain containers (``torch.load(weights_only=True)``); every file is read and checked before the model is touched,
+and a truncated or tampered file raises ``BadCheckpointError`` naming it; ``on_bad_checkpoint="restart"`` moves the
+bad checkpoint aside and starts over instead. The data order is a pure function of (step, data_seed), so a resumed
+run continues the schedule, data order and RNG.
 
 Outputs in ``out_dir``: ``model/`` (finalized: ``save_pretrained`` + tokenizer, or ``baselines.pruned_io`` format
 for non-uniform widths), ``method_state/<i>-<name>.safetensors`` (each stage's state before finalize) and
@@ -33,20 +41,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch import nn
 
 from baselines import pruned_io
 from baselines.pruned_io import load_model
@@ -62,42 +71,57 @@ from pat.stage import RunContext, Stage
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_DIR = "checkpoint"
+LATEST = "latest.json"
+ON_BAD_CHECKPOINT = ("stop", "restart")
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+class BadCheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read safely (truncated, tampered, inconsistent); the message names it."""
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _save_torch_atomic(obj: Any, path: Path) -> None:
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+def make_accelerator(budget: TrainBudget):
+    """The ``Accelerator`` of a run: mixed precision and gradient accumulation from ``budget``.
+
+    Raises:
+        RuntimeError: when the environment says several processes (``WORLD_SIZE`` > 1) but accelerate runs one
+            (on CPU ``accelerate launch`` needs ``ACCELERATE_USE_CPU=1``, else every process trains alone).
+        ValueError: ``global_batch`` not a multiple of ``micro_batch * processes``; ``fp16`` without CUDA.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    mp = MIXED_PRECISION[budget.precision]
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") not in (None, mp):  # another run of this process chose another
+        AcceleratorState._reset_state()
+    if mp == "fp16" and not torch.cuda.is_available():
+        raise ValueError("TrainBudget.precision = 'fp16' is invalid on this machine; expected a CUDA device for fp16 "
+                         "(use 'fp32' or 'bf16' on CPU)")
+    # buffers (PAT's step / importance) are per-process state the stages keep in step themselves
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    acc = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, kwargs_handlers=[ddp])
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_env > 1 and acc.num_processes == 1:
+        raise RuntimeError(
+            f"WORLD_SIZE={world_env} but accelerate runs a single process (distributed type {acc.distributed_type}): "
+            "every process would train alone. On CPU set ACCELERATE_USE_CPU=1 "
+            "(ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...)")
+    acc.gradient_accumulation_steps = budget.accumulation(acc.num_processes)
+    return acc
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """``(rank, world_size, device)``; joins the process group when launched by torchrun / accelerate."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+def make_scheduler(optimizer: torch.optim.Optimizer, budget: TrainBudget):
+    """``transformers.get_scheduler``: ``warmup_steps`` of linear warmup from 0, then cosine / linear decay to 0
+    (or constant) at ``total_steps``; the multiplier of optimizer step ``s`` (0-based) in warmup is ``s / warmup``."""
+    from transformers import get_scheduler
 
-
-def lr_lambda(budget: TrainBudget) -> Callable[[int], float]:
-    """Multiplier of the base LR after ``s`` optimizer steps: linear warmup, then cosine / linear decay to 0."""
-    total, warm = budget.total_steps, budget.warmup_steps
-
-    def f(s: int) -> float:
-        if s < warm:
-            return (s + 1) / warm
-        if budget.schedule == "constant":
-            return 1.0
-        frac = (s - warm) / max(1, total - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))) if budget.schedule == "cosine" else max(0.0, 1 - frac)
-
-    return f
+    return get_scheduler(SCHEDULERS[budget.schedule], optimizer, num_warmup_steps=budget.warmup_steps,
+                         num_training_steps=budget.total_steps)
 
 
 def make_optimizer(groups: list[dict], budget: TrainBudget) -> torch.optim.Optimizer:
@@ -127,6 +151,17 @@ def collect_trainable(model: nn.Module, stages: Sequence[Stage],
     return groups, named
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing of the HF model's layers (non-reentrant), under a peft wrapper too."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name warns there
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+
+
 def peak_memory(device: torch.device) -> dict[str, float]:
     """Peak memory so far: CPU max RSS (MiB, process lifetime) and, on CUDA, max allocated (MiB)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if platform.system() == "Linux" else 1024 ** 2)
@@ -136,31 +171,6 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return out
 
 
-def _rng_state() -> dict[str, Any]:
-    st = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state()
-    return st
-
-
-def _set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state(st["cuda"])
-
-
-def _allreduce_(tensors: list[torch.Tensor]) -> None:
-    """Sum ``tensors`` over all ranks in place, through one flat buffer."""
-    if not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    off = 0
-    for t in tensors:
-        t.copy_(flat[off: off + t.numel()].view_as(t))
-        off += t.numel()
-
-
 def _lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over response tokens. Shapes: input_ids/labels (b, t) -> scalar."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -168,28 +178,350 @@ def _lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
                            ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def _save_checkpoint(path: Path, step: int, named, opt, sched, stages, model, rng_all, state: dict) -> None:
-    _save_torch_atomic({
-        "step": step,
-        "trainable": {n: p.detach().cpu() for n, p in named},
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "rng": rng_all,
-        "stages": [st.state_dict(model) for st in stages],
-        "state": state,
-    }, path)
+def drop_optimizer_state(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> list[str]:
+    """Forget the optimizer state (e.g. Adam moments) of ``params``; returns why any could not be dropped.
+
+    Under engines that keep their own flat or partitioned optimizer state (DeepSpeed, FSDP1 flat parameters) the
+    parameter is not a key of ``optimizer.state``; that is reported, not ignored silently.
+    """
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    inner = optimizer
+    while isinstance(inner, AcceleratedOptimizer):
+        inner = inner.optimizer
+    held = {id(q) for g in getattr(inner, "param_groups", []) for q in g["params"]}
+    problems = []
+    for p in params:
+        if id(p) not in held or not isinstance(getattr(inner, "state", None), dict):
+            problems.append(f"parameter of shape {tuple(p.shape)} is not held by {type(inner).__name__}")
+            continue
+        inner.state.pop(p, None)
+    return problems
 
 
-def _gather_rng(world: int) -> list[dict]:
-    st = _rng_state()
-    if world == 1:
-        return [st]
-    out: list = [None] * world
-    dist.all_gather_object(out, st)
-    return out
+# ------------------------------------------------------------------------------------------- checkpoints
+def _checkpoint_files(world: int, engine_files: bool = False) -> list[str]:
+    """The files a checkpoint directory must hold; under FSDP / DeepSpeed the engine's own model and optimizer
+    files (sharded directories) are its business, and only the rest is listed."""
+    ours = ["stages.safetensors", "loop.json"] + [f"random_states_{r}.pkl" for r in range(world)]
+    return ours if engine_files else ["model.safetensors", "optimizer.bin", "scheduler.bin"] + ours
 
 
-# ------------------------------------------------------------------------------------------- the loop
+def _read_checked(path: Path) -> Any:
+    """Read one checkpoint file without executing anything in it; ``BadCheckpointError`` naming it otherwise."""
+    from accelerate.utils import load as safe_torch_load  # torch.load(weights_only=True) + numpy arrays
+    from safetensors.torch import load_file
+
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        return safe_torch_load(path, map_location="cpu")
+    except FileNotFoundError:
+        raise BadCheckpointError(f"checkpoint file {path} is missing") from None
+    except Exception as e:  # truncated, corrupted, or a pickle asking for anything beyond tensors and containers
+        raise BadCheckpointError(f"checkpoint file {path} cannot be read safely ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:300] if str(e) else ''})") from e
+
+
+def verify_checkpoint(root: Path, world: int, trainable: Iterable[str] | None) -> tuple[Path, dict, dict]:
+    """Read and check every file of the latest checkpoint under ``root`` before anything is loaded into the model.
+
+    Args:
+        trainable: the names of the trainable parameters the model file must hold; ``None`` when the engine
+            (FSDP, DeepSpeed) writes the model and optimizer files itself.
+    Returns:
+        ``(step_dir, loop_state, stage_tensors)``.
+    Raises:
+        BadCheckpointError: a file missing, truncated, tampered or inconsistent (the message names it).
+        ValueError: the checkpoint was written by another number of processes.
+    """
+    latest = _read_checked(root / LATEST)
+    if not isinstance(latest, dict) or not isinstance(latest.get("dir"), str) or "/" in latest["dir"]:
+        raise BadCheckpointError(f"checkpoint file {root / LATEST} is invalid: expected {{'dir': 'step-N', ...}}")
+    d = root / latest["dir"]
+    loop = _read_checked(d / "loop.json")
+    if not isinstance(loop, dict) or not isinstance(loop.get("step"), int) or not isinstance(loop.get("state"), dict):
+        raise BadCheckpointError(f"checkpoint file {d / 'loop.json'} is invalid: expected step and state")
+    if loop.get("world_size") != world:
+        raise ValueError(f"{d} was written by a run with another world size ({loop.get('world_size')} processes, now "
+                         f"{world}); remove it or use another out_dir")
+    files = {f: _read_checked(d / f) for f in _checkpoint_files(world, engine_files=trainable is None)}
+    saved, expected = set(files.get("model.safetensors", ())), set(trainable or ())
+    if saved != expected:
+        raise BadCheckpointError(f"checkpoint file {d / 'model.safetensors'} holds other parameters than this run "
+                                 f"trains: missing {sorted(expected - saved)[:5]}, "
+                                 f"extra {sorted(saved - expected)[:5]}")
+    return d, loop, files["stages.safetensors"]
+
+
+def _move_aside(root: Path) -> Path:
+    bad = root.with_name(f"{root.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(root, bad)
+    return bad
+
+
+def _stage_tensors(stages: Sequence[Stage], model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{i}/{k}": v.detach().cpu().contiguous() for i, st in enumerate(stages)
+            for k, v in st.state_dict(model).items()}
+
+
+def _load_stage_tensors(stages: Sequence[Stage], model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    for i, st in enumerate(stages):
+        st.load_state_dict(model, {k.split("/", 1)[1]: v for k, v in tensors.items() if k.split("/", 1)[0] == str(i)})
+
+
+def _keep_trainable(models: list, weights: list, output_dir) -> None:
+    """``save_state`` pre-hook: write only the trainable tensors (the frozen base is rebuilt by ``prepare``)."""
+    for i, (m, w) in enumerate(zip(models, weights)):
+        names = {n for n, p in m.named_parameters() if p.requires_grad}
+        weights[i] = {k: v for k, v in w.items() if k in names}
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+@dataclass
+class TrainRun:
+    """Everything one training run holds: the engine, the prepared model/optimizer/scheduler and the record."""
+
+    accelerator: Any
+    model: nn.Module  # the stages' (unwrapped) model: hooks and finalize see this one
+    engine_model: nn.Module  # what accelerate.prepare returned: the forward goes through it
+    stages: Sequence[Stage]
+    budget: TrainBudget
+    groups: list[dict]
+    named: list[tuple[str, nn.Parameter]]
+    optimizer: Any
+    scheduler: Any
+    start: int = 0
+    state: dict[str, Any] = field(default_factory=lambda: {
+        "losses": [], "extra_losses": [], "tokens_seen": 0, "response_tokens_seen": 0, "train_seconds": 0.0,
+        "optimizer_state_not_reset": []})
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def accum(self) -> int:
+        return self.accelerator.gradient_accumulation_steps
+
+    @property
+    def engine_files(self) -> bool:
+        """FSDP / DeepSpeed: the engine writes and reads the model and optimizer files of a checkpoint itself."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+    def engine_trainable_names(self) -> list[str]:
+        return [n for n, p in self.engine_model.named_parameters() if p.requires_grad]
+
+
+def setup_run(model: nn.Module, stages: Sequence[Stage], budget: TrainBudget, accelerator=None,
+              trainable: tuple[list[dict], list] | None = None) -> TrainRun:
+    """Collect the trainable parameters (unless given), build optimizer and scheduler, ``accelerator.prepare``."""
+    acc = accelerator or make_accelerator(budget)
+    groups, named = trainable or collect_trainable(model, stages, budget.lr)
+    opt = make_optimizer(groups, budget)
+    sched = make_scheduler(opt, budget)
+    engine_model, opt, sched = acc.prepare(model, opt, sched)
+    acc.register_save_state_pre_hook(_keep_trainable)
+    return TrainRun(acc, model, engine_model, stages, budget, groups, named, opt, sched)
+
+
+def after_optimizer_step(run: TrainRun, step: int) -> None:
+    """Every stage's ``on_optimizer_step``; parameters a stage returns lose their optimizer state."""
+    for st in run.stages:
+        reset = st.on_optimizer_step(run.model, step)
+        if reset:
+            if str(run.accelerator.distributed_type).endswith("DEEPSPEED"):  # flat fp32 partitions, not per parameter
+                problems = [f"{len(list(reset))} parameter(s): DeepSpeed keeps the optimizer state in flat partitions"]
+            else:
+                problems = drop_optimizer_state(run.optimizer, reset)
+            for msg in problems:
+                log.warning("step %d: optimizer state not reset for %s: %s", step, getattr(st, "name", st), msg)
+            run.state["optimizer_state_not_reset"] += [f"step {step}: {m}" for m in problems]
+
+
+def resume_from_checkpoint(run: TrainRun, out_dir: Path, on_bad_checkpoint: str = "stop") -> bool:
+    """Continue from ``out_dir/checkpoint`` when present; returns whether it did.
+
+    Raises:
+        BadCheckpointError: a bad file and ``on_bad_checkpoint == "stop"``.
+        ValueError: the checkpoint belongs to another budget or number of processes.
+    """
+    root, acc = Path(out_dir) / CHECKPOINT_DIR, run.accelerator
+    if not (root / LATEST).exists():
+        return False
+    try:
+        names = None if run.engine_files else run.engine_trainable_names()
+        d, loop, stage_tensors = verify_checkpoint(root, run.world, names)
+    except BadCheckpointError as e:
+        if on_bad_checkpoint != "restart":
+            raise BadCheckpointError(f"{e}; fix: rerun with on_bad_checkpoint='restart' (--on-bad-checkpoint "
+                                     f"restart) to start over, or remove {root}") from e
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            log.warning("%s; starting over (bad checkpoint moved to %s)", e, _move_aside(root))
+        acc.wait_for_everyone()
+        return False
+    saved = loop["state"].get("budget")
+    if saved != run.budget.to_dict() or loop.get("world_size") != run.world:
+        raise ValueError(f"{d} was written by a run with another budget or world size; remove it or use another "
+                         f"out_dir (saved budget {saved}, world {loop.get('world_size')}; now {run.world})")
+    if run.engine_files:
+        acc.load_state(str(d))
+    else:  # strict=False: the model file holds the trainable tensors only (checked above)
+        acc.load_state(str(d), strict=False)
+    _load_stage_tensors(run.stages, run.model, stage_tensors)
+    run.state, run.start = loop["state"], loop["step"]
+    after_optimizer_step(run, run.start)  # stages re-derive their schedule position from the step count
+    log.info("resumed from %s at step %d/%d", d, run.start, run.budget.total_steps)
+    return True
+
+
+def save_checkpoint(run: TrainRun, out_dir: Path, step: int) -> Path:
+    """Write ``checkpoint/step-<step>/`` on all processes, then point ``checkpoint/latest.json`` at it."""
+    acc, root = run.accelerator, Path(out_dir) / CHECKPOINT_DIR
+    d = root / f"step-{step:08d}"
+    if acc.is_main_process and d.exists():  # left over by a run killed while writing it
+        shutil.rmtree(d)
+    acc.wait_for_everyone()
+    acc.save_state(str(d), safe_serialization=True)
+    if acc.is_main_process:
+        _save_state(_stage_tensors(run.stages, run.model), d / "stages.safetensors")
+        write_json_atomic(d / "loop.json", {"step": step, "world_size": run.world, "state": run.state})
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        write_json_atomic(root / LATEST, {"dir": d.name, "step": step})
+        for old in root.glob("step-*"):
+            if old != d:
+                shutil.rmtree(old, ignore_errors=True)
+    return d
+
+
+def _micro_batches(run: TrainRun, data: InstructionData, step: int) -> tuple[list[list[int]], list[int], int]:
+    """``(this process's micro-batches of example indices, the global batch, its response tokens)``."""
+    b = run.budget
+    idx = global_batch_indices(len(data), step, b.global_batch, b.data_seed)
+    n_resp = sum(sum(v != IGNORE_INDEX for v in data.labels[i][1:]) for i in idx)
+    per = b.global_batch // run.world
+    mine = idx[run.accelerator.process_index * per:(run.accelerator.process_index + 1) * per]
+    return [mine[k * b.micro_batch:(k + 1) * b.micro_batch] for k in range(run.accum)], idx, n_resp
+
+
+def micro_step(run: TrainRun, batch: dict[str, torch.Tensor], n_resp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, ``accelerator.backward`` of one micro-batch; returns its (LM, extra) loss shares.
+
+    The objective of a step is sum over micro-batches of LM-sum / response tokens of the global batch, plus the
+    stages' extra losses once. accelerate divides by the accumulation steps and DDP/FSDP average over processes,
+    so the loss handed to ``backward`` is scaled by ``accum * world``.
+    """
+    acc, share = run.accelerator, run.accum * run.world
+    with acc.accumulate(run.engine_model), acc.autocast():
+        lm = _lm_loss_sum(run.engine_model, batch) / max(1, n_resp)
+        extras = [e for e in (st.extra_loss(run.model) for st in run.stages) if e is not None]
+        extra = torch.stack([e.float() for e in extras]).sum() if extras else torch.zeros((), device=acc.device)
+        acc.backward(lm * share + extra)
+    return lm.detach(), extra.detach() / share
+
+
+def optimizer_step(run: TrainRun) -> None:
+    """Clip (accelerate's, engine-aware), step optimizer and scheduler, zero the gradients."""
+    acc = run.accelerator
+    if not acc.sync_gradients:
+        raise RuntimeError("gradient accumulation out of step: accelerate did not sync after "
+                           f"{run.accum} micro-batches")
+    if run.budget.max_grad_norm:  # FSDP1 clips through the wrapper only when handed all of its parameters
+        params = list(run.engine_model.parameters()) if run.engine_files else [p for _, p in run.named]
+        acc.clip_grad_norm_(params, run.budget.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(run: TrainRun, data: InstructionData, step: int) -> tuple[float, float]:
+    """One optimizer step ``step`` (0-based) of the budget; returns the global (LM, extra) losses."""
+    micro, idx, n_resp = _micro_batches(run, data, step)
+    dev = run.accelerator.device
+    lm_sum, extra_sum = torch.zeros((), device=dev), torch.zeros((), device=dev)
+    for ids in micro:
+        batch = {k: v.to(dev) for k, v in data.collate(ids).items()}
+        lm, extra = micro_step(run, batch, n_resp)
+        lm_sum, extra_sum = lm_sum + lm, extra_sum + extra
+    optimizer_step(run)
+    after_optimizer_step(run, step + 1)
+    lm_all, extra_all = run.accelerator.reduce(torch.stack([lm_sum, extra_sum]), "sum").tolist()
+    st = run.state
+    st["losses"].append(lm_all)
+    st["extra_losses"].append(extra_all)
+    st["tokens_seen"] += sum(len(data.input_ids[i]) for i in idx)
+    st["response_tokens_seen"] += n_resp
+    return lm_all, extra_all
+
+
+def _progress(run: TrainRun, enabled: bool):
+    if not (enabled and run.accelerator.is_main_process):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.budget.total_steps, initial=run.start, desc="train", dynamic_ncols=True, mininterval=2.0)
+
+
+def _show(bar, run: TrainRun, loss: float) -> None:
+    """Every process asks the stages for their values (reading sharded state may be a collective); main shows."""
+    shown = {"loss": f"{loss:.4f}", "lr": f"{run.scheduler.get_last_lr()[0]:.2e}"}
+    for st in run.stages:
+        shown.update({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in st.log_values(run.model).items()})
+    if bar is not None:
+        bar.set_postfix(shown, refresh=False)
+        bar.update(1)
+
+
+def run_steps(run: TrainRun, data: InstructionData, out_dir: Path, checkpoint_every: int | None,
+              stop_after: int | None, progress: bool) -> None:
+    """Steps ``run.start`` .. the end of the budget (or ``stop_after`` steps), checkpointing on the way."""
+    total = run.budget.total_steps
+    end = total if stop_after is None else min(total, run.start + stop_after)
+    bar = _progress(run, progress)
+    run.engine_model.train()
+    t0 = time.perf_counter()
+    for step in range(run.start, end):
+        loss, _ = train_step(run, data, step)
+        if progress:
+            _show(bar, run, loss)
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
+            run.state["train_seconds"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save_checkpoint(run, out_dir, step + 1)
+    run.state["train_seconds"] += time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    run.model.eval()
+
+
+def _train_record(run: TrainRun) -> dict[str, Any]:
+    st, total = run.state, run.budget.total_steps
+    steps_done = len(st["losses"])
+    params = [p for _, p in run.named]
+    return {
+        "completed": steps_done >= total, "steps_done": steps_done, "total_steps": total,
+        "accumulation": run.accum, "world_size": run.world,
+        "distributed_type": str(run.accelerator.distributed_type), "mixed_precision": run.accelerator.mixed_precision,
+        "trainable_params": sum(p.numel() for p in params),
+        "trainable_by_group": {g.get("name", str(i)): sum(p.numel() for p in g["params"])
+                               for i, g in enumerate(run.groups)},
+        "final_loss": st["losses"][-1] if st["losses"] else None,
+        "final_loss_mean_last10": sum(st["losses"][-10:]) / max(1, len(st["losses"][-10:])),
+        "losses": st["losses"], "extra_losses": st["extra_losses"],
+        "tokens_seen": st["tokens_seen"], "response_tokens_seen": st["response_tokens_seen"],
+        "train_seconds": st["train_seconds"],
+        "tokens_per_s": st["tokens_seen"] / st["train_seconds"] if st["train_seconds"] else None,
+        "optimizer_state_not_reset": st.get("optimizer_state_not_reset", []),
+        "peak_memory": peak_memory(run.accelerator.device),
+    }
+
+
 def train(
     model: nn.Module,
     stages: Sequence[Stage],
@@ -200,131 +532,38 @@ def train(
     resume: bool = True,
     stop_after: int | None = None,
     progress: bool = True,
-    dist_info: tuple[int, int, torch.device] | None = None,
+    accelerator=None,
+    trainable: tuple[list[dict], list] | None = None,
+    on_bad_checkpoint: str = "stop",
 ) -> dict[str, Any]:
     """Train an already prepared ``model`` (stages' ``prepare`` done) for ``budget.total_steps`` optimizer steps.
 
     Args:
-        model: the model returned by the last stage's ``prepare``, on its device.
+        model: the model returned by the last stage's ``prepare``.
         stages: the pipeline; their hooks are called in order.
         budget: the shared training budget.
-        data: tokenized examples; every rank holds all of them and takes its slice of each global batch.
-        out_dir: where ``checkpoint.pt`` lives.
+        data: tokenized examples; every process holds all of them and takes its slice of each global batch.
+        out_dir: where ``checkpoint/`` lives.
         checkpoint_every: save a checkpoint every this many optimizer steps (``None``/0: never).
-        resume: continue from ``out_dir/checkpoint.pt`` if it exists.
+        resume: continue from ``out_dir/checkpoint`` if it exists.
         stop_after: stop after this many steps *of this invocation* (preemption / time slicing); resumable.
-        progress: show a tqdm bar on rank 0.
-        dist_info: ``(rank, world, device)`` from ``init_distributed``.
+        progress: show a tqdm bar on the main process.
+        accelerator: the run's ``Accelerator`` (default: ``make_accelerator(budget)``).
+        trainable: ``collect_trainable``'s result when the caller already has it.
+        on_bad_checkpoint: ``"stop"`` (raise ``BadCheckpointError``) or ``"restart"`` (move it aside, start over).
     Returns:
         the training record: steps, losses, tokens, seconds, peak memory, ``completed``.
     """
-    rank, world, device = dist_info or init_distributed()
-    accum = budget.accumulation(world)
-    total = budget.total_steps
-    groups, named = collect_trainable(model, stages, budget.lr)
-    params = [p for _, p in named]
-    opt = make_optimizer(groups, budget)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(budget))
-    state = {"losses": [], "extra_losses": [], "tokens_seen": 0, "response_tokens_seen": 0, "train_seconds": 0.0}
-    start = 0
-    ckpt = Path(out_dir) / CHECKPOINT
-    if world > 1:  # identical start on every rank, whatever RNG the stages' prepare used
-        with torch.no_grad():
-            for p in params:
-                dist.broadcast(p.data, src=0)
-    if resume and ckpt.exists():
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if ck["state"].get("budget") != budget.to_dict() or len(ck["rng"]) != world:
-            raise ValueError(f"{ckpt} was written by a run with another budget or world size; remove it or use "
-                             f"another out_dir (saved budget {ck['state'].get('budget')}, world {len(ck['rng'])})")
-        trainable = dict(named)
-        with torch.no_grad():
-            for n, t in ck["trainable"].items():
-                trainable[n].copy_(t)
-        for st, sd in zip(stages, ck["stages"]):
-            st.load_state_dict(model, sd)
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        _set_rng_state(ck["rng"][rank])
-        state, start = ck["state"], ck["step"]
-        for st in stages:
-            st.on_optimizer_step(model, start)
-        log.info("resumed from %s at step %d/%d", ckpt, start, total)
-    state["budget"] = budget.to_dict()
-    end = total if stop_after is None else min(total, start + stop_after)
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, mininterval=2.0)
-    per_rank = budget.global_batch // world
-    model.train()
-    t0 = time.perf_counter()
-    for step in range(start, end):
-        idx = global_batch_indices(len(data), step, budget.global_batch, budget.data_seed)
-        n_resp = sum(sum(v != IGNORE_INDEX for v in data.labels[i][1:]) for i in idx)
-        mine = idx[rank * per_rank: (rank + 1) * per_rank]
-        lm_sum = torch.zeros((), device=device)
-        extra_sum = torch.zeros((), device=device)
-        for k in range(accum):
-            rows = mine[k * budget.micro_batch:(k + 1) * budget.micro_batch]
-            batch = {key: v.to(device) for key, v in data.collate(rows).items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=budget.precision == "bf16"):
-                lm = _lm_loss_sum(model, batch) / max(1, n_resp)
-                extras = [e for e in (st.extra_loss(model) for st in stages) if e is not None]
-                extra = torch.stack([e.float() for e in extras]).sum() if extras else torch.zeros((), device=device)
-            (lm + extra / (accum * world)).backward()
-            lm_sum += lm.detach()
-            extra_sum += extra.detach() / (accum * world)
-        if world > 1:
-            _allreduce_([p.grad for p in params if p.grad is not None] + [lm_sum, extra_sum])
-        if budget.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, budget.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        for st in stages:
-            st.on_optimizer_step(model, step + 1)
-        state["losses"].append(float(lm_sum))
-        state["extra_losses"].append(float(extra_sum))
-        state["tokens_seen"] += sum(len(data.input_ids[i]) for i in idx)
-        state["response_tokens_seen"] += n_resp
-        if bar is not None:
-            shown = {"loss": f"{float(lm_sum):.4f}", "lr": f"{sched.get_last_lr()[0]:.2e}"}
-            for st in stages:
-                shown.update({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in st.log_values(model).items()})
-            bar.set_postfix(shown, refresh=False)
-            bar.update(1)
-        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
-            state["train_seconds"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            rng_all = _gather_rng(world)
-            if rank == 0:
-                _save_checkpoint(ckpt, step + 1, named, opt, sched, stages, model, rng_all, state)
-    state["train_seconds"] += time.perf_counter() - t0
-    if bar is not None:
-        bar.close()
-    model.eval()
-    steps_done = len(state["losses"])
-    return {
-        "completed": steps_done >= total,
-        "steps_done": steps_done,
-        "total_steps": total,
-        "accumulation": accum,
-        "world_size": world,
-        "trainable_params": sum(p.numel() for p in params),
-        "trainable_by_group": {g.get("name", str(i)): sum(p.numel() for p in g["params"])
-                               for i, g in enumerate(groups)},
-        "final_loss": state["losses"][-1] if state["losses"] else None,
-        "final_loss_mean_last10": sum(state["losses"][-10:]) / max(1, len(state["losses"][-10:])),
-        "losses": state["losses"],
-        "extra_losses": state["extra_losses"],
-        "tokens_seen": state["tokens_seen"],
-        "response_tokens_seen": state["response_tokens_seen"],
-        "train_seconds": state["train_seconds"],
-        "tokens_per_s": state["tokens_seen"] / state["train_seconds"] if state["train_seconds"] else None,
-        "peak_memory": peak_memory(device),
-    }
+    if on_bad_checkpoint not in ON_BAD_CHECKPOINT:
+        raise ValueError(f"on_bad_checkpoint = {on_bad_checkpoint!r} is invalid; expected one of {ON_BAD_CHECKPOINT}")
+    run = setup_run(model, stages, budget, accelerator, trainable)
+    if resume:
+        resume_from_checkpoint(run, Path(out_dir), on_bad_checkpoint)
+    run.state["budget"] = budget.to_dict()
+    run_steps(run, data, Path(out_dir), checkpoint_every, stop_after, progress)
+    rec = _train_record(run)
+    run.accelerator.free_memory()
+    return rec
 
 
 # ------------------------------------------------------------------------------------------- outputs
@@ -354,6 +593,61 @@ def _versions() -> dict[str, str]:
     return {"python": sys.version.split()[0], **{k: v for k, v in installed.items() if v is not None}}
 
 
+def _load_model(model_name_or_model: str | os.PathLike | nn.Module, tokenizer) -> tuple[nn.Module, Any, str]:
+    if isinstance(model_name_or_model, (str, os.PathLike)):
+        model, tokenizer = load_model(model_name_or_model)
+        return model, tokenizer, str(model_name_or_model)
+    if tokenizer is None:
+        raise ValueError("run_pipeline: pass tokenizer= when model_name_or_model is a model object")
+    return model_name_or_model, tokenizer, type(model_name_or_model).__name__
+
+
+def _run_stages(model: nn.Module, stages: Sequence[Stage], ctx: RunContext, phase: str) -> nn.Module:
+    """``prepare`` or ``finalize`` of every stage in pipeline order; the model flows through them."""
+    for i, st in enumerate(stages):
+        ctx.extra.update(stage_index=i)
+        model = st.prepare(model, ctx) if phase == "prepare" else st.finalize(model, ctx)
+    return model
+
+
+def _train_if_trainable(model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, **options) -> tuple:
+    """Parity check, data, ``train``; a pipeline with nothing trainable goes straight to finalize.
+
+    Returns:
+        ``(train record, parity record, data record)``.
+    """
+    groups, named = collect_trainable(model, stages, budget.lr)
+    if not named:  # retraining-free pipelines (e.g. ["flap"])
+        rec = {"completed": True, "steps_done": 0, "total_steps": 0, "trainable_params": 0, "final_loss": None,
+               "losses": [], "tokens_seen": 0, "train_seconds": 0.0, "tokens_per_s": None}
+        return rec, None, None
+    trainable = sum(p.numel() for _, p in named)
+    parity = check_parity(trainable, budget.param_parity, budget.parity_tol, model.config) if budget.param_parity \
+        else None
+    data = load_instruction_data(train_data, tokenizer, budget.seq_len, budget.subset_size, budget.data_seed, data_dir)
+    if budget.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    torch.manual_seed(budget.seed + 1000 * acc.process_index)  # dropout streams differ per process, reproducibly
+    rec = train(model, stages, budget, data, out_dir, accelerator=acc, trainable=(groups, named), **options)
+    return rec, parity, data.record
+
+
+def _write_outputs(acc, out_dir: Path, names: list[str], stage_states: list, final_model, tokenizer,
+                   record: dict, save_finalized: bool) -> None:
+    """Main process: stage states, ``model/``, ``run.json``; the checkpoint goes once the run is complete."""
+    if acc.is_main_process:
+        for i, (n, sd) in enumerate(zip(names, stage_states)):
+            if sd:
+                _save_state(sd, out_dir / "method_state" / f"{i}-{n}.safetensors")
+        if final_model is not None and save_finalized:
+            record["model_format"] = save_model(final_model, tokenizer, out_dir / "model")
+            record["model_dir"] = str(out_dir / "model")
+        write_json_atomic(out_dir / "run.json", record)
+        if final_model is not None and (out_dir / CHECKPOINT_DIR).exists():
+            shutil.rmtree(out_dir / CHECKPOINT_DIR)
+    acc.wait_for_everyone()
+
+
 def run_pipeline(
     model_name_or_model: str | nn.Module,
     stages: list[Stage],
@@ -368,6 +662,7 @@ def run_pipeline(
     progress: bool = True,
     save_finalized: bool = True,
     extra: dict[str, Any] | None = None,
+    on_bad_checkpoint: str = "stop",
 ) -> dict[str, Any]:
     """Prepare, train and finalize a pipeline of stages under ``budget``; write outputs to ``out_dir``.
 
@@ -376,34 +671,29 @@ def run_pipeline(
         stages: ``Stage`` instances in pipeline order (see the module docstring for the finalize order).
         budget: the shared ``TrainBudget``.
         train_data: dataset name (``"alpaca"``), a .jsonl path or a hub id.
-        out_dir: run directory (checkpoint, ``model/``, ``method_state/``, ``run.json``).
+        out_dir: run directory (``checkpoint/``, ``model/``, ``method_state/``, ``run.json``).
         data_dir: data directory (default ``$PAT_DATA_DIR``).
         checkpoint_every: optimizer steps between checkpoints (``None``/0: none).
-        resume: continue from ``out_dir/checkpoint.pt`` when present.
+        resume: continue from ``out_dir/checkpoint`` when present.
         tokenizer: needed when a model object is passed.
         stop_after: stop after this many steps of this invocation (resumable); no finalize then.
-        progress: tqdm bar on rank 0.
+        progress: tqdm bar on the main process.
         save_finalized: write ``model/`` (tests may skip it).
         extra: merged into ``RunContext.extra`` (e.g. ``heldout_ids`` for PAT's merge check).
+        on_bad_checkpoint: ``"stop"`` or ``"restart"`` when the checkpoint cannot be read safely.
     Returns:
-        the run record (also written to ``out_dir/run.json``); ``"model"`` is not in it — the finalized model is
-        returned under the key ``"_model"`` of the returned dict only.
+        the run record (also written to ``out_dir/run.json``); the finalized model is returned under the key
+        ``"_model"`` of the returned dict only.
     Raises:
         ParityError: when ``budget.param_parity`` is not met, before any training step.
+        BadCheckpointError: a bad checkpoint and ``on_bad_checkpoint="stop"``.
     """
-    rank, world, device = dist_info = init_distributed()
+    acc = make_accelerator(budget)
     out_dir = Path(out_dir)
-    if rank == 0:
+    if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    if isinstance(model_name_or_model, (str, os.PathLike)):
-        model, tokenizer = load_model(model_name_or_model)
-        model_name = str(model_name_or_model)
-    else:
-        model, model_name = model_name_or_model, type(model_name_or_model).__name__
-        if tokenizer is None:
-            raise ValueError("run_pipeline: pass tokenizer= when model_name_or_model is a model object")
-    base_config = model.config
+    model, tokenizer, model_name = _load_model(model_name_or_model, tokenizer)
     total_before = count_params(model)
     names = [getattr(st, "name", type(st).__name__) for st in stages]
     ctx = RunContext(tokenizer=tokenizer, total_steps=budget.total_steps, seed=budget.seed, out_dir=out_dir,
@@ -411,54 +701,25 @@ def run_pipeline(
                      calibration=calibration_sampler(tokenizer, budget.seed, data_dir, budget.seq_len),
                      extra={"pipeline": names, **(extra or {})})
     torch.manual_seed(budget.seed)
-    for i, st in enumerate(stages):
-        ctx.extra.update(stage_index=i)
-        model = st.prepare(model, ctx)
-    groups, named = collect_trainable(model, stages, budget.lr)
-    trainable = sum(p.numel() for _, p in named)
-    model.to(device)
-    if trainable:
-        parity = (check_parity(trainable, budget.param_parity, budget.parity_tol, base_config)
-                  if budget.param_parity else None)
-        data = load_instruction_data(train_data, tokenizer, budget.seq_len, budget.subset_size, budget.data_seed,
-                                     data_dir)
-        torch.manual_seed(budget.seed + 1000 * rank)  # dropout streams differ per rank, reproducibly
-        rec = train(model, stages, budget, data, out_dir, checkpoint_every, resume, stop_after, progress, dist_info)
-        data_record = data.record
-    else:  # retraining-free pipelines (e.g. ["flap"]): nothing to train, straight to finalize
-        parity, data_record = None, None
-        rec = {"completed": True, "steps_done": 0, "total_steps": 0, "trainable_params": 0, "final_loss": None,
-               "losses": [], "tokens_seen": 0, "train_seconds": 0.0, "tokens_per_s": None}
+    model = _run_stages(model, stages, ctx, "prepare")
+    rec, parity, data_record = _train_if_trainable(
+        model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, checkpoint_every=checkpoint_every,
+        resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint)
     record: dict[str, Any] = {
         "status": "success" if rec["completed"] else "stopped",
         "model": model_name, "pipeline": names, "budget": budget.to_dict(), "data": data_record,
         "total_params_before": total_before, "parity": parity, **rec,
-        "versions": _versions(), "device": str(device), "torch_threads": torch.get_num_threads(),
+        "versions": _versions(), "device": str(acc.device), "torch_threads": torch.get_num_threads(),
     }
     stage_states = [st.state_dict(model) for st in stages] if rec["completed"] else []
-    final_model = None
-    if rec["completed"]:
-        for i, st in enumerate(stages):
-            ctx.extra.update(stage_index=i)
-            model = st.finalize(model, ctx)
-        final_model = model
-        record["total_params_after"] = count_params(model)
-        record["hidden_size_after"] = getattr(model.config, "hidden_size", None)
+    final_model = _run_stages(model, stages, ctx, "finalize") if rec["completed"] else None
+    if final_model is not None:
+        record["total_params_after"] = count_params(final_model)
+        record["hidden_size_after"] = getattr(final_model.config, "hidden_size", None)
     record["stages"] = {f"{i}-{n}": st.report() for i, (n, st) in enumerate(zip(names, stages))}
     record["wall_seconds"] = time.perf_counter() - t_start
-    record["peak_memory"] = peak_memory(device)
-    if rank == 0:
-        for i, (n, sd) in enumerate(zip(names, stage_states)):
-            if sd:
-                _save_state(sd, out_dir / "method_state" / f"{i}-{n}.safetensors")
-        if final_model is not None and save_finalized:
-            record["model_format"] = save_model(final_model, tokenizer, out_dir / "model")
-            record["model_dir"] = str(out_dir / "model")
-        write_json_atomic(out_dir / "run.json", record)
-        if rec["completed"] and (out_dir / CHECKPOINT).exists():
-            (out_dir / CHECKPOINT).unlink()
-    if world > 1:
-        dist.barrier()
+    record["peak_memory"] = peak_memory(acc.device)
+    _write_outputs(acc, out_dir, names, stage_states, final_model, tokenizer, record, save_finalized)
     return {**record, "_model": final_model}
 
 
@@ -479,6 +740,9 @@ def _parse(argv: list[str] | None):
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--on-bad-checkpoint", choices=ON_BAD_CHECKPOINT, default="stop",
+                   help="a checkpoint that cannot be read safely: stop with an error naming the file (default), or "
+                        "move it aside and start over")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is fastest on an oversubscribed CPU)")
     return p.parse_args(argv)
@@ -486,6 +750,7 @@ def _parse(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m bench.harness.train --pipeline pat --stage-args '{"pat": {"prune_ratio": 0.25}}' ...``."""
+
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
@@ -500,7 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         margs.setdefault("pat", {}).update(hio_rank=sol["hio_rank"], lora_rank=sol["lora_rank"])
         log.info("parity %s: %s", args.parity_solve, sol)
     rec = run_pipeline(args.model, make_pipeline(names, margs), budget, args.train_data, args.out,
-                       data_dir=args.data_dir, checkpoint_every=args.checkpoint_every, resume=not args.no_resume)
+                       data_dir=args.data_dir, checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+                       on_bad_checkpoint=args.on_bad_checkpoint)
     rec.pop("_model", None)
     if rec.get("status") == "success" or int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: rec.get(k) for k in ("status", "steps_done", "final_loss", "trainable_params",

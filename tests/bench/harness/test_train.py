@@ -147,7 +147,7 @@ def test_pipeline_trains_records_and_saves(tmp_path):
         torch.testing.assert_close(reloaded(x).logits, rec["_model"](x).logits, atol=1e-5, rtol=1e-5)
     assert not any("lora" in n for n, _ in reloaded.named_parameters())
     assert set(trainable_state(out)) == {"0-lora.safetensors", "1-gate.safetensors"}
-    assert not (out / "checkpoint.pt").exists()
+    assert not (out / "checkpoint").exists()
 
 
 def test_retraining_free_pipeline_skips_training_and_finalizes(tmp_path):
@@ -222,12 +222,12 @@ def _child(out: str, kill_at: int) -> None:
 def test_resume_after_kill(tmp_path):
     write_alpaca(tmp_path / "alpaca.jsonl")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, __file__, str(tmp_path), "5"], env=env, cwd=ROOT, capture_output=True,
-                       text=True,
-                       timeout=300)
+    # -m from the root: run as a script, tests/ would be sys.path[0] and tests/bench would shadow the bench package
+    p = subprocess.run([sys.executable, "-m", "tests.bench.harness.test_train", str(tmp_path), "5"], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
-    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
-    assert ck["step"] == 4 and not (tmp_path / "cut" / "run.json").exists()
+    latest = json.loads((tmp_path / "cut" / "checkpoint" / "latest.json").read_text())
+    assert latest["step"] == 4 and not (tmp_path / "cut" / "run.json").exists()
     resumed = run(tmp_path, stages=lora_gate(0.1), name="cut", checkpoint_every=2, save_finalized=False)
     full = run(tmp_path, stages=lora_gate(0.1), name="full", checkpoint_every=0, save_finalized=False)
     assert abs(resumed["final_loss"] - full["final_loss"]) < 1e-5
