@@ -5,8 +5,9 @@ prepared optimizer and scheduler, the stage hooks) against ``plain_step`` below:
 trainer that ``train_step`` replaced, single process (no all-reduce), kept here only for this comparison. Both
 train LoRA-8 on the same model, budget and global batches (micro-batch 4, accumulation 2); each benchmark round
 runs one step of each on the same global batch, in alternating order, so both are measured interleaved under the
-same load (pytest-benchmark's own figure is the time of the pair). The figure is the median over rounds of (accelerate step / plain step) of the
-same round (robust to the load of a shared machine); the ratio of the minima is reported beside it.
+same load (pytest-benchmark's own figure is the time of the pair). The figure is the median over rounds of
+(accelerate step / plain step) of the same round (robust to the load of a shared machine); the ratio of the
+minima is reported beside it.
 Goal: median ratio <= 1.05.
 
 Run: ``pytest tests/benchmarks/test_accelerate_step.py --benchmark-only -m slow -s`` (or ``tox -e bench``).
@@ -114,7 +115,8 @@ def _compare(benchmark, model, tok, data_name: str, seq_len: int, rounds: int) -
     acc_times, plain_times = times["accelerate"], times["plain"]
     ratio = statistics.median(a / p for a, p in zip(acc_times, plain_times))
     min_ratio = min(acc_times) / min(plain_times)
-    benchmark.extra_info.update(median_paired_ratio=ratio, min_ratio=min_ratio, goal=GOAL, plain_step_times=plain_times,
+    benchmark.extra_info.update(median_paired_ratio=ratio, min_ratio=min_ratio, goal=GOAL,
+                                plain_step_times=plain_times,
                                 accelerate_step_times=acc_times, threads=torch.get_num_threads())
     print(f"\naccelerate step median {statistics.median(acc_times):.4f} s, plain step median "
           f"{statistics.median(plain_times):.4f} s; median paired ratio {ratio:.3f}, ratio of minima {min_ratio:.3f} "
