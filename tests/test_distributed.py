@@ -67,8 +67,10 @@ def test_two_processes_match_one(tmp_path):
     pytest.importorskip("pat.method")
     write_alpaca(tmp_path / "alpaca.jsonl")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    # the worker runs as a module: as a script, its directory (tests/) would come first on sys.path and tests/pat
+    # would shadow the pat package
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), __file__, str(tmp_path)]
+           "--master_port", str(_free_port()), "-m", "tests.test_distributed", str(tmp_path)]
     p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     single = _run(tmp_path / "single", tmp_path / "single.pt")

@@ -217,8 +217,10 @@ def _child(out: str, kill_at: int) -> None:
 def test_resume_after_kill(tmp_path):
     write_alpaca(tmp_path / "alpaca.jsonl")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, __file__, str(tmp_path), "5"], env=env, cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+    module = Path(__file__).resolve().relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+    # as a module: a script's own directory would come first on sys.path, and tests/pat would shadow the pat package
+    p = subprocess.run([sys.executable, "-m", module, str(tmp_path), "5"], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
     assert ck["step"] == 4 and not (tmp_path / "cut" / "run.json").exists()
