@@ -46,7 +46,8 @@ class PATConfig:
         active_loss: ``"official"`` = ``active_weight * |count - N| / N`` (STE count) plus the polarisation term;
             ``"paper"`` = ``active_weight * |count - N| / d``, the paper's ``||N - count||`` (which has no weight)
             divided by the hidden size d, with no polarisation. The division by d is ours: unnormalised, the count
-            term's uniform push outweighs the task gradient by ~d and the count swings between 0 and d.
+            swings between 0 and d; divided by d it swings less but still does not hold N (no polarisation keeps
+            the proxies away from zero), so the freeze-point snap sets the width (docs/findings).
         active_weight: weight of the count term (official code: 10).
         identity_loss: ``"official"`` = per-channel scale s after the mask and ``MSE(L0 L0^T, I_r)`` on every HSM;
             ``"paper"`` = ``D = I + L1 diag(v) L0`` with ``||L0 L0^T - I||_F + ||L1^T L1 - I||_F``; ``"none"`` =
