@@ -8,7 +8,8 @@ branches on a stage's type:
    parameter-parity check (``TrainBudget.param_parity``) fails here, before any training;
 3. each optimizer step: for every micro-batch, loss = LM loss on response tokens (normalised by the response
    tokens of the whole global batch) + the sum of the stages' ``extra_loss``; after the step,
-   ``on_optimizer_step(model, steps_done)`` of every stage;
+   ``on_optimizer_step(model, steps_done)`` of every stage, which may return parameters whose optimizer state the
+   loop then drops (PAT's mask proxy at the freeze-point snap);
 4. ``finalize`` of each stage, again in pipeline order: the model flows through the stages exactly as in
    ``prepare``. For ``["lora", "llm_pruner"]`` LoRA merges first and the pruner then prunes the tuned model;
    for ``["llm_pruner", "lora"]`` the pruner (which pruned in ``prepare``) passes the model through and LoRA
@@ -252,7 +253,8 @@ def train(
         _set_rng_state(ck["rng"][rank])
         state, start = ck["state"], ck["step"]
         for st in stages:
-            st.on_optimizer_step(model, start)
+            for p in st.on_optimizer_step(model, start) or ():
+                opt.state.pop(p, None)
         log.info("resumed from %s at step %d/%d", ckpt, start, total)
     state["budget"] = budget.to_dict()
     end = total if stop_after is None else min(total, start + stop_after)
@@ -287,7 +289,8 @@ def train(
         sched.step()
         opt.zero_grad(set_to_none=True)
         for st in stages:
-            st.on_optimizer_step(model, step + 1)
+            for p in st.on_optimizer_step(model, step + 1) or ():  # parameters whose optimizer state must go
+                opt.state.pop(p, None)
         state["losses"].append(float(lm_sum))
         state["extra_losses"].append(float(extra_sum))
         state["tokens_seen"] += sum(len(data.input_ids[i]) for i in idx)
