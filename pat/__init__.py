@@ -5,7 +5,8 @@ Public API::
     cfg = PATConfig(prune_ratio=0.25)
     mask = attach(model, cfg, total_steps)      # HSMs on every residual write + one shared mask
     loss = lm_loss + pat_loss(model)            # L_active + L_identity
-    set_step(model, step)                       # after each optimizer step: the tau/beta schedule
+    set_step(model, step)                       # after each optimizer step: the tau/beta schedule; at the freeze
+                                                # point the snap (exactly N kept, gate exactly 0/1 from then on)
     small = finalize(model)                     # stock HF model with hidden_size = d'
 
 Names in the paper and in the official code (kriskrisliu/PAT_Pruning-Aware-Tuning):
@@ -21,6 +22,10 @@ N_target                       ``dimdown_dim``             ``SharedMask.target``
 milestone s0                   ``--global_step``           ``PATConfig.milestone_step``
 identity-loss scale            ``dimdown_scale``           ``HybridSparsifier.s``
 =============================  ==========================  =================================
+
+Where the mask departs from paper and code (docs/method.md): the snap at the freeze point and the exact 0/1 gate
+after it (``snap_at_freeze``); the mask trains at the one LR like the official code (``mask_lr_scale=1.0``;
+``10.0`` is our faster option); ``active_loss="paper"`` divides the paper's ``|N - count|`` by d (ours).
 """
 
 from .attach import attach, get_mask, hsms, set_hard

@@ -32,15 +32,22 @@ class PATConfig:
         milestone_frac: s0 as a fraction of the total steps when ``milestone_step`` is ``None``.
         mask_freeze_frac: from ``mask_freeze_frac * s0`` on, the task loss no longer reaches the mask and tau stops
             growing (pat-spec.md §4.2, official code 0.8). ``1.0`` gives the paper's schedule (hard mask after s0).
-        snap_at_freeze: at the freeze point, force exactly the target count active (top-N proxies), so the width
-            is exact by s0 whatever the regularizer reached. Logged when it changes anything.
+        snap_at_freeze: at the freeze point (once), fix exactly the target count active (the top N by ``snap_by``)
+            whatever the count the regularizer reached, and from then on train with the exact 0/1 gate (a pruned
+            channel passes nothing; the proxy's optimizer state is reset). Not in the paper or the official code,
+            which keep training with the soft gate (it passes ~4.5e-5 of a pruned channel at s0 = 10 000, more at short
+            budgets, where tau at the freeze point is small).
+            ``False``: that soft gate; finalize then snaps if the count is not exactly N.
         snap_by: how the snap ranks channels. ``"proxy"`` (default, the paper's mask decides; the snap only fixes
             the count when it is off) or ``"taylor"``: at the freeze point keep the N channels with the largest
             accumulated first-order Taylor importance of the gate, ``sum |dL/dM_i * M_i|`` over the steps before
             it (LLM-Pruner's criterion applied to the hidden channels). Not in the paper; meant for short budgets,
             where the proxies have too few steps to separate (see README).
         active_loss: ``"official"`` = ``active_weight * |count - N| / N`` (STE count) plus the polarisation term;
-            ``"paper"`` = ``active_weight * |count - N|`` with no polarisation.
+            ``"paper"`` = ``active_weight * |count - N| / d``, the paper's ``||N - count||`` (which has no weight)
+            divided by the hidden size d, with no polarisation. The division by d is ours: unnormalised, the count
+            swings between 0 and d; divided by d it swings less but still does not hold N (no polarisation keeps
+            the proxies away from zero), so the freeze-point snap sets the width (docs/findings).
         active_weight: weight of the count term (official code: 10).
         identity_loss: ``"official"`` = per-channel scale s after the mask and ``MSE(L0 L0^T, I_r)`` on every HSM;
             ``"paper"`` = ``D = I + L1 diag(v) L0`` with ``||L0 L0^T - I||_F + ||L1^T L1 - I||_F``; ``"none"`` =
@@ -51,7 +58,9 @@ class PATConfig:
             and parameters drop by the pruned fraction; ``"auto"`` = ``mask_only`` for tied models, else ``full``.
         keep_threshold: ``"gt0"`` (default): a channel is active iff its proxy > 0, in training and at merge alike.
             ``"ge0"`` is the official training threshold (merge still keeps > 0 there).
-        mask_lr_scale: learning-rate multiplier for the shared mask proxy (relative to the base LR).
+        mask_lr_scale: learning-rate multiplier for the shared mask proxy (relative to the base LR). Default 1.0:
+            the official code trains the mask at the one LR (5e-5). ``10.0`` (not in the paper or the code) lets
+            the proxies move ten times further in a short budget.
         mask_lr: an absolute learning rate for the mask proxy, overriding ``mask_lr_scale``.
         hsm_lr_scale: learning-rate multiplier for L0, L1, v and s.
         fold_scale: fold the learned scale s into the writers at finalize (the official merge drops it: a bug).
@@ -76,7 +85,7 @@ class PATConfig:
     identity_weight: float = 1.0
     embed_hsm: Literal["auto", "full", "mask_only"] = "auto"
     keep_threshold: Literal["gt0", "ge0"] = "gt0"
-    mask_lr_scale: float = 10.0
+    mask_lr_scale: float = 1.0
     mask_lr: float | None = None
     hsm_lr_scale: float = 1.0
     fold_scale: bool = True

@@ -18,13 +18,14 @@ def active_loss(mask: SharedMask, target: int, form: str = "official", weight: f
     """Count loss on the shared mask proxy.
 
     official: ``weight * |sum(STE(W_M > 0)) - N| / N + mean((w - 0.5)^2 | w > 0) + mean((w + 0.5)^2 | w <= 0)``;
-    paper: ``weight * |sum(STE(W_M > 0)) - N|``. Each proxy gets the same count gradient (a uniform push); which
+    paper: ``weight * |sum(STE(W_M > 0)) - N| / d``: the paper's ``||N - count||`` normalised by the hidden size d
+    (our choice; the paper gives no weight). Each proxy gets the same count gradient (a uniform push); which
     channels cross zero is decided by the task loss through the gate.
     """
     w = mask.proxy
     count = Binarize.apply(w, mask.inclusive).sum()
     if form == "paper":
-        return weight * (count - target).abs()
+        return weight * (count - target).abs() / w.numel()
     pos = w > 0
     polar = _guarded_mean((w[pos] - 0.5) ** 2) + _guarded_mean((w[~pos] + 0.5) ** 2)
     return weight * (count - target).abs() / target + polar

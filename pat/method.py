@@ -2,8 +2,9 @@
 
 PAT trains beside LoRA: ``prepare`` applies peft LoRA (rank ``lora_rank``), then attaches the HSMs and the shared
 mask. The loop adds ``extra_loss`` (L_active + L_identity) and calls ``on_optimizer_step`` after each optimizer
-step, which advances the tau/beta schedule and, at the freeze point, makes the active count exact.
-``finalize`` merges everything into a smaller stock model.
+step, which advances the tau/beta schedule. At the freeze point it snaps the mask, once, whatever the count: exactly
+N channels kept, the gate exactly 0/1 from then on, and it returns the mask proxy so that the loop drops its
+optimizer state. ``finalize`` merges everything into a smaller stock model.
 """
 
 from __future__ import annotations
@@ -48,23 +49,35 @@ def pat_loss(model: nn.Module) -> torch.Tensor:
 
 
 def set_step(model: nn.Module, step: int) -> int:
-    """Advance the gate schedule to ``step``; at/after the freeze point force the exact target count.
+    """Advance the gate schedule to ``step``; at the freeze point (once) snap the mask to exactly the target count.
 
-    Returns the number of channels whose state the snap changed (0 when the regularizer already got there).
+    The snap runs whatever the count is, so the gate is exactly 0/1 from the freeze point on (``snap_at_freeze``).
+    Returns the number of channels whose state the snap changed (0 when it did not run or changed nothing).
     """
     mask = get_mask(model)
     mask.set_step(step)
     mask.clear()
-    if mask.cfg.snap_at_freeze and schedule.mask_frozen(step, mask.s0, mask.freeze_frac):
+    if mask.cfg.snap_at_freeze and schedule.mask_frozen(step, mask.s0, mask.freeze_frac) and not bool(mask.snapped):
         by = mask.cfg.snap_by
-        if int(mask.active().sum()) != mask.target or (by == "taylor" and not bool(mask.snapped)):
-            if by == "taylor" and torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(mask.importance)  # every rank must pick the same channels
-            changed = mask.snap(mask.target, by=by)
-            log.info("step %d: snapped the mask to exactly %d active channels (%d changed)", step, mask.target,
-                     changed)
-            return changed
+        if by == "taylor" and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(mask.importance)  # every rank must pick the same channels
+        changed = mask.snap(mask.target, by=by, step=step)
+        log.info("step %d: snapped the mask to exactly %d active channels by %s (%d changed)",
+                 step, mask.target, by, changed)
+        return changed
     return 0
+
+
+def selection(mask) -> dict[str, Any]:
+    """What picked the kept channels: ``by`` is ``"taylor"`` (Taylor importance), ``"proxy"`` (the proxies' own signs
+    already gave exactly N: the snap changed nothing) or ``"count_snap"`` (the snap changed ``snap_changed`` channels:
+    the N largest proxies kept); ``freeze_step`` is the step of the snap (``None``: it ran at finalize)."""
+    if not bool(mask.snapped):
+        return {"by": None, "freeze_step": None, "snap_changed": 0}
+    changed = int(mask.snap_changed)
+    by = "taylor" if mask.cfg.snap_by == "taylor" else ("proxy" if changed == 0 else "count_snap")
+    step = int(mask.snap_step)
+    return {"by": by, "freeze_step": step if step >= 0 else None, "snap_changed": changed}
 
 
 def pat_param_count(model_config, hio_rank: int, lora_rank: int, embed_mode: str = "mask_only",
@@ -85,6 +98,7 @@ class PATStage:
     def __init__(self, config: PATConfig | None = None, **kwargs: Any):
         self.cfg = config if config is not None else PATConfig(**kwargs)
         self._report: dict[str, Any] = {}
+        self._reset_pending = False  # a snap in load_state_dict: the next on_optimizer_step reports the proxy
 
     def prepare(self, model: nn.Module, ctx) -> nn.Module:
         get_arch(model)  # unsupported architectures fail here, before any work
@@ -117,11 +131,19 @@ class PATStage:
     def extra_loss(self, model: nn.Module) -> torch.Tensor:
         return pat_loss(model)
 
-    def on_optimizer_step(self, model: nn.Module, step: int) -> None:
-        self._report["snap_changed"] = self._report.get("snap_changed", 0) + set_step(model, step)
+    def on_optimizer_step(self, model: nn.Module, step: int) -> list[nn.Parameter] | None:
+        """Advance the schedule; returns ``[proxy]`` when the mask was snapped (the loop drops its optimizer state:
+        Adam's moments from the soft-gate phase must not move the snapped proxies)."""
         mask = get_mask(model)
+        was_snapped = bool(mask.snapped)
+        set_step(model, step)
         if step >= mask.s0 and "active_at_s0" not in self._report:
             self._report["active_at_s0"] = int(mask.active().sum())
+        if (bool(mask.snapped) and not was_snapped) or self._reset_pending:
+            self._reset_pending = False
+            self._report["selection"] = selection(mask)
+            return [mask.proxy]
+        return None
 
     def log_values(self, model: nn.Module) -> dict[str, float]:
         mask = get_mask(model)
@@ -130,31 +152,49 @@ class PATStage:
 
     def finalize(self, model: nn.Module, ctx) -> nn.Module:
         mask = get_mask(model)
+        heldout = (ctx.extra or {}).get("heldout_ids") if ctx is not None else None
+        train_logits = None
+        if heldout is not None:  # the model as training last saw it: its training-time gate, soft or hard
+            with torch.no_grad():
+                train_logits = model(input_ids=heldout.to(mask.proxy.device)).logits.double()
         self._report["active_before_finalize"] = int(mask.active().sum())
-        if int(mask.active().sum()) != mask.target:  # training stopped before the freeze point
+        if not bool(mask.snapped):  # training stopped before the freeze point (or snap_at_freeze=False)
             self._report["snap_changed_at_finalize"] = mask.snap(mask.target, by=self.cfg.snap_by)
+        self._report["selection"] = selection(mask)
+        self._report["snap_changed"] = self._report["selection"]["snap_changed"]
         self._report["kept_channels"] = torch.nonzero(mask.active()).flatten().tolist()
         merged = merge_lora(model)  # peft LoRA folded in place; the HSMs remain on `merged`
         small = _finalize(merged)
-        heldout = (ctx.extra or {}).get("heldout_ids") if ctx is not None else None
         if heldout is not None:
             self._report["merge_max_abs_logit_diff"] = merge_check(merged, small, heldout)
+            with torch.no_grad():
+                b = small(input_ids=heldout.to(next(small.parameters()).device)).logits.double()
+            diff = (train_logits - b.to(train_logits.device)).abs().max()
+            self._report["train_gate_max_abs_logit_diff"] = float(diff)
         d, d2 = self._report["hidden_size_before"], small.config.hidden_size
         self._report.update(hidden_size_after=d2, params_after=count_params(small), achieved_ratio=1 - d2 / d)
         self._report["param_ratio"] = 1 - self._report["params_after"] / self._report["params_before"]
         return small
 
+    _STATE = ("step", "importance", "snapped", "keep", "snap_step", "snap_changed")
+
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         mask = get_mask(model)
-        return {"pat_mask.step": mask.step.detach().clone(), "pat_mask.importance": mask.importance.detach().clone(),
-                "pat_mask.snapped": mask.snapped.detach().clone()}
+        return {f"pat_mask.{k}": getattr(mask, k).detach().clone() for k in self._STATE}
 
     def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Restore the mask's state; a run resumed after the freeze point keeps its snapped selection (hard gate)."""
         mask = get_mask(model)
-        if "pat_mask.importance" in state:
-            mask.importance.copy_(state["pat_mask.importance"])
-            mask.snapped.copy_(state["pat_mask.snapped"])
+        for k in self._STATE[1:]:
+            if f"pat_mask.{k}" in state:
+                getattr(mask, k).copy_(state[f"pat_mask.{k}"])
+        if bool(mask.snapped) and "pat_mask.keep" not in state:  # no saved selection: the snapped proxies' signs
+            mask.keep.copy_(mask.proxy.detach() > 0)
+        was_snapped = bool(mask.snapped)
         set_step(model, int(state["pat_mask.step"]))
+        self._reset_pending = bool(mask.snapped) and not was_snapped
+        if bool(mask.snapped):
+            self._report["selection"] = selection(mask)
 
     def report(self) -> dict[str, Any]:
         return dict(self._report)

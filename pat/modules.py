@@ -2,7 +2,8 @@
 
 ``SharedMask`` owns the one trainable proxy ``W_M`` (d,) that every HSM multiplies by. Its gate
 ``M = sigmoid(tau(s) W_M) + beta(s)`` is computed once per model forward (a forward pre-hook on the model root calls
-``refresh``) and read by all HSMs. In ``hard`` mode (inference, merge checks) ``M = 1[W_M active]`` exactly.
+``refresh``) and read by all HSMs. Once ``snap`` has fixed the kept channels (the freeze point), and in ``hard`` mode
+(inference, merge checks), ``M`` is the exact 0/1 vector of the kept channels: a pruned channel passes nothing.
 
 ``HybridSparsifier`` wraps a residual writer (embedding, o_proj, down_proj; possibly a peft LoRA layer) and maps its
 output ``y`` to ``s * M * (y + L1 (v * (L0 y)))``: identity at init because ``L1 = 0`` (official form) or ``v = 0``
@@ -49,6 +50,11 @@ class SharedMask(nn.Module):
         # (the task loss only: the regularizers act on the proxy, not through M); used by snap(by="taylor")
         self.register_buffer("importance", torch.zeros(hidden_size))
         self.register_buffer("snapped", torch.zeros((), dtype=torch.bool))
+        # set by ``snap``: the kept channels (from then on the gate is exactly 0/1), the step it ran at (-1: outside
+        # the schedule, e.g. at finalize) and how many channels it switched
+        self.register_buffer("keep", torch.zeros(hidden_size, dtype=torch.bool))
+        self.register_buffer("snap_step", torch.full((), -1, dtype=torch.long))
+        self.register_buffer("snap_changed", torch.zeros((), dtype=torch.long))
         self.s0 = int(s0)
         self.freeze_frac = float(freeze_frac)
         self.inclusive = bool(inclusive)
@@ -71,14 +77,17 @@ class SharedMask(nn.Module):
         return w.full_tensor() if hasattr(w, "full_tensor") else w
 
     def active(self) -> torch.Tensor:
-        """Boolean (d,) of active channels under the training/merge threshold."""
+        """Boolean (d,) of active channels: the snapped selection once ``snap`` ran, else the proxy's sign under
+        the training/merge threshold."""
+        if bool(self.snapped):
+            return self.keep.clone()
         w = self.full_proxy()
         return w >= 0 if self.inclusive else w > 0
 
     def compute_gate(self) -> torch.Tensor:
         """The gate M (d,) for the current step; fp32."""
         self.gate_computations += 1
-        if self.hard:
+        if self.hard or bool(self.snapped):  # exact 0/1: a pruned channel passes nothing, in training as at merge
             return self.active().to(self.proxy.dtype)
         s = int(self.step)
         w = self.proxy.detach() if schedule.mask_frozen(s, self.s0, self.freeze_frac) else self.proxy
@@ -106,11 +115,13 @@ class SharedMask(nn.Module):
         self._gate = None
 
     @torch.no_grad()
-    def snap(self, keep: int, margin: float = 0.5, by: str = "proxy") -> int:
-        """Force exactly ``keep`` active channels, ranked by ``by``: the proxy value (``"proxy"``) or the
+    def snap(self, keep: int, margin: float = 0.5, by: str = "proxy", step: int = -1) -> int:
+        """Fix exactly ``keep`` active channels, ranked by ``by``: the proxy value (``"proxy"``) or the
         accumulated Taylor importance of the gate (``"taylor"``); those get proxies >= +margin, the rest <= -margin.
+        From then on ``active()`` is this selection and the gate is exactly 0/1. ``step`` is recorded in
+        ``snap_step`` (-1: not at a training step).
 
-        Returns the number of channels whose active state changed.
+        Returns the number of channels whose active state changed (against the proxy's sign before the snap).
         """
         before = self.active().clone()
         w = self.full_proxy().clone()
@@ -125,9 +136,13 @@ class SharedMask(nn.Module):
             self.proxy.copy_(distribute_tensor(w, self.proxy.device_mesh, self.proxy.placements))
         else:
             self.proxy.copy_(w)
+        self.keep.copy_(on)
         self.snapped.fill_(True)
+        self.snap_step.fill_(int(step))
+        changed = int((before != on).sum())
+        self.snap_changed.fill_(changed)
         self._gate = None
-        return int((before != self.active()).sum())
+        return changed
 
 
 class HybridSparsifier(nn.Module):

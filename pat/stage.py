@@ -48,8 +48,9 @@ class Stage(Protocol):
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         """A loss added to the LM loss (PAT: L_active + L_identity), or ``None``."""
 
-    def on_optimizer_step(self, model: nn.Module, step: int) -> None:
-        """Called after every optimizer step with the number of steps done so far."""
+    def on_optimizer_step(self, model: nn.Module, step: int) -> Iterable[nn.Parameter] | None:
+        """Called after every optimizer step with the number of steps done so far. May return parameters whose
+        optimizer state the loop must drop (``optimizer.state.pop(p, None)``); ``None`` = nothing."""
 
     def log_values(self, model: nn.Module) -> dict[str, float]:
         """Scalars to show in the progress bar / log (PAT: active channels, tau, losses)."""

@@ -5,9 +5,9 @@ Example (``python -m bench.cli.tune`` is the same command)::
     pat-tune --model smollm2-135m --ratio 0.25 --train-data alpaca --max-steps 60 --out runs/pat-25
 
 writes to ``--out``: the finalized model (``config.json``, ``model.safetensors``) and its tokenizer, loadable with
-``AutoModelForCausalLM.from_pretrained``; ``pat_report.json`` (widths, parameters, achieved ratio, merge check);
-````run/run.json`` (budget, losses, throughput, versions) and ``run/method_state/``. An interrupted run resumes from
-its last checkpoint when the same command is run again.
+``AutoModelForCausalLM.from_pretrained``; ``pat_report.json`` (widths, parameters, achieved ratio, merge check,
+what selected the channels); ``run/run.json`` (budget, losses, throughput, versions) and ``run/method_state/``. An
+interrupted run resumes from its last checkpoint when the same command is run again.
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ def tune(a: argparse.Namespace) -> dict:
     report = {
         "model": a.model, "ratio": a.ratio, **{k: r.get(k) for k in (
             "hidden_size_before", "hidden_size_after", "params_before", "params_after", "achieved_ratio",
-            "param_ratio", "merge_max_abs_logit_diff", "target_keep", "hio_rank", "lora_rank", "milestone_step",
-            "active_at_s0", "snap_changed", "embed_hsm", "kept_channels")},
+            "param_ratio", "merge_max_abs_logit_diff", "train_gate_max_abs_logit_diff", "target_keep", "hio_rank",
+            "lora_rank", "milestone_step", "active_at_s0", "snap_changed", "selection", "embed_hsm", "kept_channels")},
         "config": cfg.to_dict(), "final_loss": rec.get("final_loss"), "steps": rec.get("steps_done"),
     }
     write_json_atomic(out / "pat_report.json", report)

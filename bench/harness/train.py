@@ -8,7 +8,8 @@ never branches on a stage's type:
    parameter-parity check (``TrainBudget.param_parity``) fails here, before any training;
 3. each optimizer step: for every micro-batch, loss = LM loss on response tokens (normalised by the response
    tokens of the whole global batch) + the sum of the stages' ``extra_loss``; after the step,
-   ``on_optimizer_step(model, steps_done)`` of every stage (parameters it returns lose their optimizer state);
+   ``on_optimizer_step(model, steps_done)`` of every stage, which may return parameters whose optimizer state the
+   loop then drops (PAT's mask proxy at the freeze-point snap);
 4. ``finalize`` of each stage, again in pipeline order: the model flows through the stages exactly as in
    ``prepare``. For ``["lora", "llm_pruner"]`` LoRA merges first and the pruner then prunes the tuned model;
    for ``["llm_pruner", "lora"]`` the pruner (which pruned in ``prepare``) passes the model through and LoRA
