@@ -238,8 +238,8 @@ def solve_uniform_ratio(costs: list[LayerCost], total: int, target: float, tol: 
     """Solve for the group ratio removing ``target`` of ``total`` parameters with one uniform per-layer ratio.
 
     First one ratio ``r`` for both heads and channels (bisection; the removal is monotone in ``r``). Heads are
-    coarse (SmolLM2 has 3 KV groups per layer), so when that misses the target by more than ``tol`` (absolute),
-    the head count of the best ``r`` is kept and the MLP ratio alone is solved.
+    coarse (SmolLM2 has 3 KV groups per layer), so when that misses the kept count ``(1 - target) total`` by more than
+    ``tol`` of it, the head count of the best ``r`` is kept and the MLP ratio alone is solved.
 
     Returns:
         ``{"group_ratio", "attn_ratio", "mlp_ratio", "removed", "achieved"}``.
@@ -254,7 +254,7 @@ def solve_uniform_ratio(costs: list[LayerCost], total: int, target: float, tol: 
     goal = target * total
     best = _bisect(lambda r: removed(r, r), goal)
     ra = rm = best
-    if abs(removed(ra, rm) - goal) > tol * total:
+    if abs(removed(ra, rm) - goal) > tol * (total - goal):
         rm = _bisect(lambda r: removed(ra, r), goal)
     got = removed(ra, rm)
     return {"group_ratio": best, "attn_ratio": ra, "mlp_ratio": rm, "removed": got, "achieved": got / total}
