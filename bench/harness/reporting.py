@@ -5,8 +5,12 @@ paper's own Table 1, which is read from ``bench/paper_table1.toml`` (with its ci
 reference table beside ours.
 
 Sections of ``TABLES.md``: the main table laid out like the paper's Table 1 (rows: ratio x method x mode; columns:
-models; cells: mean accuracy in %), the paper's reference table, delta vs LoRA, per-task accuracy, perplexity and
+models; cells: mean accuracy in %; beside each model its parameters), the paper's reference table, delta vs LoRA, per-task accuracy, perplexity and
 parameters, throughput (speedup vs batch size against the dense model), failed runs, and the plots.
+
+Size check: every row shows its achieved parameters. A ratio's size is PAT's parameter count at that ratio (the mean
+of the model's successful PAT runs there), else ``(1 - ratio)`` times the dense run's; a row more than ``SIZE_TOL``
+(1 %) off its ratio's size is marked ``OFF_SIZE``.
 
 To add a stage's display name, add it to ``DISPLAY``.
 """
@@ -33,6 +37,8 @@ DISPLAY = {"pat": "PAT", "lora": "LoRA", "llm_pruner": "LLM-Pruner", "slicegpt":
            "wanda_sp": "Wanda-SP"}
 METHOD_ORDER = ["Dense", "LoRA", "LLM-Pruner", "SliceGPT", "FLAP", "Wanda-SP", "PAT"]
 MODE_ORDER = ["—", "FT", "P", "P→FT", "FT→P", "PAT"]
+SIZE_TOL = 0.01
+OFF_SIZE = "†"
 LOGLIK = "lm-eval-loglik-0shot"
 LETTER = "paper-first-capital-gen"
 
@@ -98,7 +104,39 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         for d, pp in (m.get("perplexity") or {}).items():
             row[f"ppl_{d}"] = pp.get("ppl")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return size_check(pd.DataFrame(rows))
+
+
+def size_check(runs: pd.DataFrame) -> pd.DataFrame:
+    """Adds ``size_ref`` (the parameters of the row's ratio: PAT's mean count at that model and ratio, else
+    ``(1 - ratio)`` x the dense run's) and ``size_off`` (``params / size_ref - 1``)."""
+    runs = runs.copy()
+    if runs.empty or "params" not in runs:
+        return runs.assign(size_ref=float("nan"), size_off=float("nan"))
+    ok = runs[(runs["status"] == "success") & runs["params"].notna()]
+    pat = ok[ok["family"] == "PAT"].groupby(["model", "ratio"])["params"].mean()
+    dense = ok[ok["family"] == "Dense"].groupby("model")["params"].mean()
+    refs = []
+    for model, ratio in zip(runs["model"], runs["ratio"]):
+        if (model, ratio) in pat.index:
+            refs.append(float(pat[(model, ratio)]))
+        elif model in dense.index:
+            refs.append(float(dense[model]) * (1 - ratio))
+        else:
+            refs.append(float("nan"))
+    runs["size_ref"] = refs
+    runs["size_off"] = pd.to_numeric(runs["params"], errors="coerce") / runs["size_ref"] - 1
+    return runs
+
+
+def _params_cell(params: Any, off: Any) -> str:
+    """``"100.9M"``, plus ``" † +2.3 %"`` when more than ``SIZE_TOL`` off its ratio's size; ``""`` when unknown."""
+    if params is None or pd.isna(params):
+        return ""
+    cell = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M" if params >= 1e6 else f"{params / 1e3:.1f}k"
+    if off is not None and not pd.isna(off) and abs(off) > SIZE_TOL:
+        cell += f" {OFF_SIZE} {100 * off:+.1f} %"
+    return cell
 
 
 def tasks_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -178,13 +216,24 @@ def main_table(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
     g = ok.groupby(["ratio", "family", "method", "mode", "model"], dropna=False)[value].mean().reset_index()
     t = g.pivot_table(index=["ratio", "family", "method", "mode"], columns="model", values=value, aggfunc="mean").reset_index()
     t = _order(t)
+    models = [c for c in t.columns if c not in ("ratio", "family", "method", "mode")]
+    if "params" in ok:
+        key = ["ratio", "family", "method", "mode", "model"]
+        p = ok.groupby(key, dropna=False)[["params", "size_off"]].mean()
+        for model in models:
+            t[f"params {model}"] = [
+                _params_cell(*(p.loc[k].tolist() if k in p.index else (None, None)))
+                for k in zip(t["ratio"], t["family"], t["method"], t["mode"], [model] * len(t))]
     t.insert(0, "Ratio", t.pop("ratio").map(lambda r: f"{100 * r:.0f} %"))
-    return _model_cols(t.drop(columns=["family"]).rename(columns={"method": "Method", "mode": "Mode"}).reset_index(drop=True))
+    t = t.drop(columns=["family"]).rename(columns={"method": "Method", "mode": "Mode"}).reset_index(drop=True)
+    cols = list(_model_cols(t[[c for c in t.columns if not str(c).startswith("params ")]]).columns)
+    return t[cols + [c for c in t.columns if str(c).startswith("params ")]]
 
 
 def ratio_table(runs: pd.DataFrame, model: str, value: str = "acc") -> pd.DataFrame:
-    """One model at a glance: rows method x mode, columns prune ratios, cells ``"acc / ppl"`` (the first perplexity
-    dataset), seed means; the unpruned runs (dense, LoRA) in the 0 % column."""
+    """One model at a glance: rows method x mode, columns prune ratios, cells ``"acc / ppl (params)"`` (the first
+    perplexity dataset; parameters marked when off their ratio's size, see ``size_check``), seed means; the unpruned
+    runs (dense, LoRA) in the 0 % column."""
     ok = runs[(runs["status"] == "success") & (runs["model"] == model)].dropna(subset=[value])
     if ok.empty:
         return pd.DataFrame()
@@ -192,7 +241,10 @@ def ratio_table(runs: pd.DataFrame, model: str, value: str = "acc") -> pd.DataFr
     g = ok.groupby(["ratio", "family", "method", "mode"], dropna=False)
     cells = g[value].mean().to_frame("v")
     cells["p"] = g[ppl].mean() if ppl else float("nan")
-    cells["cell"] = [f"{v:.2f}" + ("" if pd.isna(q) else f" / {q:.1f}") for v, q in zip(cells["v"], cells["p"])]
+    cells["n"] = g["params"].mean() if "params" in ok else float("nan")
+    cells["off"] = g["size_off"].mean() if "size_off" in ok else float("nan")
+    cells["cell"] = [f"{v:.2f}" + ("" if pd.isna(q) else f" / {q:.1f}") + (f" ({pc})" if (pc := _params_cell(n, o)) else "")
+                     for v, q, n, o in zip(cells["v"], cells["p"], cells["n"], cells["off"])]
     t = cells.reset_index().pivot_table(index=["family", "method", "mode"], columns="ratio", values="cell", aggfunc="first")
     t = t.reset_index().assign(ratio=0.0)
     t = _order(t).drop(columns=["ratio", "family"]).fillna("")
@@ -410,7 +462,9 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
     main = main_table(runs, value)
     main.to_csv(out / "main_table.csv", index=False)
     md += ["## Main table (layout of the paper's Table 1)", "",
-           f"Mean zero-shot accuracy (%) over the suite's tasks, protocol `{proto}`; mean over seeds. Bold: best per ratio.", "",
+           (f"Mean zero-shot accuracy (%) over the suite's tasks, protocol `{proto}`; mean over seeds. Bold: best per "
+            f"ratio. `params <model>`: achieved parameters; {OFF_SIZE} marks a row more than {100 * SIZE_TOL:.0f} % off "
+            "its ratio's size (PAT's parameter count at that ratio, else (1 - ratio) x dense)."), "",
            to_markdown(main, bold_max_by="Ratio")]
     if value == "acc" and runs["letter_acc"].notna().any():
         md += [f"Same layout, the paper's letter protocol (`{LETTER}`):", "", to_markdown(main_table(runs, "letter_acc"), bold_max_by="Ratio")]
@@ -427,7 +481,9 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
         ppl = next((c.removeprefix("ppl_") for c in runs.columns if c.startswith("ppl_")), None)
         rt.to_csv(out / f"by_ratio_{model}.csv", index=False)
         md += [f"## Accuracy and perplexity by ratio: {model}", "",
-               "Cells: mean accuracy (%)" + (f" / {ppl} perplexity" if ppl else "") + "; unpruned runs under 0 %.", "",
+               "Cells: mean accuracy (%)" + (f" / {ppl} perplexity" if ppl else "")
+               + f" (parameters; {OFF_SIZE}: more than {100 * SIZE_TOL:.0f} % off the ratio's size); unpruned runs under 0 %.",
+               "",
                to_markdown(rt)]
     dl = delta_vs_lora(runs, value)
     md += ["## Delta vs LoRA (points of mean accuracy vs the unpruned LoRA run)", "", to_markdown(dl, signed=True)]
@@ -435,7 +491,7 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
         pt = per_task_table(tasks, model)
         md += [f"## Per-task accuracy (%): {model}", "", to_markdown(pt, digits=1)]
     ppl_cols = [c for c in runs.columns if c.startswith("ppl_")]
-    info = _order(runs[runs["status"] == "success"].copy())[["run_id", "achieved_ratio", "params", "hidden_size", "trainable", "final_loss", *ppl_cols, "seconds"]]
+    info = _order(runs[runs["status"] == "success"].copy())[["run_id", "achieved_ratio", "params", "size_off", "hidden_size", "trainable", "final_loss", *ppl_cols, "seconds"]]
     md += ["## Parameters, perplexity and cost per run", "", to_markdown(info.reset_index(drop=True), digits=3)]
     md += _throughput_section(tp)
     failed = runs[runs["status"] != "success"]

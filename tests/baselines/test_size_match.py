@@ -91,3 +91,34 @@ def test_smollm2_every_pruner_lands_within_one_percent_of_pats_count(smollm2, ra
         assert rep["params_after"] == got and rep["params_target"] == goal
         assert abs(got / goal - 1) <= 0.01, (name, got, goal)
         del pruned
+
+
+# ------------------------------------------------------------------------------------------------------ reporting
+def _runs():
+    import pandas as pd
+
+    from bench.harness import reporting as REP
+
+    rows = [("Dense", "Dense", "—", 0.0, 1_000_000), ("PAT", "PAT", "PAT", 0.25, 750_000),
+            ("SliceGPT", "SliceGPT", "P→FT", 0.25, 755_000), ("LLM-Pruner", "LLM-Pruner", "P→FT", 0.25, 800_000),
+            ("LLM-Pruner", "LLM-Pruner", "P→FT", 0.3, 690_000)]
+    runs = pd.DataFrame([{"run_id": f"r{i}", "model": "m", "status": "success", "family": f, "method": n, "mode": mo,
+                          "ratio": r, "acc": 30.0 + i, "ppl_wikitext2": 100.0, "params": p}
+                         for i, (f, n, mo, r, p) in enumerate(rows)])
+    return REP, REP.size_check(runs)
+
+
+def test_report_rows_show_params_and_mark_rows_off_their_ratios_size():
+    REP, runs = _runs()
+    off = dict(zip(runs["run_id"], runs["size_off"]))
+    assert off["r2"] == pytest.approx(755 / 750 - 1) and off["r3"] == pytest.approx(800 / 750 - 1)
+    assert off["r4"] == pytest.approx(690 / 700 - 1)  # no PAT run at 30 %: (1 - 0.3) x dense
+    t = REP.ratio_table(runs, "m").set_index("Method")
+    assert t.loc["SliceGPT", "25 %"] == "32.00 / 100.0 (755.0k)"  # +0.7 %: within 1 %, not marked
+    assert t.loc["LLM-Pruner", "25 %"] == "33.00 / 100.0 (800.0k † +6.7 %)"
+    assert t.loc["LLM-Pruner", "30 %"] == "34.00 / 100.0 (690.0k † -1.4 %)"
+    main = REP.main_table(runs)
+    assert list(main.columns) == ["Ratio", "Method", "Mode", "m", "params m"]
+    cells = dict(zip(zip(main["Ratio"], main["Method"]), main["params m"]))
+    assert cells[("25 %", "PAT")] == "750.0k" and cells[("25 %", "LLM-Pruner")] == "800.0k † +6.7 %"
+    assert cells[("0 %", "Dense")] == "1.0M"
