@@ -40,7 +40,7 @@ class Interval:
     n_items: int
     n_seeds: tuple[int, int]
 
-    def scaled(self, factor: float) -> "Interval":
+    def scaled(self, factor: float) -> Interval:
         return Interval(self.estimate * factor, self.lo * factor, self.hi * factor, self.level, self.n_boot,
                         self.n_items, self.n_seeds)
 

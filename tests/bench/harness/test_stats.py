@@ -7,8 +7,18 @@ import math
 import numpy as np
 import pytest
 
-from bench.harness.stats import (AHEAD, BEHIND, UNRESOLVED, Interval, acc_diff_bound, at_chance, binom_sf, bootstrap,
-                                 log_ppl_bound, verdict)
+from bench.harness.stats import (
+    AHEAD,
+    BEHIND,
+    UNRESOLVED,
+    Interval,
+    acc_diff_bound,
+    at_chance,
+    binom_sf,
+    bootstrap,
+    log_ppl_bound,
+    verdict,
+)
 
 
 def test_constant_difference_gives_a_degenerate_interval():
