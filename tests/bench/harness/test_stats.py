@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench.harness.stats import (
@@ -123,3 +124,109 @@ def test_regression_bounds():
     nll = np.array([2.0, 3.0, 4.0, 3.0]) * 127
     b = log_ppl_bound(nll, np.full(4, 127), 0.05)
     assert b == pytest.approx(1.96 * math.sqrt(2) * np.std([2, 3, 4, 3], ddof=1) / 2, rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- the report on synthetic records
+TASKS = {"piqa": 2, "arc_easy": 4, "boolq": 2}   # choices per document
+
+
+def _record(model, ratio, pipeline, seed, p_correct, nll_per_tok, params, rng):
+    """A run record with per-document outcomes (accuracy ``p_correct[task]``) and 16 perplexity windows."""
+    from bench.harness.evaluation import bits
+
+    tasks = {}
+    for t, nc in TASKS.items():
+        ids = list(range(0, 800, 10))
+        ok = rng.random(80) < p_correct[t]
+        acc = ok.mean()
+        tasks[t] = {"acc": float(acc), "acc_stderr": float(np.sqrt(acc * (1 - acc) / 79)), "acc_norm": float(acc),
+                    "n": 80, "protocol": "lm-eval-loglik-0shot", "doc_ids": ids, "chance": 1 / nc,
+                    "items": {"doc_ids": ids, "acc": bits(ok), "acc_norm": bits(ok), "choice": [0] * 80,
+                              "n_choices": [nc] * 80}}
+    nll = (nll_per_tok + 0.3 * rng.standard_normal(16)) * 127
+    mean = sum(m["acc"] for m in tasks.values()) / 3
+    run_id = f"{model}--{'+'.join(pipeline) or 'dense'}--r{ratio:.2f}--s{seed}"
+    return {"schema": 1, "run_id": run_id, "suite": "syn", "status": "success",
+            "spec": {"model": model, "ratio": ratio, "pipeline": pipeline, "seed": seed, "method_args": {}},
+            "metrics": {"main_metric": "acc", "tasks": tasks,
+                        "means": {"lm-eval-loglik-0shot": {"acc": mean, "acc_norm": mean, "n_tasks": 3}},
+                        "perplexity": {"wikitext2": {"ppl": float(np.exp(nll.sum() / (16 * 127))),
+                                                     "windows": {"nll": nll.tolist(), "tokens": [127] * 16}}}},
+            "params": {"total": params, "achieved_ratio": ratio, "widths": {"hidden_size": 64}},
+            "train": {"final_loss": 2.0} if pipeline else None, "seconds": 1.0,
+            "provenance": {"git": {"sha": "0" * 40, "dirty": False}, "device": {"kind": "cpu", "name": "cpu"}}}
+
+
+def synthetic_records(seed: int = 0) -> list[dict]:
+    """Dense (boolq at chance), LoRA, and at 25 % PAT (3 seeds, much lower perplexity) and LLM-Pruner P->FT
+    (3 seeds); accuracies close."""
+    rng = np.random.default_rng(seed)
+    good = {"piqa": 0.7, "arc_easy": 0.55, "boolq": 0.5}
+    recs = [_record("syn", 0.0, [], 0, good, 3.5, 1_000_000, rng),
+            _record("syn", 0.0, ["lora"], 0, good, 3.4, 1_000_000, rng)]
+    for s in range(3):
+        recs.append(_record("syn", 0.25, ["pat"], s, {"piqa": 0.65, "arc_easy": 0.5, "boolq": 0.5}, 4.0, 750_000, rng))
+        recs.append(_record("syn", 0.25, ["llm_pruner", "lora"], s, {"piqa": 0.62, "arc_easy": 0.48, "boolq": 0.5},
+                            5.0, 752_000, rng))
+    return recs
+
+
+def test_report_on_synthetic_records_uses_paired_intervals(tmp_path):
+    from bench.harness import reporting as REP
+    from bench.harness.results import write_json_atomic
+
+    recs = synthetic_records()
+    for r in recs:
+        write_json_atomic(tmp_path / "in" / f"{r['run_id']}.json", r)
+    md = REP.build_report(tmp_path / "in", "syn", tmp_path / "out").read_text()
+    chance = REP.chance_tasks(recs).set_index("task")
+    dense = recs[0]["metrics"]["tasks"]
+    k = dense["boolq"]["items"]["acc"].count("1")
+    assert bool(chance.loc["boolq", "at chance"]) == at_chance(k, 80, 0.5)
+    assert not chance.loc["piqa", "at chance"]      # 0.7 of 80 documents: far above 0.5
+    runs = REP.runs_frame(recs)
+    claims = REP.claims_table(runs, pd.DataFrame(), "acc", recs, REP.chance_tasks(recs))
+    row = claims[claims["claim"] == "PAT > LLM-Pruner P→FT at 25 %"].iloc[0]
+    assert row["CI from"] == "paired bootstrap, 240 docs, seeds 3/3"
+    pat = [r for r in recs if r["spec"]["pipeline"] == ["pat"]]
+    lp = [r for r in recs if r["spec"]["pipeline"] == ["llm_pruner", "lora"]]
+    want = np.mean([np.mean([100 * r["metrics"]["tasks"][t]["acc"] for r in pat])
+                    - np.mean([100 * r["metrics"]["tasks"][t]["acc"] for r in lp]) for t in TASKS])
+    assert row["ours"] == pytest.approx(want)
+    iv = REP.paired_acc(pat, lp)
+    assert iv.estimate == pytest.approx(want) and row["95 % CI"] == f"[{iv.lo:.2f}, {iv.hi:.2f}]"
+    assert row["ppl verdict"] == "ahead" and row["wikitext2 ppl ratio"] == pytest.approx(np.exp(-1.0), rel=0.15)
+    assert "## Paired comparisons at equal size" in md and "## Tasks at chance for the dense model" in md
+    pairs = pd.read_csv(tmp_path / "out" / "pairs.csv")
+    assert len(pairs) == 2                          # Dense vs LoRA at 0 %, PAT vs LLM-Pruner at 25 %
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    assert (cells["acc_ci"] == "bootstrap").all() and (cells["ppl_ci"] == "bootstrap").all()
+    assert (cells["acc_lo"] < cells["acc"]).all() and (cells["acc"] < cells["acc_hi"]).all()
+    for name in ("acc_vs_params_syn.png", "ppl_vs_params_syn.png", "claims_forest.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in md
+
+
+def test_old_records_without_items_say_what_cannot_be_computed():
+    from bench.harness import reporting as REP
+
+    recs = synthetic_records()
+    for r in recs:
+        for t in r["metrics"]["tasks"].values():
+            del t["items"]
+        del r["metrics"]["perplexity"]["wikitext2"]["windows"]
+    assert REP.paired_acc(recs[2:4]) is None and REP.paired_log_ppl(recs[2:3]) is None
+    claims = REP.claims_table(REP.runs_frame(recs), pd.DataFrame(), "acc", recs,
+                              REP.chance_tasks(recs))
+    row = claims[claims["claim"] == "PAT > LLM-Pruner P→FT at 25 %"].iloc[0]
+    assert row["CI from"].startswith("no per-item data") and row["ppl 95 % CI"] == "no per-window data"
+    assert row["95 % CI (above chance)"] == "no per-item data"
+
+
+def test_method_colours_are_distinct():
+    from bench.harness.reporting import method_colours
+
+    methods = [("Dense", "Dense"), ("LoRA", "LoRA-16"), ("PAT", "PAT"), ("PAT", "PAT (Taylor snap)"),
+               ("LLM-Pruner", "LLM-Pruner"), ("SliceGPT", "SliceGPT"), ("FLAP", "FLAP"), ("Wanda-SP", "Wanda-SP"),
+               ("PAT", "PAT (x)"), ("LLM-Pruner", "LLM-Pruner (lp2)")]
+    c = method_colours(methods)
+    assert len(c) == 10 and len(set(c.values())) == 10
