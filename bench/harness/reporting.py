@@ -653,14 +653,14 @@ MODE_STYLE = {"—": ("*", ""), "FT": ("^", ""), "PAT": ("D", "-"), "P→FT": ("
 
 
 def method_colours(methods: list[tuple[str, str]]) -> dict[str, str]:
-    """``{method: colour}`` for ``(family, method)`` pairs: the fixed ``COLOURS`` (LoRA-r by its family), else the
-    next unused spare; distinct methods never share a colour."""
+    """``{method: colour}`` for ``(family, method)`` pairs: the fixed ``COLOURS`` by name, else by family (LoRA-r,
+    a size-matched variant), else the next unused spare; distinct methods never share a colour."""
     out: dict[str, str] = {}
     spare = iter(c for c in SPARE_COLOURS)
     for fam, name in methods:
         if name in out:
             continue
-        c = COLOURS.get(name) or (COLOURS["LoRA"] if fam == "LoRA" else None)
+        c = COLOURS.get(name) or COLOURS.get(fam)  # e.g. "FLAP (size-matched)" takes FLAP's unless FLAP is there
         out[name] = c if c and c not in out.values() else next(spare)
     return out
 
