@@ -789,7 +789,7 @@ def _with_above_chance(runs: pd.DataFrame, records: list[dict], chance: pd.DataF
     for r in records:
         above = None if chance.empty else chance[(chance["model"] == r["spec"]["model"]) & ~chance["at chance"]]["task"]
         ts = ((r.get("metrics") or {}).get("tasks") or {})
-        accs = [ts[t]["acc"] for t in (above if above is not None else []) if isinstance(ts.get(t, {}).get("acc"), float)]
+        accs = [ts[t]["acc"] for t in (above if above is not None else []) if isinstance(ts.get(t, {}).get("acc"), (int, float))]
         vals[r["run_id"]] = 100 * sum(accs) / len(accs) if accs else float("nan")
     runs["acc_above_chance"] = runs["run_id"].map(vals)
     return runs
