@@ -239,21 +239,23 @@ def bits(values) -> str:
 def item_outcomes(task: str, samples: list[dict]) -> dict:
     """Per-document outcomes of one task from lm-eval's logged samples, in ``doc_ids`` order (the dataset's ids).
 
-    Log-likelihood tasks: ``{"doc_ids": [int], "acc": "0110..", "acc_norm": "..", "choice": [int], "n_choices":
-    [int]}`` (``choice``: the index of the highest log-likelihood). Letter tasks: ``acc`` and ``choice`` as the
-    first valid capital (``None`` when invalid). ``bits`` strings hold one ``0``/``1`` per document.
+    Log-likelihood tasks: ``{"doc_ids": [int], "acc": "0110..", "acc_norm": "..", "choice": "1030..", "n_choices":
+    "2244.."}``: one character per document, ``choice`` the index of the highest log-likelihood (every task here has
+    at most 5 choices). Letter tasks: ``acc`` and ``choice``, the first valid capital or ``-`` when invalid.
     """
     samples = sorted(samples, key=lambda s: int(s["doc_id"]))
     out: dict = {"doc_ids": [int(s["doc_id"]) for s in samples]}
     if protocol_of(task) == LETTER_PROTOCOL:
         out["acc"] = bits(s["exact_match"] for s in samples)
-        out["choice"] = [None if s["filtered_resps"][0] == "[invalid]" else s["filtered_resps"][0] for s in samples]
+        out["choice"] = "".join("-" if s["filtered_resps"][0] == "[invalid]" else s["filtered_resps"][0] for s in samples)
         return out
     lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
     out["acc"] = bits(s["acc"] for s in samples)
     out["acc_norm"] = bits(s["acc_norm"] for s in samples)
-    out["choice"] = [max(range(len(ll)), key=ll.__getitem__) for ll in lls]
-    out["n_choices"] = [len(ll) for ll in lls]
+    if max(len(ll) for ll in lls) > 9:
+        raise ValueError(f"{task}: a document has more than 9 choices; items store one digit per document")
+    out["choice"] = "".join(str(max(range(len(ll)), key=ll.__getitem__)) for ll in lls)
+    out["n_choices"] = "".join(str(len(ll)) for ll in lls)
     return out
 
 

@@ -333,7 +333,7 @@ def _task_chance(t: dict, task: str) -> float:
     uniform-guess rate (``t["chance"]``, else ``evaluation.CHANCE``)."""
     nc = (t.get("items") or {}).get("n_choices")
     if nc:
-        return sum(1 / c for c in nc) / len(nc)
+        return sum(1 / int(c) for c in nc) / len(nc)
     base = task.removeprefix("paper_")
     return t.get("chance") or {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5}.get(base, 0.25)
 

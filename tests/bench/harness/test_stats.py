@@ -141,8 +141,8 @@ def _record(model, ratio, pipeline, seed, p_correct, nll_per_tok, params, rng):
         acc = ok.mean()
         tasks[t] = {"acc": float(acc), "acc_stderr": float(np.sqrt(acc * (1 - acc) / 79)), "acc_norm": float(acc),
                     "n": 80, "protocol": "lm-eval-loglik-0shot", "doc_ids": ids, "chance": 1 / nc,
-                    "items": {"doc_ids": ids, "acc": bits(ok), "acc_norm": bits(ok), "choice": [0] * 80,
-                              "n_choices": [nc] * 80}}
+                    "items": {"doc_ids": ids, "acc": bits(ok), "acc_norm": bits(ok), "choice": "0" * 80,
+                              "n_choices": str(nc) * 80}}
     nll = (nll_per_tok + 0.3 * rng.standard_normal(16)) * 127
     mean = sum(m["acc"] for m in tasks.values()) / 3
     run_id = f"{model}--{'+'.join(pipeline) or 'dense'}--r{ratio:.2f}--s{seed}"
