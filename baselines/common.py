@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from pat.arch import ArchSpec, base_model, decoder_layers, get_arch, get_module, head_dim, set_module
+from pat.arch import ArchSpec, base_model, count_params, decoder_layers, get_arch, get_module, head_dim, set_module
 from pat.stage import StageDefaults
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,39 @@ def sync_config(model: nn.Module) -> None:
     cfg.intermediate_size = max(inter)
 
 
+# ------------------------------------------------------------------------------------------------------ size targets
+TARGETS = ("ratio", "params")
+
+
+def pat_params(model: nn.Module, ratio: float, align: int | None = None) -> int:
+    """Parameters of the model PAT finalizes at ``ratio``: the same config with ``hidden_size`` = PAT's kept width
+    (``pat.config.PATConfig.target_keep``: ``d (1 - r)`` rounded to a multiple of ``align``, default the head count)
+    and an explicit ``head_dim``; tied embeddings stay tied (PAT's default ``embed_hsm="auto"``). Built on the meta
+    device, so nothing is allocated."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from pat.config import PATConfig
+
+    cfg = copy.deepcopy(base_model(model).config)
+    d, hd = cfg.hidden_size, head_dim(cfg)
+    cfg.hidden_size = PATConfig(prune_ratio=ratio, align=align).target_keep(d, cfg.num_attention_heads)
+    cfg.head_dim = hd
+    with torch.device("meta"):
+        return count_params(AutoModelForCausalLM.from_config(cfg))
+
+
+def target_params(model: nn.Module, ratio: float, target: str = "ratio") -> int:
+    """The parameter count a pruner aims at: ``(1 - ratio)`` of the model's (``"ratio"``) or PAT's count at
+    ``ratio`` (``"params"``, size matching)."""
+    if target == "ratio":
+        return round((1 - ratio) * count_params(model))
+    if target == "params":
+        return pat_params(model, ratio)
+    raise ValueError(f"target: unknown '{target}'; expected one of {', '.join(TARGETS)}")
+
+
 # ------------------------------------------------------------------------------------------------------ ratio solving
 def layer_range(n_layers: int, start: int | None = None, end: int | None = None) -> tuple[int, int]:
     """LLM-Pruner's pruned layer range ``[4, 30)`` of 32, scaled to ``n_layers`` (30 layers: ``[4, 28)``)."""
@@ -166,19 +199,36 @@ def _row_params(lin: nn.Linear) -> int:
     return lin.in_features + (1 if lin.bias is not None else 0)
 
 
-def uniform_counts(cost: LayerCost, attn_ratio: float, mlp_ratio: float) -> tuple[int, int]:
+ROUNDINGS = ("nearest", "up", "down")
+
+
+def removed_count(n: int, ratio: float, rounding: str = "nearest") -> int:
+    """Units removed out of ``n`` at ``ratio``: ``round(r n)`` (``"nearest"``), ``n - int(n (1 - r))`` (``"up"``,
+    LLM-Pruner's ``metapruner.py``) or ``int(r n)`` (``"down"``, FLAP's ``prune_wanda_sp``)."""
+    if rounding == "nearest":
+        return round(ratio * n)
+    if rounding == "up":
+        return n - int(n * (1 - ratio))
+    if rounding == "down":
+        return int(ratio * n)
+    raise ValueError(f"rounding: unknown '{rounding}'; expected one of {', '.join(ROUNDINGS)}")
+
+
+def uniform_counts(cost: LayerCost, attn_ratio: float, mlp_ratio: float,
+                   rounding: str = "nearest") -> tuple[int, int]:
     """KV groups and MLP channels removed from one layer at the given ratios (at least one of each kept)."""
-    k = min(int(round(attn_ratio * cost.n_kv)), cost.n_kv - 1)
-    c = min(int(round(mlp_ratio * cost.n_channels)), cost.n_channels - 1)
+    k = min(removed_count(cost.n_kv, attn_ratio, rounding), cost.n_kv - 1)
+    c = min(removed_count(cost.n_channels, mlp_ratio, rounding), cost.n_channels - 1)
     return k, c
 
 
-def solve_uniform_ratio(costs: list[LayerCost], total: int, target: float, tol: float = 0.01) -> dict:
+def solve_uniform_ratio(costs: list[LayerCost], total: int, target: float, tol: float = 0.01,
+                        rounding: str = "nearest") -> dict:
     """Solve for the group ratio removing ``target`` of ``total`` parameters with one uniform per-layer ratio.
 
     First one ratio ``r`` for both heads and channels (bisection; the removal is monotone in ``r``). Heads are
-    coarse (SmolLM2 has 3 KV groups per layer), so when that misses the target by more than ``tol`` (absolute),
-    the head count of the best ``r`` is kept and the MLP ratio alone is solved.
+    coarse (SmolLM2 has 3 KV groups per layer), so when that misses the kept count ``(1 - target) total`` by more than
+    ``tol`` of it, the head count of the best ``r`` is kept and the MLP ratio alone is solved.
 
     Returns:
         ``{"group_ratio", "attn_ratio", "mlp_ratio", "removed", "achieved"}``.
@@ -187,12 +237,13 @@ def solve_uniform_ratio(costs: list[LayerCost], total: int, target: float, tol: 
         raise ValueError(f"ratio must be in [0, 1); got {target}")
 
     def removed(ra: float, rm: float) -> int:
-        return sum(k * c.group_params + m * c.channel_params for c in costs for k, m in [uniform_counts(c, ra, rm)])
+        return sum(k * c.group_params + m * c.channel_params
+                   for c in costs for k, m in [uniform_counts(c, ra, rm, rounding)])
 
     goal = target * total
     best = _bisect(lambda r: removed(r, r), goal)
     ra = rm = best
-    if abs(removed(ra, rm) - goal) > tol * total:
+    if abs(removed(ra, rm) - goal) > tol * (total - goal):
         rm = _bisect(lambda r: removed(ra, r), goal)
     got = removed(ra, rm)
     return {"group_ratio": best, "attn_ratio": ra, "mlp_ratio": rm, "removed": got, "achieved": got / total}
@@ -210,7 +261,8 @@ def _bisect(f: Callable[[float], int], goal: float, iters: int = 40) -> float:
 
 
 def apply_uniform(model: nn.Module, layers: list[int], group_scores: list[torch.Tensor],
-                  channel_scores: list[torch.Tensor], attn_ratio: float, mlp_ratio: float) -> list[dict]:
+                  channel_scores: list[torch.Tensor], attn_ratio: float, mlp_ratio: float,
+                  rounding: str = "nearest") -> list[dict]:
     """Remove the lowest-scoring KV groups/channels of each layer in ``layers`` at the given uniform ratios.
 
     Args:
@@ -223,7 +275,7 @@ def apply_uniform(model: nn.Module, layers: list[int], group_scores: list[torch.
     costs = layer_costs(model, layers)
     out = []
     for i, cost, gs, cs in zip(layers, costs, group_scores, channel_scores):
-        k, c = uniform_counts(cost, attn_ratio, mlp_ratio)
+        k, c = uniform_counts(cost, attn_ratio, mlp_ratio, rounding)
         layer = decoder_layers(model, arch)[i]
         prune_layer(layer, arch, cfg, top_k(gs, cost.n_kv - k), top_k(cs, cost.n_channels - c))
         g = attn_geom(layer, arch, cfg)
@@ -293,6 +345,33 @@ def input_stats(model: nn.Module, paths: list[str]) -> Iterator[dict[str, InputS
             h.remove()
 
 
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def layer0_inputs(model: nn.Module, calibration: torch.Tensor, batch_size: int) -> tuple[list, list]:
+    """Hidden states entering layer 0 and the keyword arguments the model passes to its layers, per batch."""
+    layer0 = decoder_layers(model)[0]
+    hs, kws = [], []
+
+    def grab(_m, args, kwargs):
+        hs.append((args[0] if args else kwargs.pop("hidden_states")).detach())
+        kws.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _Stop
+
+    handle = layer0.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for i in range(0, calibration.shape[0], batch_size):
+            try:
+                model(input_ids=calibration[i:i + batch_size], use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return hs, kws
+
+
 @torch.no_grad()
 def run_calibration(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8) -> None:
     """Forward the calibration tokens (n, seq_len) through ``model`` in batches (for hooks)."""
@@ -351,7 +430,8 @@ class OneShotStage(StageDefaults):
         calib = ctx.calibration(self.calib_n, self.calib_len)
         calib = calib[0] if isinstance(calib, tuple) else calib
         model, rep = type(self).prune_fn(model, self.ratio, calib, **self.opts)
-        self._report = dict(rep, calibration={"n": int(calib.shape[0]), "seq_len": int(calib.shape[1])})
+        self._report = dict(rep, calibration={"source": getattr(ctx.calibration, "source", None),
+                                              "n": int(calib.shape[0]), "seq_len": int(calib.shape[1])})
         return model
 
     def _first(self, ctx) -> bool:

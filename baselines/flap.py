@@ -2,9 +2,12 @@
 ``lib/prune.py``.
 
 - **Statistics.** For the inputs of ``o_proj`` and ``down_proj``: per-channel mean and variance over all calibration
-  tokens (the "fluctuation"; 128 C4 windows of 128 tokens by default; FLAP used 1024 WikiText-2 train windows).
-- **WIFV** of input channel ``j`` = ``var(x_j) * ||W[:, j]||^2``. A KV group's score is the mean over its query heads'
-  columns (FLAP: the mean over a head's 128 dims; with GQA the unit is the whole query group).
+  tokens (the "fluctuation"; the stage draws FLAP's 1024 windows of 128 tokens, from C4: the authors used WikiText-2
+  train, which the data directory does not ship).
+- **WIFV** of input channel ``j`` = ``var(x_j) * ||W[:, j]||^2``; the attention channels' WIFV is squared before
+  standardizing, the MLP's is not (the authors' ``prune.py``; ``square_attn=False`` squares neither). A KV group's
+  score is the mean over its query heads' columns (FLAP: the mean over a head's 128 dims; with GQA the unit is the
+  whole query group).
 - **Standardization.** Per layer, z-score of the per-channel metric of ``o_proj`` and of ``down_proj`` inputs
   (FLAP's ``standarlization``, ``axis=1``); a KV group then scores the mean of its columns' z-scores.
 - **Global selection (AL-AM).** All groups and channels of all layers are ranked together; the kept set is the top
@@ -26,7 +29,7 @@ import torch.nn as nn
 
 from baselines.common import (
     OneShotStage, attn_geom, check_calibration, group_q_rows, input_stats, layer_costs, layer_path,
-    prune_layer, run_calibration, sync_config,
+    prune_layer, run_calibration, sync_config, target_params,
 )
 from pat.arch import base_model, count_params, decoder_layers, get_arch, get_module
 
@@ -50,8 +53,12 @@ def flap_stats(model: nn.Module, calibration: torch.Tensor, batch_size: int = 8)
     return stats
 
 
-def wifv_scores(model: nn.Module, stats: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per layer, standardized WIFV of the KV groups (n_kv,) and MLP channels (intermediate,)."""
+def wifv_scores(model: nn.Module, stats: dict,
+                square_attn: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, standardized WIFV of the KV groups (n_kv,) and MLP channels (intermediate,).
+
+    ``square_attn``: square the attention channels' WIFV before standardizing (the authors' ``prune.py``, ``** 2`` on
+    ``self_attn.o_proj`` only); ``False`` standardizes the plain WIFV of both."""
     model = base_model(model)
     arch, cfg = get_arch(model), model.config
     groups, chans = [], []
@@ -60,6 +67,7 @@ def wifv_scores(model: nn.Module, stats: dict) -> tuple[list[torch.Tensor], list
         o, d = get_module(layer, arch.attn_out), get_module(layer, arch.mlp_out)
         so = stats[layer_path(arch, i, arch.attn_out)].var * o.weight.detach().double().pow(2).sum(0)
         sd = stats[layer_path(arch, i, arch.mlp_out)].var * d.weight.detach().double().pow(2).sum(0)
+        so = so**2 if square_attn else so
         groups.append(_zscore(so).view(g.n_kv, -1).mean(1).cpu())  # FLAP: z-score per channel, then head mean
         chans.append(_zscore(sd).cpu())
     return groups, chans
@@ -109,11 +117,15 @@ def _add_compensation_biases(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def prune(model: nn.Module, ratio: float, calibration, batch_size: int = 8) -> tuple[nn.Module, dict]:
+def prune(model: nn.Module, ratio: float, calibration, batch_size: int = 8, square_attn: bool = True,
+          target: str = "ratio") -> tuple[nn.Module, dict]:
     """FLAP: remove about ``ratio`` of the whole model's parameters with adaptive per-layer widths (in place).
 
     Args:
         calibration: LongTensor (n, seq_len), or a callable returning one.
+        square_attn: square the attention metric before standardizing, as the authors' code (see ``wifv_scores``).
+        target: ``"ratio"``: keep ``1 - ratio`` of the model's parameters; ``"params"``: keep PAT's count at
+            ``ratio`` (``baselines.common.pat_params``).
     Returns:
         ``(model, report)`` with per-layer widths and the achieved parameter ratio (compensation biases included).
     """
@@ -123,12 +135,13 @@ def prune(model: nn.Module, ratio: float, calibration, batch_size: int = 8) -> t
     model = base_model(model)
     arch, cfg = get_arch(model), model.config
     total = count_params(model)
+    goal = target_params(model, ratio, target)
     t0 = time.perf_counter()
     stats = flap_stats(model, calibration, batch_size)
-    groups, chans = wifv_scores(model, stats)
+    groups, chans = wifv_scores(model, stats, square_attn)
     layers = decoder_layers(model, arch)
     _add_compensation_biases(model)  # first, so that the budget pays for the added biases too
-    remove = count_params(model) - (1 - ratio) * total
+    remove = count_params(model) - goal
     gmasks, cmasks = global_select(groups, chans, layer_costs(model, list(range(len(layers)))), remove)
     widths = []
     for i, layer in enumerate(layers):
@@ -142,7 +155,8 @@ def prune(model: nn.Module, ratio: float, calibration, batch_size: int = 8) -> t
                        "intermediate": int(cmasks[i].sum())})
     sync_config(model)
     after = count_params(model)
-    report = {"method": "flap", "metric": "WIFV", "target_ratio": ratio, "params_before": total, "params_after": after,
+    report = {"method": "flap", "metric": "WIFV", "square_attn": square_attn, "target": target, "target_ratio": ratio,
+              "params_before": total, "params_target": goal, "params_after": after, "params_off": after / goal - 1,
               "achieved_ratio": 1 - after / total, "widths": widths, "calibration_shape": list(calibration.shape),
               "score_seconds": round(time.perf_counter() - t0, 3)}
     log.info("flap: target %.3f achieved %.4f", ratio, report["achieved_ratio"])
@@ -160,6 +174,6 @@ class FLAPStage(OneShotStage):
     """FLAP as a pipeline stage."""
 
     name = "flap"
-    calib_n = 128
+    calib_n = 1024
     calib_len = 128
     prune_fn = staticmethod(prune)

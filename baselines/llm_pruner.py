@@ -11,7 +11,9 @@ As in horseee/LLM-Pruner (``hf_prune.py``, ``llama3.py``, ``hf_llama_pruner.Tayl
   the group's members (``--grouping_strategy sum``). ``random`` draws seeded random scores.
 - **Selection.** Local: one uniform ratio per pruned layer. The layers ``[4, 30)`` of 32 are scaled to the model
   (``common.layer_range``; 30 layers -> ``[4, 28)``).
-- **Target.** The whole model's parameter reduction; ``common.solve_uniform_ratio`` solves the group ratio.
+- **Target.** The whole model's parameter reduction (``target="ratio"``), or PAT's parameter count at the ratio
+  (``target="params"``); ``common.solve_uniform_ratio`` solves the group ratio. Per layer the authors remove
+  ``n - int(n (1 - r))`` units (``rounding="up"``, the default); ``rounding="nearest"`` removes ``round(r n)``.
 
 Memory: gradients are only materialized for the linears of ``chunk_layers`` layers per backward pass (default: all
 pruned layers in one pass), so scoring a 7B model fits on one GPU by chunking (see ``docs/baselines.md``).
@@ -27,7 +29,7 @@ import torch.nn as nn
 
 from baselines.common import (
     OneShotStage, apply_uniform, attn_geom, check_calibration, layer_costs, layer_range,
-    solve_uniform_ratio,
+    solve_uniform_ratio, target_params,
 )
 from pat.arch import base_model, count_params, decoder_layers, get_arch, get_module
 
@@ -149,7 +151,7 @@ def random_scores(model: nn.Module, layers: list[int], seed: int = 0) -> tuple[l
 
 def prune(model: nn.Module, ratio: float, calibration, importance: str = "first", mode: str = "element",
           layer_start: int | None = None, layer_end: int | None = None, chunk_layers: int | None = None,
-          seed: int = 0, tol: float = 0.01) -> tuple[nn.Module, dict]:
+          seed: int = 0, tol: float = 0.01, rounding: str = "up", target: str = "ratio") -> tuple[nn.Module, dict]:
     """Block-wise LLM-Pruner: remove ``ratio`` of the whole model's parameters (in place).
 
     Args:
@@ -159,6 +161,10 @@ def prune(model: nn.Module, ratio: float, calibration, importance: str = "first"
         importance: ``first`` | ``second`` | ``mix`` | ``random``; mode: ``element`` | ``vector``.
         layer_start, layer_end: pruned layers ``[start, end)``; default LLM-Pruner's 4..30 of 32, scaled.
         chunk_layers: layers whose gradients are held at once (bounds memory).
+        rounding: units removed per layer at group ratio ``r``: ``"up"`` = ``n - int(n (1 - r))``, the authors'
+            (``metapruner.py``); ``"nearest"`` = ``round(r n)``; ``"down"`` = ``int(r n)``.
+        target: ``"ratio"``: remove ``ratio`` of the model's parameters; ``"params"``: keep PAT's count at ``ratio``
+            (``baselines.common.pat_params``).
     Returns:
         ``(model, report)`` with the solved ratios, per-layer widths and achieved parameter ratio.
     """
@@ -171,6 +177,7 @@ def prune(model: nn.Module, ratio: float, calibration, importance: str = "first"
     s, e = layer_range(n_layers, layer_start, layer_end)
     layers = list(range(s, e))
     total = count_params(model)
+    goal = target_params(model, ratio, target)
     t0 = time.perf_counter()
     if importance == "random":
         calib_shape = None
@@ -180,11 +187,12 @@ def prune(model: nn.Module, ratio: float, calibration, importance: str = "first"
         calib_shape = list(calibration.shape)
         groups, chans = taylor_scores(model, calibration, layers, importance, mode, chunk_layers)
     t_score = time.perf_counter() - t0
-    sol = solve_uniform_ratio(layer_costs(model, layers), total, ratio, tol)
-    widths = apply_uniform(model, layers, groups, chans, sol["attn_ratio"], sol["mlp_ratio"])
+    sol = solve_uniform_ratio(layer_costs(model, layers), total, 1 - goal / total, tol, rounding)
+    widths = apply_uniform(model, layers, groups, chans, sol["attn_ratio"], sol["mlp_ratio"], rounding)
     after = count_params(model)
     report = {
-        "method": "llm_pruner", "importance": importance, "mode": mode, "target_ratio": ratio,
+        "method": "llm_pruner", "importance": importance, "mode": mode, "target": target, "target_ratio": ratio,
+        "rounding": rounding, "params_target": goal, "params_off": after / goal - 1,
         "layer_range": [s, e], "group_ratio": sol["group_ratio"], "attn_ratio": sol["attn_ratio"],
         "mlp_ratio": sol["mlp_ratio"], "params_before": total, "params_after": after,
         "achieved_ratio": 1 - after / total, "widths": widths, "calibration_shape": calib_shape,

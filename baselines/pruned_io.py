@@ -78,6 +78,7 @@ def build_manifest(model: nn.Module) -> dict:
         "hidden_size": int(cfg.hidden_size),
         "head_dim": head_dim(cfg),
         "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
+        "head_hidden": int(get_module(model, arch.lm_head).in_features),
         "layers": [_layer_manifest(layer, arch, cfg) for layer in decoder_layers(model, arch)],
     }
 
@@ -184,6 +185,12 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
                                     f"config has {len(layers)} layers")
     for i, entry in enumerate(manifest["layers"]):
         layers[i] = _reshape_layer(layers[i], entry, arch, cfg, dtype, i)
+    head_hidden = int(manifest.get("head_hidden", manifest["hidden_size"]))
+    if head_hidden != int(manifest["hidden_size"]):  # SliceGPT's unsliced head path: final norm and head stay wide
+        norm, head = get_module(model, arch.final_norm), get_module(model, arch.lm_head)
+        norm.weight = nn.Parameter(torch.zeros(head_hidden, dtype=dtype))
+        set_module(model, arch.lm_head, nn.Linear(head_hidden, head.out_features, bias=head.bias is not None,
+                                                  dtype=dtype))
     if manifest.get("tie_word_embeddings"):
         model.tie_weights()
     try:

@@ -11,9 +11,13 @@
    explicit ``attn_shortcut_Q`` / ``mlp_shortcut_Q`` matrices (``ShortcutDecoderLayer``).
 4. The sliced RMSNorm must still divide by ``sqrt(d)`` (SliceGPT's ``RMSN(mean_dim=d)``); that is its gain
    ``sqrt(d / d')`` (Gemma: minus 1), so stock norm modules stay.
+5. **Head path.** By default (``slice_head=False``, TransformerCompression's ``do_slice_head=False``) the last layer's
+   ``down_proj`` output, the final norm and the LM head stay ``d`` wide in the original basis; ``slice_head=True``
+   slices them to ``d'`` too.
 
 "Slicing ratio" is the fraction of the hidden dimension removed; the parameter reduction is smaller (shortcut
-matrices, untied head) and is reported beside it.
+matrices, untied head) and is reported beside it. ``target="params"`` instead picks ``d'`` so that the sliced model has
+PAT's parameter count at the given ratio (size matching).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 import torch
 import torch.nn as nn
 
-from baselines.common import OneShotStage, attn_module_path, check_calibration
+from baselines.common import OneShotStage, attn_module_path, check_calibration, layer0_inputs, target_params
 from pat.arch import ArchSpec, base_model, count_params, decoder_layers, get_arch, get_module, head_dim
 
 log = logging.getLogger(__name__)
@@ -147,48 +151,71 @@ def _rot_out(lin: nn.Linear, Q: torch.Tensor) -> None:
     lin.out_features = Q.shape[1]
 
 
-class _Stop(Exception):
-    pass
-
-
-@torch.no_grad()
-def _layer0_inputs(model: nn.Module, calibration: torch.Tensor, batch_size: int) -> tuple[list, list]:
-    """Hidden states entering layer 0 and the keyword arguments the model passes to its layers, per batch."""
-    layer0 = decoder_layers(model)[0]
-    hs, kws = [], []
-
-    def grab(_m, args, kwargs):
-        hs.append((args[0] if args else kwargs.pop("hidden_states")).detach())
-        kws.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
-        raise _Stop
-
-    handle = layer0.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for i in range(0, calibration.shape[0], batch_size):
-            try:
-                model(input_ids=calibration[i:i + batch_size], use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return hs, kws
-
-
 def sliced_dim(d: int, slicing: float, round_to: int) -> int:
     new = int((1 - slicing) * d)
     return max(round_to, new - new % round_to)
 
 
+def sliced_params(model: nn.Module, dn: int, slice_head: bool = False) -> int:
+    """Parameters of ``model`` (dense, before folding) once SliceGPT has sliced it to ``dn``: the untied head, the
+    shortcut matrices, and with ``slice_head=False`` the last ``down_proj``, the final norm and the head ``d`` wide.
+    Exact (``count_params`` of the sliced model), from the shapes alone."""
+    model = base_model(model)
+    arch = get_arch(model)
+    d = model.config.hidden_size
+    emb, head = get_module(model, arch.embed), get_module(model, arch.lm_head)
+    layers = decoder_layers(model, arch)
+    n = emb.num_embeddings * dn
+    for i, layer in enumerate(layers):
+        out = d if (i == len(layers) - 1 and not slice_head) else dn
+        sliced = set()
+        for p in (*arch.attn_in, *arch.mlp_in):
+            lin = get_module(layer, p)
+            n += lin.out_features * dn + (lin.out_features if lin.bias is not None else 0)
+            sliced.add(p)
+        for p, width in ((arch.attn_out, dn), (arch.mlp_out, out)):
+            lin = get_module(layer, p)
+            n += lin.in_features * width + (width if lin.bias is not None else 0)
+            sliced.add(p)
+        n += 2 * dn + dn * dn + dn * out  # two norms, two shortcut matrices
+        sliced |= {arch.attn_norm, arch.mlp_norm}
+        n += sum(q.numel() for name, q in layer.named_parameters()
+                 if not any(name == f"{p}.weight" or name == f"{p}.bias" for p in sliced))
+    dh = dn if slice_head else d
+    return n + dh + head.out_features * dh + (head.out_features if head.bias is not None else 0)
+
+
+def hidden_for_params(model: nn.Module, goal: int, round_to: int = 8, slice_head: bool = False) -> int:
+    """The multiple of ``round_to`` (at most ``d``) whose ``sliced_params`` is closest to ``goal``, by bisection."""
+    d = base_model(model).config.hidden_size
+    lo, hi = 1, d // round_to  # sliced_params grows with the width: find the last k with count <= goal
+    if sliced_params(model, lo * round_to, slice_head) > goal:
+        return lo * round_to
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sliced_params(model, mid * round_to, slice_head) <= goal:
+            lo = mid
+        else:
+            hi = mid - 1
+    cands = [k * round_to for k in (lo, lo + 1) if k * round_to <= d]
+    return min(cands, key=lambda w: abs(sliced_params(model, w, slice_head) - goal))
+
+
 @torch.no_grad()
 def rotate_and_slice(model: nn.Module, calibration: torch.Tensor, slicing: float, round_to: int = 8,
-                     batch_size: int = 8, fp64_shortcut: bool = False) -> dict:
-    """Rotate the (norm-folded) model by per-point PCA bases and slice the hidden dimension (in place)."""
+                     batch_size: int = 8, fp64_shortcut: bool = False, slice_head: bool = False,
+                     hidden: int | None = None) -> dict:
+    """Rotate the (norm-folded) model by per-point PCA bases and slice the hidden dimension (in place).
+
+    ``hidden`` overrides the width from ``slicing``. With ``slice_head=False`` the last layer's output, the final norm
+    and the LM head keep the full width ``d`` and are not rotated (TransformerCompression's ``do_slice_head=False``).
+    """
     model = base_model(model)
     arch, cfg = get_arch(model), model.config
     d = cfg.hidden_size
-    dn = sliced_dim(d, slicing, round_to)
+    dn = hidden if hidden is not None else sliced_dim(d, slicing, round_to)
     c = math.sqrt(d / dn)
-    hs, kws = _layer0_inputs(model, calibration, batch_size)
+    hs, kws = layer0_inputs(model, calibration, batch_size)
     Q = pca_basis(hs)[:, :dn]
     emb = get_module(model, arch.embed)
     scale_attr = arch.embed_scale_attr
@@ -203,13 +230,15 @@ def rotate_and_slice(model: nn.Module, calibration: torch.Tensor, slicing: float
     xs = [h.double() @ Q for h in hs]
     layers = decoder_layers(model, arch)
     for i, layer in enumerate(layers):
-        layers[i], Q, xs = _slice_layer(layer, arch, Q, xs, kws, c, dn, fp64_shortcut)
-    head = get_module(model, arch.lm_head)
-    _rot_in(head, Q)
-    _set_gain(get_module(model, arch.final_norm), arch, c, dn)
-    cfg.hidden_size = dn
+        full_out = i == len(layers) - 1 and not slice_head
+        layers[i], Q, xs = _slice_layer(layer, arch, Q, xs, kws, c, dn, fp64_shortcut, full_out)
+    if slice_head:
+        _rot_in(get_module(model, arch.lm_head), Q)
+        _set_gain(get_module(model, arch.final_norm), arch, c, dn)
     cfg.head_dim = head_dim(cfg) if getattr(cfg, "head_dim", None) else d // cfg.num_attention_heads
-    return {"hidden_before": d, "hidden_after": dn, "norm_gain": c}
+    cfg.hidden_size = dn
+    return {"hidden_before": d, "hidden_after": dn, "head_hidden": dn if slice_head else d, "slice_head": slice_head,
+            "norm_gain": c}
 
 
 def _run(module: nn.Module, xs: list[torch.Tensor], fn) -> list[torch.Tensor]:
@@ -218,8 +247,10 @@ def _run(module: nn.Module, xs: list[torch.Tensor], fn) -> list[torch.Tensor]:
 
 
 def _slice_layer(layer: nn.Module, arch: ArchSpec, Q: torch.Tensor, xs: list, kws: list, c: float, dn: int,
-                 fp64_shortcut: bool = False):
-    """One layer: returns (wrapped layer, basis of its output (d, d'), its sliced outputs)."""
+                 fp64_shortcut: bool = False, full_out: bool = False):
+    """One layer: returns (wrapped layer, basis of its output (d, d'), its sliced outputs).
+
+    ``full_out``: the output keeps the full width in the original basis (identity; the unsliced head path)."""
     attn = get_module(layer, attn_module_path(arch))
     for p in arch.attn_in:
         _rot_in(get_module(layer, p), Q)
@@ -236,7 +267,7 @@ def _slice_layer(layer: nn.Module, arch: ArchSpec, Q: torch.Tensor, xs: list, kw
     mlp = get_module(layer, arch.mlp_out.rpartition(".")[0])
     m = _run(layer, xm, lambda x, j: mlp(get_module(layer, arch.mlp_norm)(x)))
     out = [x @ Qm.T + y for x, y in zip(xm, m)]
-    Qn = pca_basis(out)[:, :dn]
+    Qn = torch.eye(out[0].shape[-1], dtype=torch.float64) if full_out else pca_basis(out)[:, :dn]
     _rot_out(get_module(layer, arch.mlp_out), Qn)
     dtype = get_module(layer, arch.mlp_out).weight.dtype
     wrapped = ShortcutDecoderLayer(layer, arch, attn_q.to(dtype), (Qm.T @ Qn).to(dtype), fp64_shortcut)
@@ -244,38 +275,54 @@ def _slice_layer(layer: nn.Module, arch: ArchSpec, Q: torch.Tensor, xs: list, kw
 
 
 def prune(model: nn.Module, ratio: float, calibration, round_to: int = 8, batch_size: int = 8,
-          fp64_shortcut: bool = False) -> tuple[nn.Module, dict]:
-    """SliceGPT: fold norms, then rotate and slice ``ratio`` of the hidden dimension (in place).
+          fp64_shortcut: bool = False, slice_head: bool = False, target: str = "ratio") -> tuple[nn.Module, dict]:
+    """SliceGPT: fold norms, then rotate and slice the hidden dimension (in place).
 
     Args:
-        ratio: slicing ratio (fraction of the hidden dimension removed), in [0, 1).
+        ratio: with ``target="ratio"`` (the authors' convention) the slicing ratio: the fraction of the hidden
+            dimension removed, ``d' = int((1 - ratio) d)`` rounded down to ``round_to``. With ``target="params"`` the
+            PAT ratio whose parameter count to match: ``d'`` is the multiple of ``round_to`` whose sliced model is
+            closest to ``baselines.common.pat_params(model, ratio)`` (bisection over ``sliced_params``).
         calibration: LongTensor (n, seq_len), or a callable returning one.
-        round_to: the sliced dimension is rounded down to a multiple of this (SliceGPT's ``--round-interval``).
+        round_to: the sliced dimension is a multiple of this (SliceGPT's ``--round-interval``).
         fp64_shortcut: compute the skip-path rotations in fp64 (exactness checks; slower).
+        slice_head: also slice the last layer's output, the final norm and the LM head (default ``False``, as
+            TransformerCompression's ``do_slice_head=False``).
     Returns:
         ``(model, report)`` with the slicing ratio, the new hidden size and the achieved parameter ratio.
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio (slicing) must be in [0, 1); got {ratio}")
+    if round_to < 1:
+        raise ValueError(f"round_to must be a positive integer; got {round_to}")
     calibration = check_calibration(calibration)
     model = base_model(model)
     total = count_params(model)
+    d = model.config.hidden_size
+    if target == "params":
+        goal = target_params(model, ratio, "params")
+        dn = hidden_for_params(model, goal, round_to, slice_head)
+    else:
+        goal = target_params(model, ratio, target)  # validates target
+        dn = sliced_dim(d, ratio, round_to)
     t0 = time.perf_counter()
     fold_norms(model)
-    rep = rotate_and_slice(model, calibration, ratio, round_to, batch_size, fp64_shortcut)
+    rep = rotate_and_slice(model, calibration, 1 - dn / d, round_to, batch_size, fp64_shortcut, slice_head, dn)
     after = count_params(model)
-    report = {"method": "slicegpt", "slicing_ratio": ratio, **rep, "params_before": total, "params_after": after,
-              "achieved_ratio": 1 - after / total, "calibration_shape": list(calibration.shape),
-              "score_seconds": round(time.perf_counter() - t0, 3)}
-    log.info("slicegpt: slicing %.3f (d %d -> %d), achieved parameter ratio %.4f", ratio, rep["hidden_before"],
-             rep["hidden_after"], report["achieved_ratio"])
+    report = {"method": "slicegpt", "target": target, "slicing_ratio": 1 - dn / d, "ratio": ratio, **rep,
+              "params_before": total, "params_target": goal, "params_after": after,
+              "params_off": after / goal - 1, "achieved_ratio": 1 - after / total,
+              "calibration_shape": list(calibration.shape), "score_seconds": round(time.perf_counter() - t0, 3)}
+    log.info("slicegpt: d %d -> %d (head %d), params %d (target %d, %+.2f %%)", rep["hidden_before"],
+             rep["hidden_after"], rep["head_hidden"], after, goal, 100 * report["params_off"])
     return model, report
 
 
 class SliceGPTStage(OneShotStage):
-    """SliceGPT as a pipeline stage (``ratio`` = slicing ratio)."""
+    """SliceGPT as a pipeline stage (``ratio`` = slicing ratio, or PAT's ratio with ``target = "params"``); the
+    authors' calibration, 128 windows of 2048 tokens."""
 
     name = "slicegpt"
     calib_n = 128
-    calib_len = 128
+    calib_len = 2048
     prune_fn = staticmethod(prune)

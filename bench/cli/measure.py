@@ -5,8 +5,10 @@
 
 (``python -m bench.cli.measure`` is the same command.)
 
-Every (method, ratio) is pruned from a fresh copy of the dense model with no tuning. Results are merged into ``--out``
-(keyed by method and ratio; written atomically after every entry), so runs can be split or resumed.
+Every (method, ratio) is pruned from a fresh copy of the dense model with no tuning, calibrated on C4 windows of the
+authors' size (``METHODS``) unless ``--calib`` says otherwise; each entry records its calibration, the authors' size
+and PAT's parameter count at the ratio. Results are merged into ``--out`` (keyed by method and ratio; written
+atomically after every entry), so runs can be split or resumed.
 ``--memory`` adds the peak-RSS probe of Taylor scoring (one subprocess per ``chunk_layers`` setting).
 """
 
@@ -26,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from baselines.common import layer_range
+from baselines.common import layer_range, pat_params
 from baselines.llm_pruner import taylor_scores
 from baselines.pruned_io import load_model
 from bench.harness.calibration import load_calibration
@@ -34,16 +36,38 @@ from bench.harness.perplexity import perplexity
 from pat.arch import count_params, decoder_layers
 from pat.io import write_json_atomic
 
+# name -> (module, options, the authors' calibration (n windows, tokens each));
+# every default is the authors' algorithm
 METHODS = {
     "llm_pruner": ("baselines.llm_pruner", {"importance": "first"}, (10, 64)),
+    "llm_pruner_params": ("baselines.llm_pruner", {"importance": "first", "target": "params"}, (10, 64)),
+    "llm_pruner_nearest": ("baselines.llm_pruner", {"importance": "first", "rounding": "nearest"}, (10, 64)),
     "llm_pruner_random": ("baselines.llm_pruner", {"importance": "random"}, (10, 64)),
     "llm_pruner_second": ("baselines.llm_pruner", {"importance": "second"}, (10, 64)),
     "llm_pruner_vector": ("baselines.llm_pruner", {"importance": "first", "mode": "vector"}, (10, 64)),
-    "wanda_sp": ("baselines.wanda_sp", {}, (32, 128)),
-    "wanda_sp_layers4to28": ("baselines.wanda_sp", {"layer_start": 4, "layer_end": 28}, (32, 128)),
-    "flap": ("baselines.flap", {}, (32, 128)),
-    "slicegpt": ("baselines.slicegpt", {}, (32, 128)),
+    "wanda_sp": ("baselines.wanda_sp", {}, (128, 128)),
+    "wanda_sp_params": ("baselines.wanda_sp", {"target": "params"}, (128, 128)),
+    "wanda_sp_onepass": ("baselines.wanda_sp", {"sequential": False}, (128, 128)),
+    "wanda_sp_layers4to28": ("baselines.wanda_sp", {"layer_start": 4, "layer_end": 28}, (128, 128)),
+    "flap": ("baselines.flap", {}, (1024, 128)),
+    "flap_params": ("baselines.flap", {"target": "params"}, (1024, 128)),
+    "flap_unsquared": ("baselines.flap", {"square_attn": False}, (1024, 128)),
+    "slicegpt": ("baselines.slicegpt", {}, (128, 2048)),
+    "slicegpt_params": ("baselines.slicegpt", {"target": "params"}, (128, 2048)),
+    "slicegpt_slice_head": ("baselines.slicegpt", {"slice_head": True}, (128, 2048)),
 }
+
+
+def parse_calib(text: str) -> dict[str, tuple[int, int]]:
+    """``--calib slicegpt=32x2048,flap=256x128`` -> ``{"slicegpt": (32, 2048), ...}`` (per method family prefix)."""
+    out = {}
+    for part in [p for p in text.split(",") if p]:
+        name, _, size = part.partition("=")
+        n, _, L = size.partition("x")
+        if not (name and n.isdigit() and L.isdigit()):
+            raise SystemExit(f"--calib: '{part}' is not METHOD=NxLEN (e.g. slicegpt=32x2048)")
+        out[name] = (int(n), int(L))
+    return out
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -102,15 +126,23 @@ def memory_probe(model_name: str, chunk: int | None) -> dict:
 
 def table(res: dict) -> str:
     """A markdown table of a results file (dense first, then each method and ratio)."""
-    cols = ["method", "ratio", "achieved param ratio", "params", "PPL@128", "PPL@2048", "forward time vs dense"]
+    cols = ["method", "ratio", "target", "calibration (C4)", "params", "vs PAT's count", "PPL@128", "PPL@2048",
+            "forward time vs dense"]
     rows = []
     d = res.get("dense")
     if d:
-        rows.append(["dense", "0", "0", f"{d['params']:,}", f"{d['ppl128']['ppl']:.2f}", f"{d['ppl2048']['ppl']:.2f}",
-                     f"{d['time_ratio_vs_dense']:.2f} (dense vs dense: noise)"])
+        rows.append(["dense", "0", "–", "–", f"{d['params']:,}", "–", f"{d['ppl128']['ppl']:.2f}",
+                     f"{d['ppl2048']['ppl']:.2f}", f"{d['time_ratio_vs_dense']:.2f} (dense vs dense: noise)"])
     for e in res.get("entries", {}).values():
-        extra = f" (d'={e['report']['hidden_after']})" if "hidden_after" in e["report"] else ""
-        rows.append([e["method"], f"{e['ratio']}{extra}", f"{e['report']['achieved_ratio']:.4f}", f"{e['params']:,}",
+        rep = e["report"]
+        extra = f" (d'={rep['hidden_after']})" if "hidden_after" in rep else ""
+        c = e.get("calibration") or {}
+        cal = f"{c.get('n')} x {c.get('seq_len')}" if c else "–"
+        if c.get("authors") and (c["authors"]["n"], c["authors"]["seq_len"]) != (c.get("n"), c.get("seq_len")):
+            cal += f" (authors: {c['authors']['n']} x {c['authors']['seq_len']})"
+        pat = e.get("pat_params")
+        vs = f"{100 * (e['params'] / pat - 1):+.2f} %" if pat else "–"
+        rows.append([e["method"], f"{e['ratio']}{extra}", rep.get("target", "ratio"), cal, f"{e['params']:,}", vs,
                      f"{e['ppl128']['ppl']:.2f}", f"{e['ppl2048']['ppl']:.2f}", f"{e['time_ratio_vs_dense']:.2f}"])
     return pd.DataFrame(rows, columns=cols).to_markdown(index=False, tablefmt="github", disable_numparse=True)
 
@@ -128,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--time-seq", type=int, default=128)
     ap.add_argument("--time-reps", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--calib", default="", help="calibration sizes overriding the authors', METHOD=NxLEN,... "
+                    "(METHOD: a --methods name or its family, e.g. slicegpt=32x2048)")
     ap.add_argument("--no-dense", action="store_true", help="skip (re)measuring the dense model")
     ap.add_argument("--memory", action="store_true", help="add the Taylor-scoring memory probe")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
@@ -152,14 +186,19 @@ def _prune_and_measure(method: str, dense, tok, args, res: dict, out: Path) -> N
     """Prune a fresh copy of ``dense`` with ``method`` at every ratio; each entry is written as soon as measured."""
     if method not in METHODS:
         raise SystemExit(f"--methods: unknown '{method}'; expected some of {', '.join(METHODS)}")
-    mod_name, opts, (n, L) = METHODS[method]
+    mod_name, opts, authors = METHODS[method]
+    family = mod_name.rpartition(".")[2]
+    calib_over = parse_calib(args.calib)
+    n, L = calib_over.get(method, calib_over.get(family, authors))
     calib, calib_rec = load_calibration(tok, "c4", n, L, seed=args.seed)
+    calib_rec = dict(calib_rec, authors={"n": authors[0], "seq_len": authors[1]})
     for ratio in [float(r) for r in args.ratios.split(",")]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model, rep = importlib.import_module(mod_name).prune(copy.deepcopy(dense), ratio, calib, **opts)
-        prune_s = time.perf_counter() - t0
+        prune_s, prune_cpu = time.perf_counter() - t0, time.process_time() - c0
         entry = {"method": method, "ratio": ratio, "opts": opts, "calibration": calib_rec,
-                 "prune_seconds": round(prune_s, 1), "report": rep, **evaluate(model, dense, tok, args)}
+                 "pat_params": pat_params(dense, ratio), "prune_seconds": round(prune_s, 1),
+                 "prune_cpu_seconds": round(prune_cpu, 1), "report": rep, **evaluate(model, dense, tok, args)}
         res["entries"][f"{method}@{ratio}"] = entry
         write_json(out, res)
         print(method, ratio, "params", entry["params"], "ppl128", round(entry["ppl128"]["ppl"], 2),
@@ -203,6 +242,7 @@ def measure_all(args, argv: list[str] | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    parse_calib(args.calib)  # a malformed --calib stops before anything is measured
     if args.merge:
         merge_parts(Path(args.out), args.merge.split(","))
     elif args.table:

@@ -9,7 +9,9 @@ Sources:
 
 Documents are shuffled with ``seed``; each document long enough gives one window at a seeded random offset
 (LLM-Pruner / SliceGPT draw random windows of random samples). When too few documents are long enough, the
-remaining windows are cut from the seeded concatenation of the shorter ones.
+remaining windows are cut from the seeded concatenation of the shorter ones, and then, if still too few, from the
+concatenation of the long documents' text outside their windows (so that FLAP's 1024 x 128 fits the 1000-document C4
+sample).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def load_calibration(
     gen = torch.Generator().manual_seed(seed)
     windows: list[list[int]] = []
     rest: list[int] = []
+    leftover: list[int] = []
     for i in torch.randperm(len(texts), generator=gen).tolist():
         if len(windows) >= n:
             break
@@ -76,11 +79,15 @@ def load_calibration(
         if len(ids) > seq_len:
             start = int(torch.randint(0, len(ids) - seq_len + 1, (1,), generator=gen))
             windows.append(ids[start:start + seq_len])
+            leftover += ids[:start] + ids[start + seq_len:]
         else:
             rest += ids + [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else ids
     while len(windows) < n and len(rest) >= seq_len:
         windows.append(rest[:seq_len])
         rest = rest[seq_len:]
+    while len(windows) < n and len(leftover) >= seq_len:
+        windows.append(leftover[:seq_len])
+        leftover = leftover[seq_len:]
     if len(windows) < n:
         raise ValueError(f"calibration source '{source}' gives only {len(windows)} windows of {seq_len} tokens; "
                          f"need n={n}")
@@ -91,5 +98,12 @@ def load_calibration(
 def calibration_sampler(tokenizer, seed: int, data_dir: str | os.PathLike | None = None, seq_len: int = 128,
                         source: str = "c4"):
     """The ``RunContext.calibration`` callable: ``(n=128, seq_len=seq_len) -> LongTensor (n, seq_len)`` of
-    ``source``."""
-    return lambda n=128, seq_len=seq_len: load_calibration(tokenizer, source, n, seq_len, seed, data_dir)[0]
+    ``source``.
+
+    The callable carries ``source`` as an attribute, so a stage can record where its calibration came from.
+    """
+    def sample(n: int = 128, seq_len: int = seq_len) -> torch.Tensor:
+        return load_calibration(tokenizer, source, n, seq_len, seed, data_dir)[0]
+
+    sample.source = source  # type: ignore[attr-defined]
+    return sample

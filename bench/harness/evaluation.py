@@ -18,7 +18,8 @@ Only when neither is set and the hub is online (``HF_HUB_OFFLINE``/``HF_DATASETS
 fall back, with a warning, to the stock tasks' Hugging Face hub datasets (recorded as ``hub:<dataset>``).
 
 ``limit`` takes a seeded random subset of doc ids (``random.Random(seed).sample``, then sorted) that is recorded
-in the result; ``None`` evaluates every document.
+in the result; ``None`` evaluates every document. Every task also keeps its per-document outcomes (``items``, see
+``item_outcomes``), so two runs can be compared on the same documents afterwards (``bench.harness.stats``).
 """
 
 from __future__ import annotations
@@ -228,6 +229,35 @@ def means(per_task: dict) -> dict:
     return out
 
 
+def bits(values) -> str:
+    """``[1, 0, 1.0]`` -> ``"101"``: per-document correctness, one character a document."""
+    return "".join("1" if v else "0" for v in values)
+
+
+def item_outcomes(task: str, samples: list[dict]) -> dict:
+    """Per-document outcomes of one task from lm-eval's logged samples, in ``doc_ids`` order (the dataset's ids).
+
+    Log-likelihood tasks: ``{"doc_ids": [int], "acc": "0110..", "acc_norm": "..", "choice": "1030..", "n_choices":
+    "2244.."}``: one character per document, ``choice`` the index of the highest log-likelihood (every task here has
+    at most 5 choices). Letter tasks: ``acc`` and ``choice``, the first valid capital or ``-`` when invalid.
+    """
+    samples = sorted(samples, key=lambda s: int(s["doc_id"]))
+    out: dict = {"doc_ids": [int(s["doc_id"]) for s in samples]}
+    if protocol_of(task) == LETTER_PROTOCOL:
+        out["acc"] = bits(s["exact_match"] for s in samples)
+        out["choice"] = "".join("-" if s["filtered_resps"][0] == "[invalid]" else s["filtered_resps"][0]
+                                for s in samples)
+        return out
+    lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
+    out["acc"] = bits(s["acc"] for s in samples)
+    out["acc_norm"] = bits(s["acc_norm"] for s in samples)
+    if max(len(ll) for ll in lls) > 9:
+        raise ValueError(f"{task}: a document has more than 9 choices; items store one digit per document")
+    out["choice"] = "".join(str(max(range(len(ll)), key=ll.__getitem__)) for ll in lls)
+    out["n_choices"] = "".join(str(len(ll)) for ll in lls)
+    return out
+
+
 def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, seed: int = 1234,
                    batch_size: int = 8, data_dir=None) -> dict:
     """Evaluate an in-memory causal LM on our zero-shot tasks.
@@ -242,7 +272,7 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         data_dir: data directory (default ``$PAT_DATA_DIR``).
     Returns:
         ``{"tasks": {name: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "protocol", "doc_ids",
-        "sha256", ...}}, "mean": {...}, "means": {protocol: {...}}, "protocols": [...], "data_sha256": {...},
+        "sha256", "items", ...}}, "mean": {...}, "means": {protocol: {...}}, "protocols": [...], "data_sha256": {...},
         "limit", "seed", "batch_size", "seconds"}``. ``mean`` is the mean of the single protocol present, or of
         the log-likelihood tasks when both are present (never a mix of the two).
     """
@@ -281,6 +311,7 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
                  n_docs_total=n_docs[t], sha256=shas[base_task(t)], data_file=source, chance=CHANCE[base_task(t)])
         if m["protocol"] == LETTER_PROTOCOL:
             m["invalid_rate"] = sum(s["filtered_resps"][0] == "[invalid]" for s in samples) / max(n, 1)
+        m["items"] = item_outcomes(t, samples)
         per_task[t] = m
     by_proto = means(per_task)
     mean = by_proto.get(LOGLIK_PROTOCOL) or by_proto.get(LETTER_PROTOCOL)

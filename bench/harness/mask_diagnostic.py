@@ -1,7 +1,7 @@
 """Why the paper's mask selection cannot act at CPU budgets: count-loss vs task gradient on the mask proxy.
 
 ``python -m bench.harness.mask_diagnostic`` prepares PAT on SmolLM2-135M with the cpu suite's PAT settings
-(``[methods.pat]`` and ``[budget.cpu_pat]`` of ``bench/suites/cpu.toml``), runs ``--batches`` micro-batches of the
+(``[stages.pat]`` and ``[budget.cpu_pat]`` of ``bench/suites/cpu.toml``), runs ``--batches`` micro-batches of the
 suite's training data in the order the trainer would use them (one forward/backward each), and measures on the
 mask proxy W_M (d channels):
 
@@ -45,7 +45,7 @@ def measure(model_name: str = "smollm2-135m", ratio: float = 0.25, batches: int 
     from pat.models import load
 
     spec = tomllib.loads(Path(suite).read_text())
-    pat_args = dict(spec["methods"]["pat"])
+    pat_args = dict(spec["stages"]["pat"])
     budget = TrainBudget.from_dict(spec["budget"]["cpu_pat"])
     torch.manual_seed(budget.seed)
     model, tok = load(model_name)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ratio", type=float, default=0.25)
     p.add_argument("--batches", type=int, default=8, help="micro-batches (one forward/backward each)")
     p.add_argument("--step", type=int, default=0, help="schedule step at which to measure (tau, beta)")
-    p.add_argument("--suite", default=str(SUITE), help="suite TOML with [methods.pat] and [budget.cpu_pat]")
+    p.add_argument("--suite", default=str(SUITE), help="suite TOML with [stages.pat] and [budget.cpu_pat]")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="also write the JSON here")

@@ -86,16 +86,12 @@ def _tokenize(tokenizer, text: str, max_tokens: int | None) -> tuple[torch.Tenso
 
 
 @torch.no_grad()
-def _window_nll(model, batch: torch.Tensor, n_scored: list[int]) -> tuple[float, int]:
-    """Sum of NLL over the last ``n_scored[i]`` targets of each row of ``batch`` (B, L); returns (sum, count)."""
+def _window_nll(model, batch: torch.Tensor, n_scored: list[int]) -> list[float]:
+    """Sum of NLL over the last ``n_scored[i]`` targets of each row of ``batch`` (B, L): one sum per row."""
     logits = model(input_ids=batch).logits[:, :-1, :].float()  # (B, L-1, V)
     targets = batch[:, 1:]  # (B, L-1)
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, L-1)
-    total, count = 0.0, 0
-    for i, k in enumerate(n_scored):
-        total += float(nll[i, -k:].double().sum())
-        count += k
-    return total, count
+    return [float(nll[i, -k:].double().sum()) for i, k in enumerate(n_scored)]
 
 
 def perplexity(
@@ -123,7 +119,8 @@ def perplexity(
         ``{"dataset", "ppl", "seq_len", "stride", "n_tokens", "max_tokens", "sha256", ...}``; ``n_tokens`` is the
         number of tokens inside the evaluated windows, ``n_scored`` the number of predicted (scored) tokens,
         ``total_tokens`` the size of the whole tokenized test text (None when ``max_tokens`` made counting it
-        unnecessary).
+        unnecessary), ``windows`` the per-window ``{"nll": [sum of NLL], "tokens": [scored tokens]}`` (in window
+        order; two runs are compared window by window, ``bench.harness.stats``).
     """
     stride = seq_len if stride is None else stride
     if not isinstance(seq_len, int) or seq_len < 2:
@@ -144,16 +141,17 @@ def perplexity(
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    nll_sum, n_scored = 0.0, 0
+    window_nll: list[float] = []
     try:
         for b in range(0, len(windows), batch_size):
             chunk = windows[b:b + batch_size]
             batch = torch.stack([ids[s:s + seq_len] for s, _ in chunk]).to(device)
-            s, c = _window_nll(model, batch, [k for _, k in chunk])
-            nll_sum, n_scored = nll_sum + s, n_scored + c
+            window_nll += _window_nll(model, batch, [k for _, k in chunk])
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - t0
+    window_tokens = [k for _, k in windows]
+    nll_sum, n_scored = sum(window_nll), sum(window_tokens)
     last_end = windows[-1][0] + seq_len
     result = {
         "dataset": dataset,
@@ -167,6 +165,7 @@ def perplexity(
         "max_tokens": max_tokens,
         "total_tokens": total_tokens,
         "sha256": sha,
+        "windows": {"nll": [round(x, 6) for x in window_nll], "tokens": window_tokens},
         "convention": "non-overlapping windows (LLM-Pruner/SliceGPT)" if stride == seq_len else "sliding windows (HF)",
         "seconds": round(seconds, 3),
     }

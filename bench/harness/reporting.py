@@ -5,8 +5,13 @@ paper's own Table 1, which is read from ``bench/paper_table1.toml`` (with its ci
 reference table beside ours.
 
 Sections of ``TABLES.md``: the main table laid out like the paper's Table 1 (rows: ratio x method x mode; columns:
-models; cells: mean accuracy in %), the paper's reference table, delta vs LoRA, per-task accuracy, perplexity and
-parameters, throughput (speedup vs batch size against the dense model), failed runs, and the plots.
+models; cells: mean accuracy in %; beside each model its parameters), the paper's reference table, delta vs LoRA,
+per-task accuracy, perplexity and parameters, throughput (speedup vs batch size against the dense model), failed
+runs, and the plots.
+
+Size check: every row shows its achieved parameters. A ratio's size is PAT's parameter count at that ratio (the mean
+of the model's successful PAT runs there), else ``(1 - ratio)`` times the dense run's; a row more than ``SIZE_TOL``
+(1 %) off its ratio's size is marked ``OFF_SIZE``.
 
 To add a stage's display name, add it to ``DISPLAY``.
 """
@@ -22,8 +27,10 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport (same API)
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from bench.harness import stats
 from bench.harness.results import load_results
 from pat.io import write_text_atomic
 
@@ -34,6 +41,8 @@ DISPLAY = {"pat": "PAT", "lora": "LoRA", "llm_pruner": "LLM-Pruner", "slicegpt":
            "wanda_sp": "Wanda-SP"}
 METHOD_ORDER = ["Dense", "LoRA", "LLM-Pruner", "SliceGPT", "FLAP", "Wanda-SP", "PAT"]
 MODE_ORDER = ["—", "FT", "P", "P→FT", "FT→P", "PAT"]
+SIZE_TOL = 0.01
+OFF_SIZE = "†"
 LOGLIK = "lm-eval-loglik-0shot"
 LETTER = "paper-first-capital-gen"
 
@@ -101,7 +110,40 @@ def runs_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         for d, pp in (m.get("perplexity") or {}).items():
             row[f"ppl_{d}"] = pp.get("ppl")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return size_check(pd.DataFrame(rows))
+
+
+def size_check(runs: pd.DataFrame) -> pd.DataFrame:
+    """Adds ``size_ref`` (the parameters of the row's ratio: PAT's mean count at that model and ratio, else
+    ``(1 - ratio)`` x the dense run's) and ``size_off`` (``params / size_ref - 1``)."""
+    runs = runs.copy()
+    if runs.empty or "params" not in runs:
+        return runs.assign(size_ref=float("nan"), size_off=float("nan"))
+    ok = runs[(runs["status"] == "success") & runs["params"].notna()]
+    pat = ok[ok["family"] == "PAT"].groupby(["model", "ratio"])["params"].mean()
+    dense = ok[ok["family"] == "Dense"].groupby("model")["params"].mean()
+    refs = []
+    for model, ratio in zip(runs["model"], runs["ratio"]):
+        if (model, ratio) in pat.index:
+            refs.append(float(pat[(model, ratio)]))
+        elif model in dense.index:
+            refs.append(float(dense[model]) * (1 - ratio))
+        else:
+            refs.append(float("nan"))
+    runs["size_ref"] = refs
+    runs["size_off"] = pd.to_numeric(runs["params"], errors="coerce") / runs["size_ref"] - 1
+    return runs
+
+
+def _params_cell(params: Any, off: Any) -> str:
+    """``"100.9M"``, plus ``" † +2.3 %"`` when more than ``SIZE_TOL`` off its ratio's size; ``""`` when unknown."""
+    if params is None or pd.isna(params):
+        return ""
+    cell = (f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M" if params >= 1e6
+            else f"{params / 1e3:.1f}k")
+    if off is not None and not pd.isna(off) and abs(off) > SIZE_TOL:
+        cell += f" {OFF_SIZE} {100 * off:+.1f} %"
+    return cell
 
 
 def tasks_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -188,14 +230,24 @@ def main_table(runs: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
     t = g.pivot_table(index=["ratio", "family", "method", "mode"], columns="model", values=value,
                       aggfunc="mean").reset_index()
     t = _order(t)
+    models = [c for c in t.columns if c not in ("ratio", "family", "method", "mode")]
+    if "params" in ok:
+        key = ["ratio", "family", "method", "mode", "model"]
+        p = ok.groupby(key, dropna=False)[["params", "size_off"]].mean()
+        for model in models:
+            t[f"params {model}"] = [
+                _params_cell(*(p.loc[k].tolist() if k in p.index else (None, None)))
+                for k in zip(t["ratio"], t["family"], t["method"], t["mode"], [model] * len(t))]
     t.insert(0, "Ratio", t.pop("ratio").map(lambda r: f"{100 * r:.0f} %"))
-    return _model_cols(t.drop(columns=["family"]).rename(columns={"method": "Method",
-                                                                  "mode": "Mode"}).reset_index(drop=True))
+    t = t.drop(columns=["family"]).rename(columns={"method": "Method", "mode": "Mode"}).reset_index(drop=True)
+    cols = list(_model_cols(t[[c for c in t.columns if not str(c).startswith("params ")]]).columns)
+    return t[cols + [c for c in t.columns if str(c).startswith("params ")]]
 
 
 def ratio_table(runs: pd.DataFrame, model: str, value: str = "acc") -> pd.DataFrame:
-    """One model at a glance: rows method x mode, columns prune ratios, cells ``"acc / ppl"`` (the first perplexity
-    dataset), seed means; the unpruned runs (dense, LoRA) in the 0 % column."""
+    """One model at a glance: rows method x mode, columns prune ratios, cells ``"acc / ppl (params)"`` (the first
+    perplexity dataset; parameters marked when off their ratio's size, see ``size_check``), seed means; the unpruned
+    runs (dense, LoRA) in the 0 % column."""
     ok = runs[(runs["status"] == "success") & (runs["model"] == model)].dropna(subset=[value])
     if ok.empty:
         return pd.DataFrame()
@@ -203,7 +255,11 @@ def ratio_table(runs: pd.DataFrame, model: str, value: str = "acc") -> pd.DataFr
     g = ok.groupby(["ratio", "family", "method", "mode"], dropna=False)
     cells = g[value].mean().to_frame("v")
     cells["p"] = g[ppl].mean() if ppl else float("nan")
-    cells["cell"] = [f"{v:.2f}" + ("" if pd.isna(q) else f" / {q:.1f}") for v, q in zip(cells["v"], cells["p"])]
+    cells["n"] = g["params"].mean() if "params" in ok else float("nan")
+    cells["off"] = g["size_off"].mean() if "size_off" in ok else float("nan")
+    cells["cell"] = [f"{v:.2f}" + ("" if pd.isna(q) else f" / {q:.1f}")
+                     + (f" ({pc})" if (pc := _params_cell(n, o)) else "")
+                     for v, q, n, o in zip(cells["v"], cells["p"], cells["n"], cells["off"])]
     t = cells.reset_index().pivot_table(index=["family", "method", "mode"], columns="ratio", values="cell",
                                         aggfunc="first")
     t = t.reset_index().assign(ratio=0.0)
@@ -280,6 +336,221 @@ def to_markdown(df: pd.DataFrame, digits: int = 2, signed: bool = False, bold_ma
     return cells.to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------- paired statistics
+N_BOOT = 2000
+LEVEL = 0.95
+CHANCE_ALPHA = 0.05
+NO_ITEMS = "no per-item data"
+
+
+def _task_chance(t: dict, task: str) -> float:
+    """A task's chance rate: the mean of 1 / (number of choices) over its documents when recorded, else the task's
+    uniform-guess rate (``t["chance"]``, else ``evaluation.CHANCE``)."""
+    nc = (t.get("items") or {}).get("n_choices")
+    if nc:
+        return sum(1 / int(c) for c in nc) / len(nc)
+    base = task.removeprefix("paper_")
+    return t.get("chance") or {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5}.get(base, 0.25)
+
+
+def chance_tasks(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per model and log-likelihood task, the dense (untuned, unpruned) model's accuracy against the task's chance
+    rate.
+
+    Rule: a task sits at chance when a one-sided exact binomial test cannot reject ``acc <= chance`` at
+    ``CHANCE_ALPHA`` (5 %): ``P(X >= k | n, chance) >= 0.05`` (``stats.at_chance``). With several dense seeds the
+    first is used (the untuned model does not depend on the seed).
+    """
+    rows, seen = [], set()
+    for r in records:
+        if r["status"] != "success" or r["spec"]["pipeline"] or r["spec"]["model"] in seen:
+            continue
+        seen.add(r["spec"]["model"])
+        for task, t in sorted(((r.get("metrics") or {}).get("tasks") or {}).items()):
+            if t.get("protocol") != LOGLIK or not isinstance(t.get("acc"), (int, float)) or not t.get("n"):
+                continue
+            n = int(t["n"])
+            k = (t.get("items") or {}).get("acc", "").count("1") if t.get("items") else round(t["acc"] * n)
+            p = _task_chance(t, task)
+            rows.append({"model": r["spec"]["model"], "task": task, "dense acc": 100 * k / n, "n": n,
+                         "chance": 100 * p, "p (acc <= chance)": stats.binom_sf(k, n, p),
+                         "at chance": stats.at_chance(k, n, p, CHANCE_ALPHA)})
+    return pd.DataFrame(rows)
+
+
+def _cells(records: list[dict[str, Any]]) -> dict[tuple, list[dict]]:
+    """Successful records by (model, ratio, family, method, mode): one list of seeds per table cell."""
+    out: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["status"] != "success":
+            continue
+        s = r["spec"]
+        fam, name, mode = label(s["pipeline"], s.get("method_args"))
+        out.setdefault((s["model"], round(float(s["ratio"]), 6), fam, name, mode), []).append(r)
+    return out
+
+
+def _acc_items(recs: list[dict], tasks: list[str] | None = None, key: str = "acc"):
+    """``(items, {run_id: {item: 0/1}})`` of log-likelihood documents every record has, or None when a record has no
+    per-item data. ``items`` are ``(task, doc_id)``, sorted."""
+    per: dict[str, dict] = {}
+    for r in recs:
+        got = {}
+        for task, t in ((r.get("metrics") or {}).get("tasks") or {}).items():
+            if t.get("protocol") != LOGLIK or (tasks is not None and task not in tasks):
+                continue
+            it = t.get("items")
+            if not it or not it.get(key):
+                return None
+            got.update({(task, d): int(b) for d, b in zip(it["doc_ids"], it[key])})
+        per[r["run_id"]] = got
+    common = sorted(set.intersection(*(set(g) for g in per.values()))) if per else []
+    return (common, per) if common else None
+
+
+def _acc_matrix(recs, items, per) -> np.ndarray:
+    return np.array([[per[r["run_id"]][i] for i in items] for r in recs], dtype=float)
+
+
+def paired_acc(a: list[dict], b: list[dict] | None = None, tasks: list[str] | None = None,
+               key: str = "acc") -> stats.Interval | None:
+    """Mean accuracy (points; mean over tasks of per-task accuracy) of the seeds ``a``, or the paired difference
+    ``a - b`` on the documents both evaluated, with its bootstrap interval (``stats.bootstrap``: seeds, then
+    documents within tasks); None without per-item data."""
+    got = _acc_items(a + (b or []), tasks, key)
+    if got is None:
+        return None
+    items, per = got
+    strata = np.array([t for t, _ in items])
+    x = _acc_matrix(a, items, per)
+    y = None if b is None else _acc_matrix(b, items, per)
+    return stats.bootstrap(x, y, strata=strata, n_boot=N_BOOT, level=LEVEL).scaled(100.0)
+
+
+def _windows(recs: list[dict], dataset: str):
+    ws = [((r.get("metrics") or {}).get("perplexity") or {}).get(dataset, {}).get("windows") for r in recs]
+    if not ws or any(not w for w in ws) or len({tuple(w["tokens"]) for w in ws}) != 1:
+        return None
+    tok = np.array(ws[0]["tokens"], dtype=float)
+    return np.array([w["nll"] for w in ws], dtype=float) / tok, tok
+
+
+def paired_log_ppl(a: list[dict], b: list[dict] | None = None, dataset: str = "wikitext2") -> stats.Interval | None:
+    """Mean NLL per token (log perplexity) of ``a``, or the paired difference ``a - b`` (log of the perplexity ratio),
+    resampling windows (and seeds); None without per-window data or when the windows differ."""
+    wa = _windows(a, dataset)
+    wb = None if b is None else _windows(b, dataset)
+    if wa is None or (b is not None and (wb is None or not np.array_equal(wa[1], wb[1]))):
+        return None
+    return stats.bootstrap(wa[0], None if wb is None else wb[0], weights=wa[1], n_boot=N_BOOT, level=LEVEL)
+
+
+def _normal_acc(runs: pd.DataFrame, key: tuple, value: str = "acc") -> tuple[float, float] | None:
+    """Mean accuracy (points) and its standard error from the per-task standard errors (no per-item data)."""
+    model, ratio, fam, name, mode = key
+    d = runs[(runs["status"] == "success") & (runs["model"] == model) & ((runs["ratio"] - ratio).abs() < 1e-9)
+             & (runs["family"] == fam) & (runs["method"] == name) & (runs["mode"] == mode)].dropna(subset=[value])
+    se = f"{value}_se"
+    if d.empty or se not in d or d[se].isna().any():
+        return None
+    return float(d[value].mean()), float(d[se].mean() / math.sqrt(len(d)))
+
+
+def _ci(iv: stats.Interval | None, digits: int = 2, fn=None) -> str:
+    if iv is None:
+        return "–"
+    f = fn or (lambda v: v)
+    return f"[{f(iv.lo):.{digits}f}, {f(iv.hi):.{digits}f}]"
+
+
+def _compare(a: list[dict], b: list[dict], runs: pd.DataFrame, ka: tuple, kb: tuple, above: list[str] | None,
+             ppl: str | None, value: str = "acc") -> dict[str, Any]:
+    """Columns of one paired comparison ``a`` vs ``b``: accuracy on all tasks and on the tasks above chance, and the
+    perplexity ratio; each with its 95 % interval and verdict."""
+    row: dict[str, Any] = {}
+    iv = paired_acc(a, b) if value == "acc" else None
+    if iv is not None:
+        row.update({"Δ acc": iv.estimate, "95 % CI": _ci(iv), "acc verdict": stats.verdict(iv), "_lo": iv.lo,
+                    "_hi": iv.hi,
+                    "CI from": f"paired bootstrap, {iv.n_items} docs, seeds {iv.n_seeds[0]}/{iv.n_seeds[1]}"})
+    else:
+        na, nb = _normal_acc(runs, ka, value), _normal_acc(runs, kb, value)
+        if na and nb:
+            d, se = na[0] - nb[0], math.hypot(na[1], nb[1])
+            z = stats.z_two_sided(1 - LEVEL)
+            iv = stats.Interval(d, d - z * se, d + z * se, LEVEL, 0, 0, (1, 1))
+            row.update({"Δ acc": d, "95 % CI": _ci(iv), "acc verdict": stats.verdict(iv), "_lo": iv.lo, "_hi": iv.hi,
+                        "CI from": f"{NO_ITEMS}: independent per-task s.e. (normal)"})
+    if above is not None and value == "acc":
+        iv2 = paired_acc(a, b, tasks=above)
+        row.update({"Δ acc (above chance)": None if iv2 is None else iv2.estimate,
+                    "95 % CI (above chance)": _ci(iv2) if iv2 else NO_ITEMS,
+                    "verdict (above chance)": stats.verdict(iv2)})
+    if ppl:
+        ivp = paired_log_ppl(a, b, ppl)
+        row.update({f"{ppl} ppl ratio": None if ivp is None else math.exp(ivp.estimate),
+                    "ppl 95 % CI": _ci(ivp, 3, math.exp) if ivp else "no per-window data",
+                    "ppl verdict": stats.verdict(ivp, higher_is_better=False)})
+        if ivp is not None:
+            row.update(_p=math.exp(ivp.estimate), _plo=math.exp(ivp.lo), _phi=math.exp(ivp.hi))
+    return row
+
+
+def _above_chance(chance: pd.DataFrame, model: str) -> list[str] | None:
+    if chance.empty:
+        return None
+    d = chance[chance["model"] == model]
+    return None if d.empty or not d["at chance"].any() else d[~d["at chance"]]["task"].tolist()
+
+
+def pairs_table(records: list[dict[str, Any]], runs: pd.DataFrame, chance: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every pair of methods at the same model and ratio (unpruned runs: ratio 0): paired differences (row minus
+    column method) with 95 % bootstrap intervals and verdicts (``stats.verdict``)."""
+    cells = _cells(records)
+    ppl = next((c.removeprefix("ppl_") for c in runs.columns if c.startswith("ppl_")), None)
+    chance = pd.DataFrame() if chance is None else chance
+    rows = []
+    keys = sorted(cells, key=lambda k: (k[0], k[1], METHOD_ORDER.index(k[2]) if k[2] in METHOD_ORDER else 50, k[3],
+                                        k[4]))
+    for i, ka in enumerate(keys):
+        for kb in keys[i + 1:]:
+            if ka[:2] != kb[:2]:
+                continue
+            rows.append({"model": ka[0], "ratio": f"{100 * ka[1]:.0f} %", "A": _legend(ka[3], ka[4]),
+                         "B": _legend(kb[3], kb[4]),
+                         **_compare(cells[ka], cells[kb], runs, ka, kb, _above_chance(chance, ka[0]), ppl)})
+    return pd.DataFrame(rows)
+
+
+def cell_intervals(records: list[dict[str, Any]], runs: pd.DataFrame, ppl: str | None) -> pd.DataFrame:
+    """Per table cell (model, ratio, method, mode): mean achieved parameters, mean accuracy (points) and perplexity
+    with 95 % intervals. Accuracy: the bootstrap over seeds and documents, else (no per-item data) a normal interval
+    from the per-task standard errors; perplexity: the bootstrap over seeds and windows, else no interval."""
+    rows = []
+    z = stats.z_two_sided(1 - LEVEL)
+    for key, recs in _cells(records).items():
+        model, ratio, fam, name, mode = key
+        params = [r.get("params", {}).get("total") for r in recs if (r.get("params") or {}).get("total")]
+        row = {"model": model, "ratio": ratio, "family": fam, "method": name, "mode": mode, "seeds": len(recs),
+               "params": float(np.mean(params)) if params else None}
+        iv = paired_acc(recs)
+        if iv is not None:
+            row.update(acc=iv.estimate, acc_lo=iv.lo, acc_hi=iv.hi, acc_ci="bootstrap")
+        elif (na := _normal_acc(runs, key)) is not None:
+            row.update(acc=na[0], acc_lo=na[0] - z * na[1], acc_hi=na[0] + z * na[1], acc_ci="normal (per-task s.e.)")
+        if ppl:
+            ivp = paired_log_ppl(recs, None, ppl)
+            vals = [((r.get("metrics") or {}).get("perplexity") or {}).get(ppl, {}).get("ppl") for r in recs]
+            vals = [v for v in vals if isinstance(v, (int, float))]
+            if ivp is not None:
+                row.update(ppl=math.exp(ivp.estimate), ppl_lo=math.exp(ivp.lo), ppl_hi=math.exp(ivp.hi),
+                           ppl_ci="bootstrap")
+            elif vals:
+                row.update(ppl=float(np.exp(np.mean(np.log(vals)))), ppl_ci=None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------------------------------------- claims
 def _cell(runs: pd.DataFrame, model: str, ratio: float, family: str, mode: str, value: str, method: str | None = None):
     d = runs[(runs["status"] == "success") & (runs["model"] == model) & (runs["family"] == family)
@@ -292,36 +563,57 @@ def _cell(runs: pd.DataFrame, model: str, ratio: float, family: str, mode: str, 
     return d[value].mean(), se
 
 
-def claims_table(runs: pd.DataFrame, tp: pd.DataFrame, value: str = "acc") -> pd.DataFrame:
+def _key(runs: pd.DataFrame, model: str, ratio: float, family: str, mode: str, method: str | None = None):
+    """The (model, ratio, family, method, mode) cell of ``runs`` (the family's default name first), or None."""
+    d = runs[(runs["status"] == "success") & (runs["model"] == model) & (runs["family"] == family)
+             & (runs["mode"] == mode) & ((runs["ratio"] - ratio).abs() < 1e-9)]
+    names = [method] if method is not None else sorted(d["method"].unique(), key=lambda m: (m != family, m))
+    names = [n for n in names if n in set(d["method"])]
+    return (model, round(float(ratio), 6), family, names[0], mode) if names else None
+
+
+def claims_table(runs: pd.DataFrame, tp: pd.DataFrame, value: str = "acc", records: list[dict] | None = None,
+                 chance: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper's comparisons (its Llama2-7B column) beside ours, per model: PAT vs LLM-Pruner / SliceGPT P->FT at
     each ratio, PAT vs LoRA at 20/25 %, and the 25 % model's best prefill speedup vs the 1.33x limit.
 
-    ``verdict``: ``yes`` / ``no`` when the difference exceeds twice its standard error, else ``within noise``.
+    ``ours``: PAT's mean accuracy minus the other's (points). With ``records`` that hold per-item outcomes the
+    interval is the paired bootstrap (``paired_acc``; also on the tasks above chance, ``chance_tasks``, and the
+    perplexity ratio, ``paired_log_ppl``); without them a normal interval from independent per-task standard
+    errors. ``acc verdict``: ``ahead`` / ``behind`` when the 95 % interval excludes 0, else ``not resolved``.
     """
     ref, meta = paper_table()
     col = meta["model_labels"][meta["models"].index("llama2-7b")]
     paper = {(r["Ratio"], r["Method"], r["Mode"]): r[col] for _, r in ref.iterrows()}
+    cells = _cells(records or [])
+    ppl = next((c.removeprefix("ppl_") for c in runs.columns if c.startswith("ppl_")), None)
+    chance = pd.DataFrame() if chance is None else chance
     rows = []
     variants = sorted(runs[runs["family"] == "PAT"]["method"].unique(), key=lambda m: (m != "PAT", m)) or ["PAT"]
     for model, ratio, pm in ((m, r, pm) for m in sorted(runs["model"].unique())
                              for r in sorted(r for r in runs["ratio"].unique() if r > 0) for pm in variants):
-        lora, lora_se = _cell(runs, model, 0.0, "LoRA", "FT", value)
         # one block of claims per model, ratio and PAT variant (the paper's PAT, or a suite's named variant)
         rl = f"{100 * ratio:.0f} %"
-        pat, pat_se = _cell(runs, model, ratio, "PAT", "PAT", value, method=pm)
-        others = [(b, "P→FT", *_cell(runs, model, ratio, b, "P→FT", value)) for b in ("LLM-Pruner", "SliceGPT")]
+        pat, _ = _cell(runs, model, ratio, "PAT", "PAT", value, method=pm)
+        kp = _key(runs, model, ratio, "PAT", "PAT", pm)
+        others = [(b, "P→FT", ratio) for b in ("LLM-Pruner", "SliceGPT")]
         if ratio in (0.20, 0.25):
-            others.append(("LoRA", "FT", lora, lora_se))
-        for name, mode, v, se in others:
+            others.append(("LoRA", "FT", 0.0))
+        for name, mode, r_other in others:
+            v, _ = _cell(runs, model, r_other, name, mode, value)
+            ko = _key(runs, model, r_other, name, mode)
             p_other = paper.get((rl, name, mode)) if name != "LoRA" else paper.get(("0 %", "LoRA-64", "FT"))
             p_pat = paper.get((rl, "PAT", "PAT"))
             diff = None if pat is None or v is None else pat - v
-            err = math.sqrt((pat_se or 0) ** 2 + (se or 0) ** 2) if diff is not None else None
-            verdict = "–" if diff is None else (
-                "within noise" if err and abs(diff) <= 2 * err else ("yes" if diff > 0 else "no"))
-            rows.append({"claim": f"{pm} > {name} {mode} at {rl}",
-                         "paper (Llama2-7B)": None if p_pat is None or p_other is None else p_pat - p_other,
-                         "model": model, "ours": diff, "± 1 s.e.": err, "PAT beats it here": verdict})
+            row = {"claim": f"{pm} > {name} {mode} at {rl}",
+                   "paper (Llama2-7B)": None if p_pat is None or p_other is None else p_pat - p_other,
+                   "model": model, "ours": diff, "95 % CI": "–", "acc verdict": "–"}
+            if diff is not None and kp and ko:
+                comp = _compare(cells.get(kp, []), cells.get(ko, []), runs, kp, ko, _above_chance(chance, model), ppl,
+                                value)
+                comp.pop("Δ acc", None)
+                row.update(comp)
+            rows.append(row)
     for model in sorted(runs["model"].unique()):
         if not tp.empty:
             d = tp[(tp["model"] == model) & (tp["family"] == "PAT") & ((tp["ratio"] - 0.25).abs() < 1e-9)
@@ -332,8 +624,8 @@ def claims_table(runs: pd.DataFrame, tp: pd.DataFrame, value: str = "acc") -> pd
                 loaded = bool(tp[sel]["loaded"].any())
                 rows.append({"claim": "25 % model: prefill speedup (paper: 1.33x; bound 1/(1-r) = 1.33x)",
                              "paper (Llama2-7B)": 1.33,
-                             "model": model, "ours": best["speedup"], "± 1 s.e.": None,
-                             "PAT beats it here": f"best at batch {int(best['batch_size'])} on {best['device']}"
+                             "model": model, "ours": best["speedup"], "95 % CI": "–",
+                             "acc verdict": f"best at batch {int(best['batch_size'])} on {best['device']}"
                              + (" (UNRELIABLE: timed on a loaded host)" if loaded else "")})
     return pd.DataFrame(rows)
 
@@ -346,29 +638,6 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def plot_acc_vs_ratio(runs: pd.DataFrame, model: str, path: Path, value: str = "acc") -> Path | None:
-    ok = runs[(runs["status"] == "success") & (runs["model"] == model)].dropna(subset=[value])
-    if ok.empty:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (name, mode), sub in ok[ok["ratio"] > 0].groupby(["method", "mode"]):
-        sub = sub.groupby("ratio")[value].mean()
-        ax.plot(100 * sub.index, sub.values, marker="o", label=f"{name} {mode}")
-    for fam, style in (("LoRA", "--"), ("Dense", ":")):
-        ref = ok[(ok["family"] == fam) & (ok["ratio"] == 0)]
-        if not ref.empty:
-            ax.axhline(ref[value].mean(), ls=style, color="grey", label=f"{ref['method'].iloc[0]} (0 %)")
-    ax.set_xlabel("prune ratio (%)")
-    ax.set_ylabel(f"mean accuracy (%) [{value}]")
-    ax.set_title(f"{model}: accuracy vs prune ratio")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_speedup(tp: pd.DataFrame, model: str, path: Path) -> Path | None:
@@ -396,6 +665,115 @@ def plot_speedup(tp: pd.DataFrame, model: str, path: Path) -> Path | None:
     return path
 
 
+# one colour per method (never reused for another method in a figure), one marker and line style per mode
+COLOURS = {"Dense": "#000000", "LoRA": "#7f7f7f", "PAT": "#d62728", "PAT (Taylor snap)": "#ff7f0e",
+           "LLM-Pruner": "#1f77b4", "SliceGPT": "#2ca02c", "FLAP": "#9467bd", "Wanda-SP": "#8c564b"}
+SPARE_COLOURS = ["#e377c2", "#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
+                 "#31a354", "#756bb1", "#636363"]
+MODE_STYLE = {"—": ("*", ""), "FT": ("^", ""), "PAT": ("D", "-"), "P→FT": ("o", "-"), "FT→P": ("s", "--"),
+              "P": ("v", ":")}
+
+
+def method_colours(methods: list[tuple[str, str]]) -> dict[str, str]:
+    """``{method: colour}`` for ``(family, method)`` pairs: the fixed ``COLOURS`` by name, else by family (LoRA-r,
+    a size-matched variant), else the next unused spare; distinct methods never share a colour."""
+    out: dict[str, str] = {}
+    spare = iter(c for c in SPARE_COLOURS)
+    for fam, name in methods:
+        if name in out:
+            continue
+        c = COLOURS.get(name) or COLOURS.get(fam)  # e.g. "FLAP (size-matched)" takes FLAP's unless FLAP is there
+        out[name] = c if c and c not in out.values() else next(spare)
+    return out
+
+
+def _log_axis(axis, set_scale) -> None:
+    """A log axis labelled in plain numbers at 1, 2, 5 x 10^k."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    set_scale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _legend(name: str, mode: str) -> str:
+    return name if mode in ("—", "PAT", "FT") else f"{name} {mode}"
+
+
+def plot_vs_params(cells: pd.DataFrame, model: str, path: Path, metric: str = "acc") -> Path | None:
+    """Accuracy (or perplexity, log axis) against achieved parameters, one line per method and mode, 95 % bars."""
+    d = cells[cells["model"] == model].dropna(subset=["params"]) if not cells.empty else cells
+    if d.empty or metric not in d or d[metric].isna().all():
+        return None
+    d = d.dropna(subset=[metric])
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    key_m = {m: i for i, m in enumerate(METHOD_ORDER)}
+    d = d.assign(_o=d["family"].map(lambda f: key_m.get(f, 50))).sort_values(["_o", "method", "mode", "params"])
+    colours = method_colours(list(zip(d["family"], d["method"])))
+    missing = 0
+    for (name, mode), sub in d.groupby(["method", "mode"], sort=False):
+        marker, ls = MODE_STYLE.get(mode, ("x", "-"))
+        lo, hi = sub.get(f"{metric}_lo"), sub.get(f"{metric}_hi")
+        has = lo is not None and hi is not None and lo.notna().all() and hi.notna().all()
+        missing += int(not has)
+        yerr = [sub[metric] - lo, hi - sub[metric]] if has else None
+        ax.errorbar(sub["params"] / 1e6, sub[metric], yerr=yerr, marker=marker, ls=ls or "none", color=colours[name],
+                    capsize=3, ms=6, lw=1.3, label=_legend(name, mode) + ("" if has else " (no CI)"))
+    if metric == "ppl":
+        _log_axis(ax.yaxis, ax.set_yscale)
+    ax.set_xlabel("achieved parameters (M)")
+    what = "mean accuracy (%)" if metric == "acc" else "perplexity (log scale)"
+    ax.set_ylabel(what)
+    why = {"acc": "records without per-document outcomes or s.e.", "ppl": "records without per-window NLLs"}[metric]
+    note = f"\n(no CI): {why}" if missing else ""
+    ax.set_title(f"{model}: {what} vs achieved parameters, bars: 95 % CI{note}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_forest(claims: pd.DataFrame, path: Path) -> Path | None:
+    """The claims' paired differences with their 95 % intervals: accuracy (points) and, when recorded, the
+    perplexity ratio (log axis). Hollow markers: intervals from independent standard errors (no per-item data)."""
+    d = claims.dropna(subset=["_lo"]) if "_lo" in claims else pd.DataFrame()
+    if d.empty:
+        return None
+    has_ppl = "_p" in d and d["_p"].notna().any()
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2 if has_ppl else 1, figsize=(11 if has_ppl else 7, max(2.6, 0.32 * len(d) + 1.4)),
+                             sharey=True, squeeze=False)
+    y = np.arange(len(d))[::-1]
+    labels = [f"{c} [{m}]" if d["model"].nunique() > 1 else c for c, m in zip(d["claim"], d["model"])]
+    ax = axes[0][0]
+    for yi, (_, r) in zip(y, d.iterrows()):
+        paired = str(r.get("CI from", "")).startswith("paired")
+        ax.errorbar(r["ours"], yi, xerr=[[r["ours"] - r["_lo"]], [r["_hi"] - r["ours"]]], fmt="o", capsize=3,
+                    color="#1f77b4", mfc="#1f77b4" if paired else "white")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("Δ mean accuracy, PAT minus other (points)")
+    ax.grid(alpha=0.3, axis="x")
+    if has_ppl:
+        ax2 = axes[0][1]
+        p = d.dropna(subset=["_p"])
+        yp = y[[d.index.get_loc(i) for i in p.index]]
+        ax2.errorbar(p["_p"], yp, xerr=[p["_p"] - p["_plo"], p["_phi"] - p["_p"]], fmt="s", capsize=3, color="#d62728")
+        ax2.axvline(1, color="black", lw=0.8)
+        _log_axis(ax2.xaxis, ax2.set_xscale)
+        ax2.set_xlabel("perplexity ratio, PAT / other (log; < 1: PAT better)")
+        ax2.grid(alpha=0.3, axis="x", which="both")
+    fig.suptitle("Claims: paired differences with 95 % CI (hollow: independent s.e., no per-item data)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------- the report
 def _header(suite: str, records: list[dict], results_dir: Path) -> list[str]:
     ok = sum(r["status"] == "success" for r in records)
@@ -409,6 +787,56 @@ def _header(suite: str, records: list[dict], results_dir: Path) -> list[str]:
             f"({ok} succeeded, {len(records) - ok} failed). Do not edit by hand.", "",
             f"- git: {', '.join(s[:10] for s in shas)}{' (dirty tree)' if dirty else ''}",
             f"- device: {', '.join(devs)}", ""]
+
+
+CLAIMS_NOTE = (
+    "`ours`: PAT minus the other method, points of mean accuracy (mean over tasks); the paper column is computed "
+    "from its Table 1 (Llama2-7B). `95 % CI`: paired bootstrap (both runs answered the same documents: documents "
+    "resampled within each task, seeds resampled first when there are several; `bench.harness.stats.bootstrap`), or, "
+    "for records without per-document outcomes, a normal interval from the independent per-task standard errors "
+    "(`CI from` says which). Verdict: `ahead` / `behind` when the interval excludes 0, else `not resolved`. "
+    "`above chance`: the same on the tasks where the dense model is above chance. Perplexity ratio PAT / other with "
+    "its paired bootstrap over windows (log scale): the primary metric where accuracy sits near chance; "
+    "`ppl verdict` `ahead` means PAT's perplexity is lower.")
+
+
+def _md_public(df: pd.DataFrame) -> str:
+    """Markdown of ``df`` without its ``_``-prefixed (plotting) columns."""
+    return to_markdown(df[[c for c in df.columns if not str(c).startswith("_")]], signed=False)
+
+
+def _with_above_chance(runs: pd.DataFrame, records: list[dict], chance: pd.DataFrame) -> pd.DataFrame:
+    """Adds ``acc_above_chance``: each run's mean accuracy (%) over the tasks where its model's dense run is above
+    chance (``chance_tasks``); NaN where no dense run decides it."""
+    runs = runs.copy()
+    vals = {}
+    for r in records:
+        above = (None if chance.empty
+                 else chance[(chance["model"] == r["spec"]["model"]) & ~chance["at chance"]]["task"])
+        ts = ((r.get("metrics") or {}).get("tasks") or {})
+        accs = [ts[t]["acc"] for t in (above if above is not None else [])
+                if isinstance(ts.get(t, {}).get("acc"), (int, float))]
+        vals[r["run_id"]] = 100 * sum(accs) / len(accs) if accs else float("nan")
+    runs["acc_above_chance"] = runs["run_id"].map(vals)
+    return runs
+
+
+def _chance_section(runs: pd.DataFrame, chance: pd.DataFrame, value: str) -> list[str]:
+    if chance.empty:
+        return ["## Tasks at chance", "", "_(no dense run: the chance check needs the untuned model)_", ""]
+    md = ["## Tasks at chance for the dense model", "",
+          (f"Rule: a task sits at chance when a one-sided exact binomial test cannot reject accuracy <= chance at "
+           f"{CHANCE_ALPHA:.0%} (`P(X >= k | n, chance) >= {CHANCE_ALPHA}`; chance = mean of 1 / number of choices, "
+           "or the task's uniform-guess rate for records without per-document choices). Such tasks carry no "
+           "signal about pruning damage; the table below repeats the main table without them. Where accuracy sits "
+           "near chance, perplexity with its interval is the primary metric."), "",
+          to_markdown(chance.assign(**{"p (acc <= chance)": chance["p (acc <= chance)"].map(lambda v: f"{v:.3g}")}),
+                      digits=1)]
+    if value == "acc" and chance["at chance"].any() and runs["acc_above_chance"].notna().any():
+        t = main_table(runs, "acc_above_chance")
+        md += ["Main table on the tasks above chance only (mean accuracy %, same layout):", "",
+               to_markdown(t, bold_max_by="Ratio")]
+    return md
 
 
 def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str | Path | None = None) -> Path:
@@ -428,29 +856,41 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
     md = _header(suite, records, results_dir)
     value = "acc" if runs["acc"].notna().any() else "letter_acc"
     proto = LOGLIK if value == "acc" else LETTER
+    chance = chance_tasks(records)
+    chance.to_csv(out / "chance.csv", index=False)
+    runs = _with_above_chance(runs, records, chance)
     main = main_table(runs, value)
     main.to_csv(out / "main_table.csv", index=False)
     md += ["## Main table (layout of the paper's Table 1)", "",
-           f"Mean zero-shot accuracy (%) over the suite's tasks, protocol `{proto}`; mean over seeds. "
-           "Bold: best per ratio.", "",
+           (f"Mean zero-shot accuracy (%) over the suite's tasks, protocol `{proto}`; mean over seeds. Bold: best per "
+            f"ratio. `params <model>`: achieved parameters; {OFF_SIZE} marks a row more than {100 * SIZE_TOL:.0f} % "
+            "off its ratio's size (PAT's parameter count at that ratio, else (1 - ratio) x dense)."), "",
            to_markdown(main, bold_max_by="Ratio")]
     if value == "acc" and runs["letter_acc"].notna().any():
         md += [f"Same layout, the paper's letter protocol (`{LETTER}`):", "",
                to_markdown(main_table(runs, "letter_acc"), bold_max_by="Ratio")]
+    md += _chance_section(runs, chance, value)
     ref, meta = paper_table()
     md += ["## Reference: the paper's Table 1 (not produced by this code)", "",
            f"{meta['metric']}. Source: {meta['citation']}. Different models, data scale and protocol than ours: "
            "compare orderings, not values.", "", to_markdown(ref, bold_max_by="Ratio")]
-    md += ["## The paper's claims beside ours", "",
-           "Differences in points of mean accuracy (PAT minus the other method); the paper column is computed from "
-           "its Table 1 (Llama2-7B). `within noise`: |difference| <= 2 standard errors of our subset means.", "",
-           to_markdown(claims_table(runs, tp, value), signed=False)]
+    claims = claims_table(runs, tp, value, records, chance)
+    claims.to_csv(out / "claims.csv", index=False)
+    md += ["## The paper's claims beside ours", "", CLAIMS_NOTE, "", _md_public(claims)]
+    pairs = pairs_table(records, runs, chance)
+    pairs.to_csv(out / "pairs.csv", index=False)
+    md += ["## Paired comparisons at equal size", "",
+           ("Every pair of methods at the same model and ratio (unpruned runs: 0 %): `Δ acc` is A minus B in points, "
+            "the perplexity ratio A / B; intervals and verdicts as in the claims table."), "", _md_public(pairs)]
     for model in sorted(runs["model"].unique()):
         rt = ratio_table(runs, model, value)
         ppl = next((c.removeprefix("ppl_") for c in runs.columns if c.startswith("ppl_")), None)
         rt.to_csv(out / f"by_ratio_{model}.csv", index=False)
         md += [f"## Accuracy and perplexity by ratio: {model}", "",
-               "Cells: mean accuracy (%)" + (f" / {ppl} perplexity" if ppl else "") + "; unpruned runs under 0 %.", "",
+               "Cells: mean accuracy (%)" + (f" / {ppl} perplexity" if ppl else "")
+               + f" (parameters; {OFF_SIZE}: more than {100 * SIZE_TOL:.0f} % off the ratio's size); "
+               "unpruned runs under 0 %.",
+               "",
                to_markdown(rt)]
     dl = delta_vs_lora(runs, value)
     md += ["## Delta vs LoRA (points of mean accuracy vs the unpruned LoRA run)", "", to_markdown(dl, signed=True)]
@@ -458,16 +898,21 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
         pt = per_task_table(tasks, model)
         md += [f"## Per-task accuracy (%): {model}", "", to_markdown(pt, digits=1)]
     ppl_cols = [c for c in runs.columns if c.startswith("ppl_")]
-    info = _order(runs[runs["status"] == "success"].copy())[["run_id", "achieved_ratio", "params", "hidden_size",
-                                                             "trainable", "final_loss", *ppl_cols, "seconds"]]
+    info = _order(runs[runs["status"] == "success"].copy())[["run_id", "achieved_ratio", "params", "size_off",
+                                                             "hidden_size", "trainable", "final_loss", *ppl_cols,
+                                                             "seconds"]]
     md += ["## Parameters, perplexity and cost per run", "", to_markdown(info.reset_index(drop=True), digits=3)]
     md += _throughput_section(tp)
     failed = runs[runs["status"] != "success"]
     if not failed.empty:
         md += ["## Failed runs", "", to_markdown(failed[["run_id", "error"]].reset_index(drop=True))]
-    plots = []
+    plots = [plot_forest(claims[~claims["claim"].str.startswith("25 % model")], out / "claims_forest.png")]
+    ppl = next((c.removeprefix("ppl_") for c in runs.columns if c.startswith("ppl_")), None)
+    cells = cell_intervals(records, runs, ppl)
+    cells.to_csv(out / "cells.csv", index=False)
     for model in sorted(runs["model"].unique()):
-        plots.append(plot_acc_vs_ratio(runs, model, out / f"acc_vs_ratio_{model}.png", value))
+        plots.append(plot_vs_params(cells, model, out / f"acc_vs_params_{model}.png", "acc"))
+        plots.append(plot_vs_params(cells, model, out / f"ppl_vs_params_{model}.png", "ppl"))
         if not tp.empty:
             plots.append(plot_speedup(tp, model, out / f"speedup_vs_batch_{model}.png"))
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p] + [""]

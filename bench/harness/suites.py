@@ -7,6 +7,9 @@ models x ratios x pipelines x seeds. ``expand(suite)`` turns that into ``RunSpec
 names (``["pat"]``, ``["lora"]``, ``["llm_pruner", "lora"]`` = prune then tune, ``["lora", "llm_pruner"]`` = tune
 then prune); the empty pipeline ``[]`` is the untouched dense model.
 
+Seeds: a run's seed is its training seed (initialisation, dropout, calibration sample) and shifts the data seed
+(``data_seed + seed``: the training subset and its order); seed 0 keeps the budget's ``data_seed`` as written.
+
 This module imports neither torch nor transformers, so ``bench.run --list`` / ``--dry-run`` stay fast.
 
 To add a suite: drop a TOML file in ``bench/suites/``; ``tests/bench/harness/test_suites.py`` loads and validates
@@ -43,6 +46,7 @@ GRID_KEYS = {"models", "ratios", "pipelines", "seeds", "budget", "stage_args"}
 RENAMED = {"methods": "[methods.X] was renamed to [stages.X]", "method_args": "method_args was renamed to stage_args"}
 
 
+DEFAULT_DATA_SEED = 42  # bench.harness.budget.TrainBudget.data_seed (this module stays torch-free)
 VARIANT_KEYS = ("stage", "display")  # in [stages.NAME]: NAME is a variant of stage `stage`, shown as `display`
 
 
@@ -264,8 +268,10 @@ def expand(suite: Suite) -> list[RunSpec]:
                 for pipe in pipes:
                     for seed in seeds:
                         used = {s: args[s] for s in pipe if s in args}
-                        # the run's seed drives training init/dropout
+                        # the run's seed drives training init/dropout ...
                         resolved = {**budget, "seed": seed} if pipe else {}
+                        if pipe and seed:  # ... and the data: seed s draws subset and order with data_seed + s
+                            resolved["data_seed"] = int(budget.get("data_seed", DEFAULT_DATA_SEED)) + seed
                         spec = RunSpec(suite.name, model, ratio, tuple(pipe), seed, budget_name, resolved, used,
                                        suite.train_data)
                         if spec.run_id in seen:

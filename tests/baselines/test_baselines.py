@@ -130,7 +130,8 @@ def test_slicegpt_shapes_and_ratio_report():
     assert rep["hidden_after"] == 32 and m.config.hidden_size == 32  # int(0.7 * 48) = 33 -> multiple of 8
     assert rep["achieved_ratio"] != pytest.approx(0.3, abs=0.02)  # shortcut matrices and the untied head cost
     assert not m.config.tie_word_embeddings
-    assert decoder_layers(m)[1].mlp_shortcut_Q.shape == (32, 32)
+    assert decoder_layers(m)[0].mlp_shortcut_Q.shape == (32, 32)
+    assert decoder_layers(m)[1].mlp_shortcut_Q.shape == (32, 48)  # the head path stays d wide (slice_head=False)
 
 
 def test_flap_bias_compensation_is_exact_for_constant_inputs():
