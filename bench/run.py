@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     print(f"suite {suite.name}: {counts['done']} done, {counts['skipped']} skipped (finished), "
-          f"{counts['failed']} failed, of {counts['total']}; results in {out}")
+          f"{counts.get('locked', 0)} held by another process, {counts['failed']} failed, of {counts['total']}; "
+          f"results in {out}")
     return 1 if counts["failed"] else 0
 
 
