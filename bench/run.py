@@ -1,6 +1,7 @@
 """Run a benchmark suite: ``python -m bench.run --suite NAME [--out DIR] [--models ...] [--ratios ...] [--only PAT]``.
 
 ``--list`` / ``--dry-run`` print the expanded runs (and validate every name) without importing torch.
+``--set KEY=VALUE`` overrides a suite value before validation (``--set 'budget.*.steps=2' --set eval.limit=5``).
 ``--shard i/n`` runs every n-th run starting at i (a Slurm job array: ``--shard $SLURM_ARRAY_TASK_ID/$N``);
 ``--jobs N`` starts N such shard processes on this machine, each with cores/N threads; ``--retime`` measures the
 throughput of finished runs again (after a parallel run, on a quiet host) and updates their records.
@@ -36,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model-path", action="append", default=[], metavar="NAME=DIR",
                     help="local Hugging Face directory for a suite model (repeatable)")
     ap.add_argument("--data-dir", help="data directory (default $PAT_DATA_DIR)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="override a suite value before validation, e.g. --set budget.gpu.steps=2 --set eval.limit=5 "
+                         "(dotted TOML path, '*' = every table at that level, VALUE in TOML syntax; repeatable)")
     ap.add_argument("--train-data", help="override the suite's train_data (a data-directory name, a local .jsonl or a hub id)")
     ap.add_argument("--work-dir", help="checkpoints and finalized models (default $PAT_WORK_DIR or runs/bench)")
     ap.add_argument("--skip-failed", action="store_true", help="do not retry runs recorded as failed")
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("lm_eval", "httpx", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        suite = load_suite(args.suite)
+        suite = load_suite(args.suite, args.overrides)
         if args.train_data:
             suite = dataclasses.replace(suite, train_data=args.train_data)
         all_runs = validate(suite)
