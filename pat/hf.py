@@ -33,8 +33,9 @@ What the callback does, and why it needs no change to the trainer's loss code:
 
 Not supported: fp16 with a gradient scaler (the added gradient would be unscaled twice; use bf16 or fp32),
 gradient checkpointing (TRL's ``SFTConfig`` turns it on by default: pass ``gradient_checkpointing=False``),
-DeepSpeed and FSDP (they own ``.grad``). With DDP, set ``ddp_find_unused_parameters=True``: after the freeze point
-the task loss no longer reaches the mask proxy.
+DeepSpeed and FSDP (they own ``.grad``), resuming from a Trainer checkpoint (peft saves only the LoRA adapter, not
+the HSMs and the mask). With DDP, set ``ddp_find_unused_parameters=True``: after the freeze point the task loss no
+longer reaches the mask proxy.
 """
 
 from __future__ import annotations
@@ -153,8 +154,6 @@ class PATCallback(TrainerCallback):
                         "placed", self.total_steps, state.max_steps)
         self.model = model
         self._grad_step = None
-        if state.global_step:  # resumed from a trainer checkpoint: bring the schedule to the restored step
-            self.stage.on_optimizer_step(model, state.global_step)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if self._grad_step == state.global_step:

@@ -44,7 +44,7 @@ SMOKE_SETS = [  # the CPU smoke: 2 steps of 2 examples, 5 documents a task, smal
     "perplexity.max_tokens=256", "perplexity.seq_len=128", "perplexity.stride=128", "throughput.batch_sizes=[1, 2]",
     "throughput.decode_tokens=2", "throughput.repeats=1", "throughput.warmup=0",
     "methods.slicegpt.calib_n=4", "methods.slicegpt.calib_len=64", "methods.llm_pruner.calib_n=2",
-    "methods.llm_pruner.calib_len=64",
+    "methods.llm_pruner.calib_len=64", "methods.pat.milestone_step=2", "methods.pat_taylor.milestone_step=2",
 ]
 
 
