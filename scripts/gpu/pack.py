@@ -70,16 +70,18 @@ def _key(name: str) -> str:
 
 def closure(names=PACKAGES) -> dict[str, str]:
     """``{distribution: version}`` of ``names`` and their installed dependencies (markers evaluated here, extras
-    not followed), without the packages of ``PRESENT``."""
+    requested by a dependent followed, e.g. ``fsspec[http]``), without the packages of ``PRESENT``."""
     from packaging.requirements import Requirement
 
     present = {_key(n) for n in PRESENT}
     seen: dict[str, str] = {}
+    walked: set[tuple[str, str]] = set()
 
-    def walk(name: str) -> None:
+    def walk(name: str, extra: str = "") -> None:
         key = _key(name)
-        if key in seen or key in present or key.startswith("nvidia-"):
+        if (key, extra) in walked or key in present or key.startswith("nvidia-"):
             return
+        walked.add((key, extra))
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
@@ -87,8 +89,12 @@ def closure(names=PACKAGES) -> dict[str, str]:
         seen[key] = dist.version
         for r in dist.requires or []:
             req = Requirement(r)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
+            if req.marker is None or req.marker.evaluate({"extra": extra}):
+                if req.marker is not None and not extra and "extra" in str(req.marker):
+                    continue
                 walk(req.name)
+                for e in sorted(req.extras):
+                    walk(req.name, e)
 
     for n in names:
         walk(n)
