@@ -2,6 +2,7 @@
 
 ``python -m bench.run`` is the same command. ``--list`` without ``--suite`` lists the suites, one line each;
 ``--list`` / ``--dry-run`` with a suite print its expanded runs (and validate every name) without importing torch.
+``--set KEY=VALUE`` overrides a suite value before validation (``--set 'budget.*.steps=2' --set eval.limit=5``).
 ``--shard i/n`` runs every n-th run starting at i (a Slurm job array: ``--shard $SLURM_ARRAY_TASK_ID/$N``);
 ``--jobs N`` starts N such shard processes on this machine, each with cores/N threads; ``--retime`` measures the
 throughput of finished runs again (after a parallel run, on a quiet host) and updates their records.
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model-path", action="append", default=[], metavar="NAME=DIR",
                     help="local Hugging Face directory for a suite model (repeatable)")
     ap.add_argument("--data-dir", help="data directory (default $PAT_DATA_DIR)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                    help="override a suite value before validation, e.g. --set budget.gpu.steps=2 --set eval.limit=5 "
+                         "(dotted TOML path, '*' = every table at that level, VALUE in TOML syntax; repeatable)")
     ap.add_argument("--train-data",
                     help="override the suite's train_data (a data-directory name, a local .jsonl or a hub id)")
     ap.add_argument("--work-dir", help="checkpoints and finalized models (default $PAT_WORK_DIR or runs/bench)")
@@ -78,7 +82,7 @@ def list_suites() -> int:
 
 def _selection(args: argparse.Namespace):
     """``(suite, all runs, selected runs, model paths)``; raises ``SuiteError`` naming the bad option or field."""
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, args.overrides)
     if args.train_data:
         suite = dataclasses.replace(suite, train_data=args.train_data)
     all_runs = validate(suite)
@@ -129,7 +133,8 @@ def _run(args, suite, all_runs, runs, model_paths, out: Path) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"suite {suite.name}: {counts['done']} done, {counts['skipped']} skipped (finished), "
-          f"{counts['failed']} failed, of {counts['total']}; results in {out}")
+          f"{counts.get('locked', 0)} held by another process, {counts['failed']} failed, of {counts['total']}; "
+          f"results in {out}")
     return 1 if counts["failed"] else 0
 
 

@@ -41,6 +41,7 @@ from bench.harness.budget import TrainBudget
 from bench.harness.calibration import calibration_sampler
 from bench.harness.datadir import DATASETS, DataError, dataset_path
 from bench.harness.evaluation import evaluate_tasks, validate_tasks
+from bench.harness.locks import claim, holder
 from bench.harness.modelsrc import resolve_models
 from bench.harness.perplexity import perplexity
 from bench.harness.suites import RunSpec, Suite, resolve_stage
@@ -294,8 +295,12 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions,
               all_runs: list[RunSpec] | None = None) -> dict[str, int]:
     """Run ``runs`` (a selection of the suite's runs), skipping finished ones; one JSON per run in ``opts.out_dir``.
 
+    Each run is claimed with a lock in its run directory (``bench.harness.locks``, single-process runs) so two
+    shards or jobs never train the same cell at once; a run held by a live process is skipped and counted as
+    ``locked``.
+
     Returns:
-        counts: ``{"done", "skipped", "failed", "total"}``.
+        counts: ``{"done", "skipped", "failed", "total"}``, plus ``"locked"`` when a run was held elsewhere.
     """
     all_runs = all_runs if all_runs is not None else runs
     model_dirs = preflight(suite, runs, opts)
@@ -314,6 +319,16 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions,
                                   or (old.get("status") == "failed" and not opts.retry_failed)):
             counts["skipped"] += 1
             continue
+        lock = claim(opts.run_dir(spec)) if _world() == 1 else None
+        if _world() == 1 and (lock is None or _finished_meanwhile(path, spec, protocol)):
+            if lock is None:
+                log.info("run %s: held by %s (another shard or job); skipping it", spec.run_id,
+                         holder(opts.run_dir(spec)))
+            key = "locked" if lock is None else "skipped"
+            counts[key] = counts.get(key, 0) + 1
+            if lock is not None:
+                lock.release()
+            continue
         bar.set_postfix_str(spec.run_id)
         t0 = time.perf_counter()
         try:
@@ -330,8 +345,17 @@ def run_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions,
             counts["failed"] += 1
         if rec is not None and _rank() == 0:
             write_json_atomic(path, rec)
+        if lock is not None:
+            lock.release()
         _free()
     return counts
+
+
+def _finished_meanwhile(path: Path, spec: RunSpec, protocol: dict[str, Any]) -> bool:
+    """Whether another process finished the run between the first check and our claim of its lock."""
+    old = R.read_result(path)
+    return (old is not None and old.get("status") == "success" and old.get("spec") == spec.to_dict()
+            and old.get("protocol", protocol) == protocol)
 
 
 def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict[str, int]:
@@ -379,6 +403,10 @@ def retime_suite(suite: Suite, runs: list[RunSpec], opts: RunnerOptions) -> dict
 
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _free() -> None:

@@ -221,15 +221,61 @@ def suite_path(name_or_path: str | os.PathLike) -> Path:
     return cand
 
 
-def load_suite(name_or_path: str | os.PathLike) -> Suite:
-    """Read and parse a suite by name or path (structure only; call ``validate`` for names)."""
+def load_suite(name_or_path: str | os.PathLike, overrides: Iterable[str] = ()) -> Suite:
+    """Read and parse a suite by name or path (structure only; call ``validate`` for names).
+
+    ``overrides``: ``KEY=VALUE`` items applied to the TOML mapping before parsing (``apply_overrides``).
+    """
     path = suite_path(name_or_path)
     with open(path, "rb") as fh:
         try:
             data = tomllib.load(fh)
         except tomllib.TOMLDecodeError as e:
             raise SuiteError(f"suite file {path}: invalid TOML: {e}") from e
-    return parse_suite(data, path)
+    return parse_suite(apply_overrides(data, overrides), path)
+
+
+def _toml_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: a string
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Set values of a suite's TOML mapping from ``KEY=VALUE`` items (``bench.run --set``); returns a new mapping.
+
+    ``KEY`` is a dotted path of tables, e.g. ``budget.gpu.steps``, ``eval.limit``, ``methods.slicegpt.target``; a
+    ``*`` segment means every table at that level (``budget.*.steps=2``). ``VALUE`` is a TOML value (``2``,
+    ``"fp32"``, ``[1, 2]``, ``{ random = { ... } }``); a bare word is a string. Missing tables are created; the
+    result is then validated like any suite file.
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = [p.strip() for p in key.strip().split(".")]
+        if not sep or not all(parts):
+            raise SuiteError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. budget.gpu.steps=2")
+        value = _toml_value(raw.strip())
+        tables = [out]
+        for depth, part in enumerate(parts[:-1]):
+            nxt = []
+            for t in tables:
+                keys = list(t) if part == "*" else [part]
+                for k in keys:
+                    sub = t.setdefault(k, {})
+                    if not isinstance(sub, dict):
+                        where = ".".join(parts[:depth] + [k])
+                        raise SuiteError(f"--set {item!r}: {where} is a value, not a table")
+                    nxt.append(sub)
+            tables = nxt
+        if not tables:
+            raise SuiteError(f"--set {item!r}: no table matches {'.'.join(parts[:-1])}")
+        for t in tables:
+            t[parts[-1]] = copy.deepcopy(value)
+    return out
 
 
 def _as_list(value: Any, field_name: str, where: str, kind: type) -> list:
