@@ -57,11 +57,12 @@ def test_seeds_and_per_grid_method_args():
 
 def test_shipped_suites_expand_to_the_documented_grids():
     ids = [r.run_id for r in expand(load_suite("cpu"))]
-    assert len(ids) == 20 and ids[0] == "smollm2-135m--dense--r0.00--s0" and "smollm2-135m--pat--r0.25--s0" in ids
+    assert len(ids) == 26 and ids[0] == "smollm2-135m--dense--r0.00--s0" and "smollm2-135m--pat--r0.25--s0" in ids
     assert {i.split("--")[1] for i in ids} == {"dense", "lora", "pat", "pat_taylor", "llm_pruner+lora",
-                                              "lora+llm_pruner", "slicegpt+lora", "lora+slicegpt"}
+                                              "lora+llm_pruner", "slicegpt+lora", "lora+slicegpt",
+                                              "slicegpt_pct+lora", "lora+slicegpt_pct"}
     trains = [("+" not in i.split("--")[1] or i.split("--")[1].endswith("+lora")) and "dense" not in i for i in ids]
-    assert abs(sum(trains[0::2]) - sum(trains[1::2])) <= 1  # --jobs 2: each shard gets half of the 13 trainings
+    assert abs(sum(trains[0::2]) - sum(trains[1::2])) <= 1  # --jobs 2: each shard gets half of the 16 trainings
     assert len(expand(load_suite("paper"))) == 5 + 5 * 3 * 5
     assert [r.run_id for r in expand(load_suite("ci"))] == [
         "smollm2-135m--dense--r0.00--s0", "smollm2-135m--lora--r0.00--s0", "smollm2-135m--pat--r0.25--s0"]
