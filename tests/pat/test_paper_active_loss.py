@@ -18,6 +18,13 @@ from tests.tiny import tiny_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def _same_global_rng_after():
+    """These tests seed and draw from torch's global RNG; later tests get it back as it was."""
+    with torch.random.fork_rng():
+        yield
+
+
 class _CountTrace(PATStage):
     """Records the active count after every optimizer step (before the loop's next forward)."""
 
