@@ -25,7 +25,8 @@ identity-loss scale            ``dimdown_scale``           ``HybridSparsifier.s`
 
 Where the mask departs from paper and code (docs/method.md): the snap at the freeze point and the exact 0/1 gate
 after it (``snap_at_freeze``); the mask trains at the one LR like the official code (``mask_lr_scale=1.0``;
-``10.0`` is our faster option); ``active_loss="paper"`` divides the paper's ``|N - count|`` by d (ours).
+``10.0`` is our faster option); ``active_loss="paper"`` divides the paper's ``|N - count|`` by d and pushes only
+the channels that must cross zero or sit within ``active_margin`` of it (ours).
 """
 
 from .attach import attach, get_mask, hsms, set_hard

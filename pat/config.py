@@ -45,10 +45,12 @@ class PATConfig:
             where the proxies have too few steps to separate (see README).
         active_loss: ``"official"`` = ``active_weight * |count - N| / N`` (STE count) plus the polarisation term;
             ``"paper"`` = ``active_weight * |count - N| / d``, the paper's ``||N - count||`` (which has no weight)
-            divided by the hidden size d, with no polarisation. The division by d is ours: unnormalised, the count
-            swings between 0 and d; divided by d it swings less but still does not hold N (no polarisation keeps
-            the proxies away from zero), so the freeze-point snap sets the width (docs/findings).
+            divided by the hidden size d, with no polarisation. Its straight-through gradient is ours (the paper
+            states none): it pushes only the channels that must cross zero, or that sit within ``active_margin`` of
+            it, towards the nearest proxy with exactly N active (``pat.losses.active_loss``; docs/findings).
         active_weight: weight of the count term (official code: 10).
+        active_margin: ``active_loss="paper"`` only (ours): the count gradient keeps the proxies at least this far
+            from zero on their side, so the task gradient cannot tip a channel across it once the count is N.
         identity_loss: ``"official"`` = per-channel scale s after the mask and ``MSE(L0 L0^T, I_r)`` on every HSM;
             ``"paper"`` = ``D = I + L1 diag(v) L0`` with ``||L0 L0^T - I||_F + ||L1^T L1 - I||_F``; ``"none"`` =
             neither scale nor loss (the paper's "Identity x" ablation).
@@ -81,6 +83,7 @@ class PATConfig:
     snap_by: Literal["proxy", "taylor"] = "proxy"
     active_loss: Literal["official", "paper"] = "official"
     active_weight: float = 10.0
+    active_margin: float = 0.01
     identity_loss: Literal["official", "paper", "none"] = "official"
     identity_weight: float = 1.0
     embed_hsm: Literal["auto", "full", "mask_only"] = "auto"
@@ -116,7 +119,8 @@ class PATConfig:
                 bad(name, "one of " + ", ".join(allowed))
         if self.mask_lr is not None and not (isinstance(self.mask_lr, (int, float)) and self.mask_lr > 0):
             bad("mask_lr", "a positive number or None")
-        for name in ("active_weight", "identity_weight", "mask_lr_scale", "hsm_lr_scale", "lora_alpha"):
+        for name in ("active_weight", "active_margin", "identity_weight", "mask_lr_scale", "hsm_lr_scale",
+                     "lora_alpha"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 bad(name, "a finite number >= 0")

@@ -39,7 +39,7 @@ def pat_loss(model: nn.Module) -> torch.Tensor:
     """``L_active + identity_weight * L_identity`` for a PAT model."""
     mask = get_mask(model)
     cfg = mask.cfg
-    la = active_loss(mask, mask.target, cfg.active_loss, cfg.active_weight)
+    la = active_loss(mask, mask.target, cfg.active_loss, cfg.active_weight, cfg.active_margin)
     if cfg.identity_loss == "none" or cfg.identity_weight == 0:
         li = torch.zeros((), device=la.device)
     else:

@@ -139,8 +139,10 @@ def test_paper_active_loss_is_normalised_by_d():
     _, model = _prepare(active_loss="paper")
     mask = get_mask(model)
     with torch.no_grad():
-        mask.proxy.copy_(torch.linspace(-1, 1, 48))  # 24 active, target 36: push up by weight / d on every proxy
+        mask.proxy.copy_(torch.linspace(-1, 1, 48))  # 24 active, target 36
     loss = active_loss(mask, mask.target, "paper", 10.0)
     loss.backward()
     assert loss.item() == pytest.approx(10.0 * 12 / 48)
-    torch.testing.assert_close(mask.proxy.grad, torch.full((48,), -10.0 / 48))
+    expected = torch.zeros(48)
+    expected[12:24] = -10.0 / 48  # weight / d on the 12 largest inactive proxies, the ones that must cross
+    torch.testing.assert_close(mask.proxy.grad, expected)
