@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from . import schedule
 from .arch import count_params, get_arch
-from .attach import attach, get_mask, hsms, pat_parameters
+from .attach import attach, get_mask, hsms, identity_hsms, pat_parameters
 from .config import PATConfig
 from .lora import LoRAConfig, apply_lora, lora_param_count, merge_lora
 from .losses import active_loss, identity_loss
@@ -27,23 +27,19 @@ from .merge import merge_check
 log = logging.getLogger(__name__)
 
 
-def _identity_hsms(model: nn.Module) -> list:
-    mask = get_mask(model)
-    all_h = list(hsms(model))
-    if mask.cfg.official_quirks:  # pat-spec.md §5: the `_loss` overwrite reaches only embedding + last layer
-        return [all_h[0]] + all_h[-2:]
-    return all_h
-
-
 def pat_loss(model: nn.Module) -> torch.Tensor:
-    """``L_active + identity_weight * L_identity`` for a PAT model."""
+    """``L_active + identity_weight * L_identity`` for a PAT model.
+
+    Call it after the forward whose loss it joins: the HSMs computed their identity terms in that forward (so a
+    sharding engine may reshard their weights after it) and this consumes them; without such a forward the terms
+    are computed from the weights, with the same value and gradients."""
     mask = get_mask(model)
     cfg = mask.cfg
     la = active_loss(mask, mask.target, cfg.active_loss, cfg.active_weight)
     if cfg.identity_loss == "none" or cfg.identity_weight == 0:
         li = torch.zeros((), device=la.device)
     else:
-        li = identity_loss(_identity_hsms(model), cfg.identity_loss).to(la.device)
+        li = identity_loss(identity_hsms(model), cfg.identity_loss).to(la.device)
     mask.last_losses = (float(la.detach()), float(li.detach()))
     return la + cfg.identity_weight * li
 
@@ -57,6 +53,8 @@ def set_step(model: nn.Module, step: int) -> int:
     mask = get_mask(model)
     mask.set_step(step)
     mask.clear()
+    for h in hsms(model):  # identity terms of forwards before this optimizer step are stale
+        h.take_identity_term("")
     if mask.cfg.snap_at_freeze and schedule.mask_frozen(step, mask.s0, mask.freeze_frac) and not bool(mask.snapped):
         by = mask.cfg.snap_by
         if by == "taylor" and torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -9,8 +9,8 @@ FSDP2: accelerate's ``--use_fsdp`` falls back to DDP on CPU, so the sharding che
 directly (``python -m torch.distributed.run --nproc_per_node 2 THIS_FILE OUT fsdp2``) with the trainer's own pieces
 (``collect_trainable``, ``make_optimizer``, ``_lm_loss_sum``, the stage hooks, the same loss scaling) on PAT
 (peft LoRA inside) and compares with ``run_pipeline`` in one process. Every decoder layer and the root are sharded
-with ``reshard_after_forward=False``: PAT's ``extra_loss`` reads the HSM parameters after the forward, which with
-the default resharding are sharded DTensors again (see docs/scale.md).
+with the default ``reshard_after_forward=True``: after the forward the HSM parameters are sharded DTensors again,
+and PAT's ``extra_loss`` sums the identity terms the HSMs computed inside their forward (see docs/scale.md).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _fsdp2_worker(root: Path) -> None:
     from bench.harness.data import IGNORE_INDEX, global_batch_indices, load_instruction_data
     from pat.stage import RunContext
     from bench.harness.train import _lm_loss_sum, collect_trainable, make_optimizer
-    from pat import get_mask
+    from pat import get_mask, hsms
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -162,8 +162,8 @@ def _fsdp2_worker(root: Path) -> None:
         "pipeline": ["pat"], "stage_index": 0, "phase": "prepare"}))
     collect_trainable(model, [st], b.lr)
     for layer in model.get_base_model().model.layers:
-        fully_shard(layer, reshard_after_forward=False)
-    fully_shard(model, reshard_after_forward=False)
+        fully_shard(layer)  # default reshard_after_forward=True: a layer's weights are whole only inside it
+    fully_shard(model)
     groups, named = collect_trainable(model, [st], b.lr)  # the sharded (DTensor) parameters
     assert all(type(p).__name__ == "DTensor" for _, p in named)
     opt = make_optimizer(groups, b)
@@ -177,6 +177,7 @@ def _fsdp2_worker(root: Path) -> None:
         lm_sum = torch.zeros(())
         for k in range(accum):
             lm = _lm_loss_sum(model, data.collate(mine[k * b.micro_batch:(k + 1) * b.micro_batch])) / n_resp
+            assert all(type(h.L0).__name__ == "DTensor" for h in hsms(model) if h.L0 is not None)  # resharded
             (lm * world + st.extra_loss(model) / accum).backward()  # FSDP averages over processes
             lm_sum += lm.detach()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], b.max_grad_norm)
