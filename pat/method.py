@@ -22,7 +22,7 @@ from .config import PATConfig
 from .lora import LoRAConfig, apply_lora, lora_param_count, merge_lora
 from .losses import active_loss, identity_loss
 from .merge import finalize as _finalize
-from .merge import merge_check
+from .merge import is_sharded, merge_check, unsharded_copy
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,14 @@ class PATStage:
         la, li = getattr(mask, "last_losses", (float("nan"), float("nan")))
         return {"active": int(mask.active().sum()), "tau": round(mask.tau(), 3), "L_active": la, "L_identity": li}
 
-    def finalize(self, model: nn.Module, ctx) -> nn.Module:
+    def finalize(self, model: nn.Module, ctx) -> nn.Module | None:
+        """Merge into a smaller stock model. A model sharded by FSDP2 is first gathered into a plain copy on the
+        main process (``pat.merge.unsharded_copy``, a collective): there the merge runs on the CPU; the other
+        processes return ``None``."""
+        if is_sharded(model):
+            model = unsharded_copy(model)
+            if model is None:
+                return None
         mask = get_mask(model)
         heldout = (ctx.extra or {}).get("heldout_ids") if ctx is not None else None
         train_logits = None

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from pat.stage import StageDefaults
 from bench.harness.train import run_pipeline
 from tests.bench.harness.test_train import ROOT, CharTokenizer, budget, write_alpaca
-from tests.tiny import tiny_model
+from tests.tiny import tiny_batch, tiny_model
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.multiprocess]
 
@@ -188,9 +188,18 @@ def _fsdp2_worker(root: Path) -> None:
         losses.append(float(lm_sum))
     mask = get_mask(model)
     active = int(mask.active().sum())  # gathers the sharded proxy: a collective, every process calls it
+    small = st.finalize(model, RunContext(total_steps=b.total_steps, extra={"heldout_ids": tiny_batch(seed=7)}))
     if rank == 0:
-        (root / "fsdp2.json").write_text(json.dumps({"losses": losses, "active": active, "target": mask.target,
-                                                     "world": world}))
+        rep = st.report()
+        with torch.no_grad():
+            save_file({"logits": small(input_ids=tiny_batch(seed=7)).logits.contiguous()}, root / "fsdp2-logits.st")
+        (root / "fsdp2.json").write_text(json.dumps({
+            "losses": losses, "active": active, "target": mask.target, "world": world,
+            "class": f"{type(small).__module__}.{type(small).__name__}", "hidden_size": small.config.hidden_size,
+            "merge_diff": rep["merge_max_abs_logit_diff"], "kept": rep["kept_channels"],
+            "sharded_after": all(type(p).__name__ == "DTensor" for _, p in named)}))
+    else:
+        assert small is None  # the merge runs on the main process only
 
 
 def test_pat_under_fsdp2_fully_shard_matches_one_process(tmp_path):
@@ -208,6 +217,19 @@ def test_pat_under_fsdp2_fully_shard_matches_one_process(tmp_path):
     print(f"fsdp2: max |loss diff| = {max(abs(a - b) for a, b in zip(sharded['losses'], single['losses'])):.2e}")
     assert sharded["losses"] == pytest.approx(single["losses"], abs=LOSS_TOL)
     assert sharded["active"] == sharded["target"] == single["stages"]["0-pat"]["target_keep"]
+    # finalize after sharded training: the full state gathered on rank 0, merged there into a stock smaller model
+    ref = single["_model"]
+    assert sharded["class"] == f"{type(ref).__module__}.{type(ref).__name__}"
+    assert sharded["class"].startswith("transformers.") and sharded["sharded_after"]
+    assert sharded["hidden_size"] == ref.config.hidden_size == sharded["target"]
+    assert sharded["kept"] == single["stages"]["0-pat"]["kept_channels"]
+    assert sharded["merge_diff"] <= 1e-4
+    with torch.no_grad():
+        want = ref(input_ids=tiny_batch(seed=7)).logits
+    diff = float((load_file(tmp_path / "fsdp2-logits.st")["logits"] - want).abs().max())
+    print(f"fsdp2: finalized model, max |logit diff| vs one process = {diff:.2e}; "
+          f"merge check {sharded['merge_diff']:.2e}")
+    assert diff <= 1e-4
 
 
 if __name__ == "__main__":  # the launched workers
