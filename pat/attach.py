@@ -63,6 +63,9 @@ def attach(model: nn.Module, cfg: PATConfig, total_steps: int) -> SharedMask:
         hsm.to(device=ref.device)
         set_module(base, path, hsm)
 
+    if cfg.identity_loss != "none" and cfg.identity_weight != 0:
+        for h in identity_hsms(base):  # their forward computes the identity term (see HybridSparsifier)
+            h.identity_form = cfg.identity_loss
     mask.hook_handles = (base.register_forward_pre_hook(lambda m, a: mask.refresh()),)
     log.info("PAT attached: d=%d -> keep %d (%.4f pruned), hio_rank=%d, s0=%d, %d HSMs, embedding %s",
              d, keep, 1 - keep / d, rank, s0, len(list(hsms(base))), mask.embed_mode)
@@ -80,6 +83,15 @@ def get_mask(model: nn.Module) -> SharedMask:
 def hsms(model: nn.Module) -> Iterator[HybridSparsifier]:
     """All HSMs in forward order."""
     return (m for m in base_model(model).modules() if isinstance(m, HybridSparsifier))
+
+
+def identity_hsms(model: nn.Module) -> list[HybridSparsifier]:
+    """The HSMs the identity loss covers: all, or with ``official_quirks`` the embedding's and the last layer's
+    (pat-spec.md §5: the official ``_loss`` overwrite reaches only those)."""
+    all_h = list(hsms(model))
+    if get_mask(model).cfg.official_quirks:
+        return [all_h[0]] + all_h[-2:]
+    return all_h
 
 
 def hsm_paths(model: nn.Module) -> list[tuple[str, HybridSparsifier]]:

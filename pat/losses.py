@@ -74,16 +74,16 @@ def identity_loss(hsms: Iterable[HybridSparsifier], form: str = "official") -> t
     """Orthogonality loss summed over the given HSMs.
 
     official: ``MSE(L0 L0^T, I_r)`` per HSM; paper: ``||L0 L0^T - I||_F + ||L1^T L1 - I||_F`` per HSM.
+    Each HSM's term is the one its last forward computed (``HybridSparsifier.take_identity_term``, consumed here) when
+    there is one, else it is computed from the weights now: the same operations, so the same value and gradients.
     """
     total = None
     for h in hsms:
         if h.L0 is None:
             continue
-        eye = torch.eye(h.rank, device=h.L0.device, dtype=h.L0.dtype)
-        if form == "paper":
-            term = torch.linalg.matrix_norm(h.L0 @ h.L0.t() - eye) + torch.linalg.matrix_norm(h.L1.t() @ h.L1 - eye)
-        else:
-            term = ((h.L0 @ h.L0.t() - eye) ** 2).mean()
+        term = h.take_identity_term(form)
+        if term is None:
+            term = h.identity_term(form)
         total = term if total is None else total + term
     if total is None:
         return torch.zeros(())

@@ -14,6 +14,10 @@ pat-spec.md §8, with its bugs fixed:
   are untied; with a mask-only embedding HSM they stay tied (a tied LM head absorbing Gemma's embedding scale is
   compensated in the final norm).
 The result is built from a stock config with ``hidden_size = d'`` and an explicit ``head_dim``.
+
+A model sharded by FSDP2 (``fully_shard``: its parameters are DTensors) cannot be merged in place: ``is_sharded``
+tells, and ``unsharded_copy`` (a collective: every process calls it) gathers the full state on the main process
+(rank 0) and loads it into a plain copy of the PAT model there, on the CPU, which the merge then takes.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import torch.nn as nn
 from transformers import AutoModelForCausalLM
 
 from .arch import ArchSpec, base_model, get_arch, get_module, head_dim
-from .attach import MASK_ATTR, get_mask, hsm_paths, set_hard
-from .lora import merge_lora
+from .attach import MASK_ATTR, attach, get_mask, hsm_paths, set_hard
+from .lora import LoRAConfig, apply_lora, merge_lora
 from .modules import HybridSparsifier
 
 log = logging.getLogger(__name__)
@@ -151,6 +155,65 @@ def _build(plan: _Plan, sd: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.M
     if plan.keep_tied:
         new.tie_weights()
     return new
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether any parameter of ``model`` is a DTensor (sharded by FSDP2's ``fully_shard``)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _stock_class(module: nn.Module) -> type:
+    """The module's own class: ``fully_shard`` swaps it for a subclass ``FSDP<Name>`` of ``FSDPModule``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+
+
+@torch.no_grad()
+def unsharded_copy(model: nn.Module) -> nn.Module | None:
+    """A plain (unsharded) copy of a PAT model sharded by FSDP2, on the CPU of the main process; ``None`` elsewhere.
+
+    A collective: every process must call it. The full state comes from ``torch.distributed.checkpoint``'s
+    ``get_model_state_dict(full_state_dict=True, cpu_offload=True)`` (only rank 0 receives it). The copy is the same
+    model rebuilt on the meta device (the base class from its config, peft LoRA and PAT as ``PATStage.prepare``
+    applies them) and loaded by assignment, so rank 0 holds one full copy of the weights, in CPU memory; buffers
+    outside the state dict (rotary frequencies) come from the sharded model, where they are whole.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if torch.distributed.get_rank() != 0:
+        return None
+    mask = get_mask(model)
+    cfg, base = mask.cfg, base_model(model)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        new = _stock_class(base)(copy.deepcopy(base.config))
+        if cfg.lora_rank > 0:
+            new = apply_lora(new, LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))
+        else:
+            new.requires_grad_(False)
+        new_mask = attach(new, cfg, total_steps=max(2, mask.s0))
+    missing, unexpected = new.load_state_dict(full, strict=False, assign=True)
+    if missing or unexpected:
+        raise RuntimeError(f"unsharded_copy: the rebuilt model does not match the sharded one: missing "
+                           f"{missing[:5]}, unexpected {unexpected[:5]}")
+    theirs = dict(model.named_buffers())
+    for name, buf in list(new.named_buffers()):
+        if buf.is_meta:  # non-persistent buffers (not in the state dict): whole on every process
+            owner, _, attr = name.rpartition(".")
+            new.get_submodule(owner).register_buffer(attr, theirs[name].detach().cpu().clone(), persistent=False)
+    left = [n for n, t in list(new.named_parameters()) + list(new.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"unsharded_copy: no value for {left[:5]}")
+    new_base = base_model(new)
+    if getattr(new_base.config, "tie_word_embeddings", False):  # assignment loaded the tied weights as two tensors
+        new_base.get_output_embeddings().weight = new_base.get_input_embeddings().weight
+    new_mask.s0, new_mask.target, new_mask.hard = mask.s0, mask.target, mask.hard
+    return new.train(model.training)
 
 
 @torch.no_grad()

@@ -17,33 +17,29 @@ import torch.nn as nn
 
 from . import schedule
 from .arch import count_params, get_arch
-from .attach import attach, get_mask, hsms, pat_parameters
+from .attach import attach, get_mask, hsms, identity_hsms, pat_parameters
 from .config import PATConfig
 from .lora import LoRAConfig, apply_lora, lora_param_count, merge_lora
 from .losses import active_loss, identity_loss
 from .merge import finalize as _finalize
-from .merge import merge_check
+from .merge import is_sharded, merge_check, unsharded_copy
 
 log = logging.getLogger(__name__)
 
 
-def _identity_hsms(model: nn.Module) -> list:
-    mask = get_mask(model)
-    all_h = list(hsms(model))
-    if mask.cfg.official_quirks:  # pat-spec.md §5: the `_loss` overwrite reaches only embedding + last layer
-        return [all_h[0]] + all_h[-2:]
-    return all_h
-
-
 def pat_loss(model: nn.Module) -> torch.Tensor:
-    """``L_active + identity_weight * L_identity`` for a PAT model."""
+    """``L_active + identity_weight * L_identity`` for a PAT model.
+
+    Call it after the forward whose loss it joins: the HSMs computed their identity terms in that forward (so a
+    sharding engine may reshard their weights after it) and this consumes them; without such a forward the terms
+    are computed from the weights, with the same value and gradients."""
     mask = get_mask(model)
     cfg = mask.cfg
     la = active_loss(mask, mask.target, cfg.active_loss, cfg.active_weight, cfg.active_margin)
     if cfg.identity_loss == "none" or cfg.identity_weight == 0:
         li = torch.zeros((), device=la.device)
     else:
-        li = identity_loss(_identity_hsms(model), cfg.identity_loss).to(la.device)
+        li = identity_loss(identity_hsms(model), cfg.identity_loss).to(la.device)
     mask.last_losses = (float(la.detach()), float(li.detach()))
     return la + cfg.identity_weight * li
 
@@ -57,6 +53,8 @@ def set_step(model: nn.Module, step: int) -> int:
     mask = get_mask(model)
     mask.set_step(step)
     mask.clear()
+    for h in hsms(model):  # identity terms of forwards before this optimizer step are stale
+        h.take_identity_term("")
     if mask.cfg.snap_at_freeze and schedule.mask_frozen(step, mask.s0, mask.freeze_frac) and not bool(mask.snapped):
         by = mask.cfg.snap_by
         if by == "taylor" and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -150,7 +148,14 @@ class PATStage:
         la, li = getattr(mask, "last_losses", (float("nan"), float("nan")))
         return {"active": int(mask.active().sum()), "tau": round(mask.tau(), 3), "L_active": la, "L_identity": li}
 
-    def finalize(self, model: nn.Module, ctx) -> nn.Module:
+    def finalize(self, model: nn.Module, ctx) -> nn.Module | None:
+        """Merge into a smaller stock model. A model sharded by FSDP2 is first gathered into a plain copy on the
+        main process (``pat.merge.unsharded_copy``, a collective): there the merge runs on the CPU; the other
+        processes return ``None``."""
+        if is_sharded(model):
+            model = unsharded_copy(model)
+            if model is None:
+                return None
         mask = get_mask(model)
         heldout = (ctx.extra or {}).get("heldout_ids") if ctx is not None else None
         train_logits = None

@@ -8,7 +8,13 @@
 ``HybridSparsifier`` wraps a residual writer (embedding, o_proj, down_proj; possibly a peft LoRA layer) and maps its
 output ``y`` to ``s * M * (y + L1 (v * (L0 y)))``: identity at init because ``L1 = 0`` (official form) or ``v = 0``
 (paper form).
+
+The identity term of an HSM (``identity_term``) is computed inside its own ``forward`` when ``identity_form`` is set
+(``pat.attach`` sets it on the HSMs the identity loss covers) and kept on the module until ``take_identity_term``
+consumes it: a sharding engine (FSDP2 with ``reshard_after_forward=True``) holds the unsharded ``L0``/``L1`` only
+during the module's forward and backward, so a loss computed from the weights after the forward would see shards.
 """
+
 
 from __future__ import annotations
 
@@ -176,6 +182,36 @@ class HybridSparsifier(nn.Module):
         else:
             self.L0 = self.L1 = self.v = None
         self.s = nn.Parameter(torch.ones(d)) if scale else None
+        self.identity_form: str | None = None  # "official" / "paper": compute the identity term in forward
+        self._identity: tuple | None = None  # (form, term, [(tensor, version)]) of the last forward
+
+    def identity_term(self, form: str = "official") -> torch.Tensor:
+        """This HSM's identity-loss term from its current weights: official ``MSE(L0 L0^T, I_r)``, paper
+        ``||L0 L0^T - I||_F + ||L1^T L1 - I||_F``."""
+        L0 = self.L0.float()  # fp32 also when an engine casts the parameters for the forward (a no-op on fp32)
+        eye = torch.eye(self.rank, device=L0.device, dtype=L0.dtype)
+        if form == "paper":
+            L1 = self.L1.float()
+            return torch.linalg.matrix_norm(L0 @ L0.t() - eye) + torch.linalg.matrix_norm(L1.t() @ L1 - eye)
+        return ((L0 @ L0.t() - eye) ** 2).mean()
+
+    def take_identity_term(self, form: str) -> torch.Tensor | None:
+        """The term stashed by the last forward (and forget it), or ``None`` when there is none, it was computed in
+        another form, or a weight it read was changed in place since (an optimizer step)."""
+        stash, self._identity = self._identity, None
+        if stash is None or stash[0] != form or any(t._version != v for t, v in stash[2]):
+            return None
+        return stash[1]
+
+    def _stash_identity_term(self) -> None:
+        # the term is computed whenever the graph is recorded, also in an activation-checkpointing recompute (which
+        # must save the same tensors as the original forward), but kept only from the forward itself: a recompute
+        # runs inside backward (a graph task is current), after the loss that consumed the original term
+        form = self.identity_form
+        term = self.identity_term(form)
+        if torch._C._current_graph_task_id() == -1:
+            read = (self.L0, self.L1) if form == "paper" else (self.L0,)
+            self._identity = (form, term, [(t, t._version) for t in read])
 
     # attributes callers read off the wrapped module (get_input_embeddings().weight, in_features, ...). Not
     # ``base_layer``: peft's merge must not mistake the HSM for one of its LoRA layers.
@@ -196,6 +232,8 @@ class HybridSparsifier(nn.Module):
 
     def forward(self, *args, **kwargs):
         y = self.inner(*args, **kwargs)  # (B, T, d)
+        if self.identity_form is not None and self.L0 is not None and torch.is_grad_enabled():
+            self._stash_identity_term()
         dtype = y.dtype
         h = y.to(torch.promote_types(y.dtype, torch.float32))  # fp32 math for bf16/fp16 models
         if self.L0 is not None:

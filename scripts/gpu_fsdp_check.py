@@ -7,8 +7,11 @@ Needs CUDA and accelerate (>= 1.6 for FSDP2); runs on one GPU or more. It trains
 2. FSDP2: ``accelerate launch --config_file OUT/fsdp2.yaml scripts/gpu_fsdp_check.py worker OUT/fsdp2``;
 3. FSDP2 stopped after 3 steps (checkpoint every 3), then rerun to the end from the checkpoint.
 
+Every completed run then finalizes (PAT's merge; under FSDP2 the full state is gathered into a plain copy on the main
+process first, ``pat.merge.unsharded_copy``) and the main process saves the finalized model's logits on a fixed batch.
+
 Run: ``python scripts/gpu_fsdp_check.py check OUT [--processes N]``; exit status 0 when all losses agree within
-``TOL``. The finalize step (PAT's merge) is not run: under FSDP it needs the full state gathered first.
+``TOL`` and the finalized models' logits within ``LOGIT_TOL`` (same class and hidden size).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 TOL = 1e-3  # bf16-free fp32 run; sharded reductions change the summation order only
+LOGIT_TOL = 1e-4  # finalized models: the sharded run's is merged on the CPU, the plain run's on the GPU
 FSDP2_YAML = """compute_environment: LOCAL_MACHINE
 distributed_type: FSDP
 num_processes: {n}
@@ -30,7 +34,7 @@ fsdp_config:
   fsdp_version: 2
   fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
   fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer
-  fsdp_reshard_after_forward: false
+  fsdp_reshard_after_forward: true
   fsdp_state_dict_type: SHARDED_STATE_DICT
   fsdp_cpu_ram_efficient_loading: false
 """
@@ -45,7 +49,7 @@ def worker(out: Path, stop_after: int | None = None) -> None:
     from pat.config import PATConfig
     from pat.method import PATStage
     from tests.bench.harness.test_train import CharTokenizer, budget, write_alpaca
-    from tests.tiny import tiny_model
+    from tests.tiny import tiny_batch, tiny_model
 
     b = budget(steps=6, global_batch=8, micro_batch=2, lr=5e-3, warmup_steps=0)
     acc = make_accelerator(b)
@@ -59,9 +63,18 @@ def worker(out: Path, stop_after: int | None = None) -> None:
     acc.wait_for_everyone()
     data = load_instruction_data(str(rows), CharTokenizer(), b.seq_len, None, b.data_seed, None)
     rec = train(model, [st], b, data, out, checkpoint_every=3, stop_after=stop_after, progress=False, accelerator=acc)
+    final = {}
+    if rec["completed"]:  # every process: under FSDP2 the gather is a collective; the main one gets the model
+        x = tiny_batch(seed=7)
+        small = st.finalize(model, RunContext(total_steps=b.total_steps, extra={"heldout_ids": x}))
+        if acc.is_main_process:
+            with torch.no_grad():
+                logits = small(input_ids=x.to(next(small.parameters()).device)).logits.cpu().tolist()
+            final = {"logits": logits, "class": type(small).__name__, "hidden_size": small.config.hidden_size,
+                     "merge_diff": st.report()["merge_max_abs_logit_diff"]}
     if acc.is_main_process:
         (out / "losses.json").write_text(json.dumps({"losses": rec["losses"], "type": rec["distributed_type"],
-                                                     "completed": rec["completed"]}))
+                                                     "completed": rec["completed"], "final": final}))
 
 
 def check(out: Path, processes: int) -> int:
@@ -81,12 +94,22 @@ def check(out: Path, processes: int) -> int:
             return 1
     res = {n: json.loads((out / d / "losses.json").read_text()) for n, d in
            (("plain", "plain"), ("fsdp2", "fsdp2"), ("resumed", "cut"))}
-    print(json.dumps(res, indent=1))
+    print(json.dumps({n: {k: v for k, v in r.items() if k != "final"} for n, r in res.items()}, indent=1))
     ok = res["fsdp2"]["type"] == "DistributedType.FSDP" and res["resumed"]["completed"]
+    import torch
+
+    ref = res["plain"]["final"]
     for n in ("fsdp2", "resumed"):
         diff = max(abs(a - b) for a, b in zip(res[n]["losses"], res["plain"]["losses"]))
         print(f"{n} vs plain: max |loss diff| {diff:.2e} (tolerance {TOL})")
         ok = ok and diff <= TOL and len(res[n]["losses"]) == len(res["plain"]["losses"])
+        fin = res[n]["final"]
+        same = fin["class"] == ref["class"] and fin["hidden_size"] == ref["hidden_size"]
+        ldiff = float((torch.tensor(fin["logits"]) - torch.tensor(ref["logits"])).abs().max())
+        print(f"{n} vs plain: finalized {fin['class']} hidden {fin['hidden_size']} (plain {ref['class']} "
+              f"{ref['hidden_size']}), max |logit diff| {ldiff:.2e} (tolerance {LOGIT_TOL}), merge check "
+              f"{fin['merge_diff']:.2e}")
+        ok = ok and same and ldiff <= LOGIT_TOL and fin["merge_diff"] <= LOGIT_TOL
     return 0 if ok else 1
 
 

@@ -250,3 +250,48 @@ def test_taylor_snap_keeps_the_channels_the_task_loss_depends_on():
     before = mask.active().clone()
     set_step(model, 9)  # already snapped: nothing changes
     assert torch.equal(mask.active(), before)
+
+
+@pytest.mark.parametrize("identity,quirks,ckpt", [("official", False, False), ("paper", False, False),
+                                                  ("official", True, False), ("official", False, True)])
+def test_identity_term_from_the_forward_equals_the_weights(identity, quirks, ckpt):
+    """The HSMs compute their identity terms in their forward (so FSDP2 may reshard them after it); pat_loss sums
+    those: value to 1e-7 and gradients equal to computing from the weights, also under activation checkpointing
+    (its recompute must neither add a term nor replace the consumed one)."""
+    from bench.harness.train import enable_gradient_checkpointing
+
+    _, model = _prepare("llama-mha", identity_loss=identity, official_quirks=quirks)
+    _randomize(model)
+    if ckpt:
+        enable_gradient_checkpointing(model)
+    model.train()
+    covered = [h for h in hsms(model) if h.identity_form is not None and h.L0 is not None]
+    assert len(covered) == (3 if quirks else len([h for h in hsms(model) if h.L0 is not None]))
+    x = tiny_batch(2, 8)
+    results = []
+    for stashed in (True, False):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same LoRA dropout in both runs
+        out = model(input_ids=x, labels=x)
+        assert all(h._identity is not None for h in covered)
+        if not stashed:  # drop the stash: pat_loss computes from the weights
+            for h in covered:
+                h.take_identity_term(identity)
+        loss = pat_loss(model)
+        assert all(h._identity is None for h in covered)  # consumed
+        (out.loss + loss).backward()
+        assert all(h._identity is None for h in covered)  # the checkpoint recompute stashes nothing
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                        if p.grad is not None}))
+    (la, ga), (lb, gb) = results
+    assert abs(float(la - lb)) <= 1e-7
+    assert ga.keys() == gb.keys() and any(".L0" in k for k in ga)
+    for k in ga:
+        # LoRA and the mask: bit for bit; L0/L1 sum their LM and identity gradients in another order (~1 ulp)
+        tol = {"rtol": 1e-6, "atol": 1e-7} if k.endswith((".L0", ".L1")) else {"rtol": 0, "atol": 0}
+        torch.testing.assert_close(ga[k], gb[k], msg=k, **tol)
+    model(input_ids=x)
+    h = covered[0]
+    with torch.no_grad():
+        h.L0.add_(0.1)  # an optimizer step in place: the stashed term is stale, pat_loss recomputes it
+    assert h.take_identity_term(identity) is None

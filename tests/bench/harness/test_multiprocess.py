@@ -9,8 +9,8 @@ FSDP2: accelerate's ``--use_fsdp`` falls back to DDP on CPU, so the sharding che
 directly (``python -m torch.distributed.run --nproc_per_node 2 THIS_FILE OUT fsdp2``) with the trainer's own pieces
 (``collect_trainable``, ``make_optimizer``, ``_lm_loss_sum``, the stage hooks, the same loss scaling) on PAT
 (peft LoRA inside) and compares with ``run_pipeline`` in one process. Every decoder layer and the root are sharded
-with ``reshard_after_forward=False``: PAT's ``extra_loss`` reads the HSM parameters after the forward, which with
-the default resharding are sharded DTensors again (see docs/scale.md).
+with the default ``reshard_after_forward=True``: after the forward the HSM parameters are sharded DTensors again,
+and PAT's ``extra_loss`` sums the identity terms the HSMs computed inside their forward (see docs/scale.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from pat.stage import StageDefaults
 from bench.harness.train import run_pipeline
 from tests.bench.harness.test_train import ROOT, CharTokenizer, budget, write_alpaca
-from tests.tiny import tiny_model
+from tests.tiny import tiny_batch, tiny_model
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.multiprocess]
 
@@ -151,7 +151,7 @@ def _fsdp2_worker(root: Path) -> None:
     from bench.harness.data import IGNORE_INDEX, global_batch_indices, load_instruction_data
     from pat.stage import RunContext
     from bench.harness.train import _lm_loss_sum, collect_trainable, make_optimizer
-    from pat import get_mask
+    from pat import get_mask, hsms
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -162,8 +162,8 @@ def _fsdp2_worker(root: Path) -> None:
         "pipeline": ["pat"], "stage_index": 0, "phase": "prepare"}))
     collect_trainable(model, [st], b.lr)
     for layer in model.get_base_model().model.layers:
-        fully_shard(layer, reshard_after_forward=False)
-    fully_shard(model, reshard_after_forward=False)
+        fully_shard(layer)  # default reshard_after_forward=True: a layer's weights are whole only inside it
+    fully_shard(model)
     groups, named = collect_trainable(model, [st], b.lr)  # the sharded (DTensor) parameters
     assert all(type(p).__name__ == "DTensor" for _, p in named)
     opt = make_optimizer(groups, b)
@@ -177,6 +177,7 @@ def _fsdp2_worker(root: Path) -> None:
         lm_sum = torch.zeros(())
         for k in range(accum):
             lm = _lm_loss_sum(model, data.collate(mine[k * b.micro_batch:(k + 1) * b.micro_batch])) / n_resp
+            assert all(type(h.L0).__name__ == "DTensor" for h in hsms(model) if h.L0 is not None)  # resharded
             (lm * world + st.extra_loss(model) / accum).backward()  # FSDP averages over processes
             lm_sum += lm.detach()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], b.max_grad_norm)
@@ -187,9 +188,18 @@ def _fsdp2_worker(root: Path) -> None:
         losses.append(float(lm_sum))
     mask = get_mask(model)
     active = int(mask.active().sum())  # gathers the sharded proxy: a collective, every process calls it
+    small = st.finalize(model, RunContext(total_steps=b.total_steps, extra={"heldout_ids": tiny_batch(seed=7)}))
     if rank == 0:
-        (root / "fsdp2.json").write_text(json.dumps({"losses": losses, "active": active, "target": mask.target,
-                                                     "world": world}))
+        rep = st.report()
+        with torch.no_grad():
+            save_file({"logits": small(input_ids=tiny_batch(seed=7)).logits.contiguous()}, root / "fsdp2-logits.st")
+        (root / "fsdp2.json").write_text(json.dumps({
+            "losses": losses, "active": active, "target": mask.target, "world": world,
+            "class": f"{type(small).__module__}.{type(small).__name__}", "hidden_size": small.config.hidden_size,
+            "merge_diff": rep["merge_max_abs_logit_diff"], "kept": rep["kept_channels"],
+            "sharded_after": all(type(p).__name__ == "DTensor" for _, p in named)}))
+    else:
+        assert small is None  # the merge runs on the main process only
 
 
 def test_pat_under_fsdp2_fully_shard_matches_one_process(tmp_path):
@@ -207,6 +217,19 @@ def test_pat_under_fsdp2_fully_shard_matches_one_process(tmp_path):
     print(f"fsdp2: max |loss diff| = {max(abs(a - b) for a, b in zip(sharded['losses'], single['losses'])):.2e}")
     assert sharded["losses"] == pytest.approx(single["losses"], abs=LOSS_TOL)
     assert sharded["active"] == sharded["target"] == single["stages"]["0-pat"]["target_keep"]
+    # finalize after sharded training: the full state gathered on rank 0, merged there into a stock smaller model
+    ref = single["_model"]
+    assert sharded["class"] == f"{type(ref).__module__}.{type(ref).__name__}"
+    assert sharded["class"].startswith("transformers.") and sharded["sharded_after"]
+    assert sharded["hidden_size"] == ref.config.hidden_size == sharded["target"]
+    assert sharded["kept"] == single["stages"]["0-pat"]["kept_channels"]
+    assert sharded["merge_diff"] <= 1e-4
+    with torch.no_grad():
+        want = ref(input_ids=tiny_batch(seed=7)).logits
+    diff = float((load_file(tmp_path / "fsdp2-logits.st")["logits"] - want).abs().max())
+    print(f"fsdp2: finalized model, max |logit diff| vs one process = {diff:.2e}; "
+          f"merge check {sharded['merge_diff']:.2e}")
+    assert diff <= 1e-4
 
 
 if __name__ == "__main__":  # the launched workers
