@@ -258,12 +258,11 @@ def test_identity_term_from_the_forward_equals_the_weights(identity, quirks, ckp
     """The HSMs compute their identity terms in their forward (so FSDP2 may reshard them after it); pat_loss sums
     those: value to 1e-7 and gradients equal to computing from the weights, also under activation checkpointing
     (its recompute must neither add a term nor replace the consumed one)."""
-    from bench.harness.train import enable_gradient_checkpointing
-
     _, model = _prepare("llama-mha", identity_loss=identity, official_quirks=quirks)
     _randomize(model)
-    if ckpt:
-        enable_gradient_checkpointing(model)
+    if ckpt:  # non-reentrant activation checkpointing of the HF layers, under the peft wrapper
+        model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     model.train()
     covered = [h for h in hsms(model) if h.identity_form is not None and h.L0 is not None]
     assert len(covered) == (3 if quirks else len([h for h in hsms(model) if h.L0 is not None]))
