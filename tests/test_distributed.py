@@ -10,6 +10,9 @@ import os
 import socket
 import subprocess
 import sys
+
+if __name__ == "__main__":  # a torchrun worker: its script directory (tests/) must not shadow `baselines` with tests/baselines
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 from bench.harness.method import StageDefaults
 from pathlib import Path
 
