@@ -41,8 +41,6 @@ longer reaches the mask proxy.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -50,34 +48,9 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .method import PATStage
+from .stage import RunContext, drop_optimizer_state
 
 log = logging.getLogger(__name__)
-
-
-def _context(total_steps: int, seed: int = 0, tokenizer=None, extra: dict[str, Any] | None = None):
-    """A ``RunContext`` for the stage hooks (``pat.stage.RunContext`` where it exists, else a plain namespace)."""
-    try:
-        from .stage import RunContext  # type: ignore[import-not-found]
-
-        return RunContext(tokenizer=tokenizer, total_steps=total_steps, seed=seed, extra=dict(extra or {}))
-    except ImportError:
-        return SimpleNamespace(tokenizer=tokenizer, total_steps=total_steps, seed=seed, out_dir=None, data_dir=None,
-                               calibration=None, extra=dict(extra or {}))
-
-
-def _unwrap_optimizer(optimizer):
-    """The torch optimizer under accelerate's ``AcceleratedOptimizer`` (its ``state`` is what must be dropped)."""
-    while hasattr(optimizer, "optimizer") and not isinstance(optimizer, torch.optim.Optimizer):
-        optimizer = optimizer.optimizer
-    return optimizer
-
-
-def drop_optimizer_state(optimizer, params: Iterable[nn.Parameter] | None) -> int:
-    """Forget the optimizer state (Adam moments, step) of ``params``; returns how many entries were dropped."""
-    if not params:
-        return 0
-    opt = _unwrap_optimizer(optimizer)
-    return sum(opt.state.pop(p, None) is not None for p in params)
 
 
 class PATCallback(TrainerCallback):
@@ -107,7 +80,7 @@ class PATCallback(TrainerCallback):
         lets ``on_train_begin`` place it from the trainer's ``max_steps``.
         """
         self.total_steps = total_steps
-        model = self.stage.prepare(model, _context(total_steps or 3, seed, tokenizer))
+        model = self.stage.prepare(model, RunContext(tokenizer=tokenizer, total_steps=total_steps or 3, seed=seed))
         self.model = model
         return model
 
@@ -165,7 +138,8 @@ class PATCallback(TrainerCallback):
         model = model if model is not None else self.model
         dropped = self.stage.on_optimizer_step(model, state.global_step)
         if dropped and optimizer is not None:
-            self.dropped_state += drop_optimizer_state(optimizer, list(dropped))
+            dropped = list(dropped)
+            self.dropped_state += len(dropped) - len(drop_optimizer_state(optimizer, dropped))
 
     # -------------------------------------------------------------------------------------------- pieces
     def add_extra_grad(self, model: nn.Module) -> float | None:
@@ -196,7 +170,7 @@ class PATCallback(TrainerCallback):
             raise ValueError("PATCallback.finalize: no model (call prepare first or pass the trained model)")
         unwrapped = getattr(model, "module", model)  # DDP
         extra = {"heldout_ids": heldout_ids} if heldout_ids is not None else {}
-        return self.stage.finalize(unwrapped, _context(self.total_steps or 0, extra=extra))
+        return self.stage.finalize(unwrapped, RunContext(total_steps=self.total_steps or 0, extra=dict(extra or {})))
 
     def report(self) -> dict[str, Any]:
         """The stage's report (PAT: target and achieved width, kept channels, params before/after, snap changes)."""

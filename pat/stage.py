@@ -92,3 +92,24 @@ class StageDefaults:
 
 def trainable_count(groups: Iterable[dict]) -> int:
     return sum(p.numel() for g in groups for p in g["params"])
+
+
+def drop_optimizer_state(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> list[str]:
+    """Forget the optimizer state (e.g. Adam moments) of ``params``, as ``on_optimizer_step`` asks; returns why any
+    could not be dropped.
+
+    ``optimizer`` may be wrapped (accelerate's ``AcceleratedOptimizer``: the torch optimizer is its ``.optimizer``).
+    Under engines that keep their own flat or partitioned optimizer state (DeepSpeed, FSDP1 flat parameters) the
+    parameter is not a key of ``optimizer.state``; that is reported, not ignored silently.
+    """
+    inner = optimizer
+    while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
+        inner = inner.optimizer
+    held = {id(q) for g in getattr(inner, "param_groups", []) for q in g["params"]}
+    problems = []
+    for p in params:
+        if id(p) not in held or not isinstance(getattr(inner, "state", None), dict):
+            problems.append(f"parameter of shape {tuple(p.shape)} is not held by {type(inner).__name__}")
+            continue
+        inner.state.pop(p, None)
+    return problems

@@ -25,7 +25,7 @@ import torch
 from baselines.pruned_io import load_model
 from bench.harness.budget import TrainBudget
 from bench.harness.datadir import DataError, dataset_path
-from bench.harness.train import run_pipeline, save_model
+from bench.harness.train import ON_BAD_CHECKPOINT, BadCheckpointError, run_pipeline, save_model
 from pat.config import PATConfig
 from pat.io import write_json_atomic
 from pat.method import PATStage
@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", default=None, help="data directory (default: $PAT_DATA_DIR)")
     t.add_argument("--hio-rank", type=int, default=None, help="HIO rank r (default: 5 %% of the hidden size)")
     t.add_argument("--lora-rank", type=int, default=20)
-    t.add_argument("--lora-alpha", type=float, default=None, help="default: the LoRA rank (scaling 1)")
+    t.add_argument("--lora-alpha", type=float, default=None,
+                   help="default: the paper's scaling alpha / rank = 4 / 20, i.e. 0.2 x --lora-rank")
     t.add_argument("--align", type=int, default=None, help="kept width multiple (default: num_attention_heads)")
     t.add_argument("--identity-loss", default="official", choices=["official", "paper", "none"])
     t.add_argument("--embed-hsm", default="auto", choices=["auto", "full", "mask_only"])
@@ -62,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--checkpoint-every", type=int, default=25)
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--on-bad-checkpoint", choices=ON_BAD_CHECKPOINT, default="stop",
+                   help="a checkpoint in OUT/run that cannot be read safely: stop naming the file (default), or move "
+                        "it aside and start over")
     return t
 
 
@@ -75,7 +79,8 @@ def _validate(a: argparse.Namespace) -> None:
     if a.lora_rank < 0:
         raise UsageError(f"--lora-rank {a.lora_rank}: expected an integer >= 0")
     td = a.train_data
-    if (td.endswith(".jsonl") or os.sep in td) and not Path(td).expanduser().exists():
+    looks_local = td.endswith((".jsonl", ".json")) or td.startswith((".", "/", "~"))  # else a name or a hub id
+    if looks_local and not Path(td).expanduser().exists():
         raise UsageError(f"--train-data {td}: file not found")
 
 
@@ -90,6 +95,12 @@ def _heldout_ids(tokenizer, data_dir, n: int = 2, seq_len: int = 128):
     return ids.reshape(n, -1) if ids.numel() == n * seq_len else ids[None]
 
 
+def _paper_alpha(rank: int) -> float:
+    """LoRA alpha with the paper's scaling inside PAT (``PATConfig``'s default alpha / rank: 4 / 20)."""
+    ref = PATConfig()
+    return ref.lora_alpha / ref.lora_rank * rank
+
+
 def tune(a: argparse.Namespace) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -97,7 +108,7 @@ def tune(a: argparse.Namespace) -> dict:
     if a.hio_rank is not None and a.hio_rank > model.config.hidden_size:
         raise UsageError(f"--hio-rank {a.hio_rank}: expected at most the hidden size {model.config.hidden_size}")
     cfg = PATConfig(prune_ratio=a.ratio, hio_rank=a.hio_rank, lora_rank=a.lora_rank, align=a.align,
-                    lora_alpha=a.lora_alpha if a.lora_alpha is not None else float(a.lora_rank),
+                    lora_alpha=a.lora_alpha if a.lora_alpha is not None else _paper_alpha(a.lora_rank),
                     identity_loss=a.identity_loss, embed_hsm=a.embed_hsm, snap_by=a.snap_by)
     warmup = a.warmup_steps if a.warmup_steps is not None else max(1, a.max_steps // 20)
     budget = TrainBudget(steps=a.max_steps, global_batch=a.global_batch, micro_batch=a.micro_batch, seq_len=a.seq_len,
@@ -107,8 +118,10 @@ def tune(a: argparse.Namespace) -> dict:
     # training state (checkpoints, run.json, method_state/) lives in OUT/run; the model files go to OUT itself
     rec = run_pipeline(model, [stage], budget, a.train_data, out / "run", data_dir=a.data_dir, tokenizer=tok,
                        checkpoint_every=a.checkpoint_every, save_finalized=False,
-                       extra={"heldout_ids": _heldout_ids(tok, a.data_dir)})
+                       on_bad_checkpoint=a.on_bad_checkpoint, extra={"heldout_ids": _heldout_ids(tok, a.data_dir)})
     small = rec.pop("_model", None)
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun the main process writes OUT
+        return {"rank": int(os.environ["RANK"]), "status": rec.get("status")}
     if small is None:
         raise RuntimeError(f"training stopped before the end ({rec.get('status')}); rerun the command to resume")
     staging = out.with_name(out.name + ".staging")
@@ -134,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _validate(a)
         report = tune(a)
-    except (UsageError, ValueError, FileNotFoundError) as e:
+    except (UsageError, ValueError, FileNotFoundError, BadCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if "rank" in report:
+        return 0 if report["status"] == "success" else 1
     print(json.dumps({k: report[k] for k in ("hidden_size_before", "hidden_size_after", "params_before",
                                              "params_after", "achieved_ratio", "merge_max_abs_logit_diff")}))
     return 0

@@ -217,8 +217,10 @@ def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpe
                        opts.run_dir(spec), data_dir=opts.data_dir,
                        checkpoint_every=opts.checkpoint_every, tokenizer=tok, progress=opts.progress)
     final = rec.pop("_model")
-    if rec.get("status") != "success" or final is None:
+    if rec.get("status") != "success" or (final is None and _rank() == 0):  # sharded: only rank 0 finalizes
         raise RuntimeError(f"training did not complete: status {rec.get('status')!r}")
+    if final is not None and opts.device:  # a sharded run finalizes on rank 0's CPU
+        final = final.to(opts.device)
     for k in ("losses", "extra_losses"):  # keep result files small: at most ~200 points
         if isinstance(rec.get(k), list) and len(rec[k]) > 200:
             step = -(-len(rec[k]) // 200)

@@ -68,7 +68,7 @@ from bench.harness.results import package_versions
 from pat.arch import count_params
 from pat.io import atomic_dir, write_atomic, write_json_atomic
 from pat.models import resolve
-from pat.stage import RunContext, Stage
+from pat.stage import RunContext, Stage, drop_optimizer_state
 
 log = logging.getLogger(__name__)
 
@@ -177,27 +177,6 @@ def _lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
                            ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def drop_optimizer_state(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter]) -> list[str]:
-    """Forget the optimizer state (e.g. Adam moments) of ``params``; returns why any could not be dropped.
-
-    Under engines that keep their own flat or partitioned optimizer state (DeepSpeed, FSDP1 flat parameters) the
-    parameter is not a key of ``optimizer.state``; that is reported, not ignored silently.
-    """
-    from accelerate.optimizer import AcceleratedOptimizer
-
-    inner = optimizer
-    while isinstance(inner, AcceleratedOptimizer):
-        inner = inner.optimizer
-    held = {id(q) for g in getattr(inner, "param_groups", []) for q in g["params"]}
-    problems = []
-    for p in params:
-        if id(p) not in held or not isinstance(getattr(inner, "state", None), dict):
-            problems.append(f"parameter of shape {tuple(p.shape)} is not held by {type(inner).__name__}")
-            continue
-        inner.state.pop(p, None)
-    return problems
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -496,6 +475,8 @@ def run_steps(run: TrainRun, data: InstructionData, out_dir: Path, checkpoint_ev
             t0 = time.perf_counter()
             save_checkpoint(run, out_dir, step + 1)
     run.state["train_seconds"] += time.perf_counter() - t0
+    if checkpoint_every and end < total and end % checkpoint_every:  # stopped early: resumable from here
+        save_checkpoint(run, out_dir, end)
     if bar is not None:
         bar.close()
     run.model.eval()

@@ -64,21 +64,20 @@ def _train_steps(model_dir: str, kind: str, steps: int, micro: int, seq_len: int
                     schedule="constant", subset_size=micro * (steps + 1), data_seed=42)
     data = load_instruction_data("alpaca", tok, seq_len, b.subset_size, 42)
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"estimate-{kind}-{os.getpid()}"
-    dist = (0, 1, torch.device("cpu"))
     b1 = TrainBudget.from_dict({**b.to_dict(), "steps": 1})
-    train(model, stages, b1, data, out, progress=False, resume=False, dist_info=dist)  # warm-up step
+    train(model, stages, b1, data, out, progress=False, resume=False)  # warm-up step
     t0, c0 = time.perf_counter(), time.process_time()
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as prof
 
         with prof(activities=[ProfilerActivity.CPU]) as p:
-            rec = train(model, stages, b, data, out, progress=False, resume=False, stop_after=steps, dist_info=dist)
+            rec = train(model, stages, b, data, out, progress=False, resume=False, stop_after=steps)
         events = [e for e in p.events() if e.name.startswith("aten::") and not any(
             c.name.startswith("aten::") for c in e.cpu_children)]
         n_ops = len(events) / steps
     else:
-        rec = train(model, stages, b, data, out, progress=False, resume=False, stop_after=steps, dist_info=dist)
+        rec = train(model, stages, b, data, out, progress=False, resume=False, stop_after=steps)
         n_ops = None
     sec, cpu = (time.perf_counter() - t0) / steps, (time.process_time() - c0) / steps
     tokens = rec["tokens_seen"] / steps

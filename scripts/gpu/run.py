@@ -128,12 +128,13 @@ def install_commands(root: Path) -> list[list[str]]:
     return cmds
 
 
-def fsdp_check() -> list[str] | None:
-    for name, runner in (("gpu_fsdp_check.py", [sys.executable]), ("gpu_fsdp_check.sh", ["bash"])):
-        f = ROOT / "scripts" / name
-        if f.exists():
-            return [*runner, str(f)]
-    return None
+def fsdp_check(out: Path) -> list[str] | None:
+    """``scripts/gpu_fsdp_check.py check OUT/fsdp_check --processes N`` (every GPU here), when the script exists."""
+    f = ROOT / "scripts" / "gpu_fsdp_check.py"
+    if not f.exists():
+        return None
+    n = os.environ.get("PAT_FSDP_PROCESSES", "1")
+    return [sys.executable, str(f), "check", str(out / "fsdp_check"), "--processes", n]
 
 
 def suite_commands(out: Path, smoke: bool, device: str | None) -> list[tuple[str, list[str]]]:
@@ -148,7 +149,7 @@ def suite_commands(out: Path, smoke: bool, device: str | None) -> list[tuple[str
     if not smoke:
         cmds.append(("retime", [*run, "--retime"]))
     cmds.append(("report", [sys.executable, "-m", "bench.report", "--suite", "gpu", "--results", str(out)]))
-    fc = fsdp_check()
+    fc = fsdp_check(out)
     if fc and not smoke:
         cmds.append(("fsdp_check", fc))
     return cmds

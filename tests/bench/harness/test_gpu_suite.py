@@ -128,6 +128,9 @@ def test_run_dry_run_prints_the_whole_chain(tmp_path):
     assert "--retime" in out
     assert "-m bench.report --suite gpu" in out
     assert ("gpu_fsdp_check" in out) == any((ROOT / "scripts").glob("gpu_fsdp_check.*"))
+    if "gpu_fsdp_check" in out:  # called as the script expects: check OUT --processes N
+        line = next(x for x in out.splitlines() if "gpu_fsdp_check" in x)
+        assert " check " in line and "fsdp_check --processes " in line
     smoke = _run("all", "--pack", str(pack), "--dry-run", "--cpu-smoke").stdout
     assert "--set budget.*.steps=2" in smoke and "--set eval.limit=5" in smoke
     assert "--device" not in smoke and "--jobs" not in smoke
