@@ -34,7 +34,7 @@ LLAMA2_7B = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_la
     (dict(seed=-1), "seed"),
     (dict(subset_size=0), "subset_size"),
     (dict(data_seed=1.5), "data_seed"),
-    (dict(precision="fp16"), "precision"),
+    (dict(precision="fp8"), "precision"),
     (dict(param_parity="lora64"), "param_parity"),
     (dict(param_parity="lora-0"), "param_parity"),
     (dict(parity_tol=1.5), "parity_tol"),
