@@ -174,7 +174,7 @@ def synthetic_records(seed: int = 0) -> list[dict]:
 
 def test_report_on_synthetic_records_uses_paired_intervals(tmp_path):
     from bench.harness import reporting as REP
-    from bench.harness.results import write_json_atomic
+    from pat.io import write_json_atomic
 
     recs = synthetic_records()
     for r in recs:
