@@ -102,7 +102,7 @@ def is_stock_loadable(model: nn.Module) -> bool:
 
 
 def needs_pruned_format(model: nn.Module) -> bool:
-    """True when ``model`` cannot be saved as a plain Hugging Face directory (used by ``bench.harness.train``)."""
+    """True when ``model`` cannot be saved as a plain Hugging Face directory (``save_pruned`` writes a manifest)."""
     return not is_stock_loadable(model)
 
 

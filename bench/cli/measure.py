@@ -33,6 +33,7 @@ from baselines.llm_pruner import taylor_scores
 from baselines.pruned_io import load_model
 from bench.harness.calibration import load_calibration
 from bench.harness.perplexity import perplexity
+from bench.harness.throughput import memory_bytes
 from pat.arch import count_params, decoder_layers
 from pat.io import write_json_atomic
 
@@ -118,7 +119,7 @@ def memory_probe(model_name: str, chunk: int | None) -> dict:
     t0 = time.perf_counter()
     taylor_scores(model, calib, list(range(s, e)), chunk_layers=chunk)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights = memory_bytes(model)["weights_bytes"]
     return {"chunk_layers": chunk, "layers": [s, e], "rss_before_mib": before / 1024, "rss_peak_mib": after / 1024,
             "scoring_extra_mib": (after - before) / 1024, "weights_mib": weights / 2**20,
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -66,7 +66,7 @@ from bench.harness.data import IGNORE_INDEX, InstructionData, global_batch_indic
 from bench.harness.registry import make_pipeline
 from bench.harness.results import package_versions
 from pat.arch import count_params
-from pat.io import atomic_dir, write_atomic, write_json_atomic
+from pat.io import write_atomic, write_json_atomic
 from pat.models import resolve
 from pat.stage import RunContext, Stage, drop_optimizer_state
 
@@ -555,15 +555,9 @@ def save_model(model: nn.Module, tokenizer, path: Path) -> str:
     Returns:
         ``"hf"`` or ``"pruned"``.
     """
-    with atomic_dir(path) as tmp:
-        fmt = "pruned" if pruned_io.needs_pruned_format(model) else "hf"
-        if fmt == "pruned":
-            pruned_io.save_pruned(model, tmp)
-        else:
-            model.save_pretrained(tmp)
-        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(tmp)
-    return fmt
+    tok = tokenizer if hasattr(tokenizer, "save_pretrained") else None  # test tokenizers cannot be saved
+    out = pruned_io.save_pruned(model, tok, path)  # decides the format, writes atomically
+    return "pruned" if pruned_io.is_pruned_checkpoint(out) else "hf"
 
 
 def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
