@@ -575,7 +575,8 @@ def _key(runs: pd.DataFrame, model: str, ratio: float, family: str, mode: str, m
 def claims_table(runs: pd.DataFrame, tp: pd.DataFrame, value: str = "acc", records: list[dict] | None = None,
                  chance: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper's comparisons (its Llama2-7B column) beside ours, per model: PAT vs LLM-Pruner / SliceGPT P->FT at
-    each ratio, PAT vs LoRA at 20/25 %, and the 25 % model's best prefill speedup vs the 1.33x limit.
+    each ratio, PAT vs LoRA at 20/25 %, and the 25 % model's best prefill speedup vs the 1.33x limit. A PAT variant
+    makes claims only at the ratios where it ran.
 
     ``ours``: PAT's mean accuracy minus the other's (points). With ``records`` that hold per-item outcomes the
     interval is the paired bootstrap (``paired_acc``; also on the tasks above chance, ``chance_tasks``, and the
@@ -595,6 +596,8 @@ def claims_table(runs: pd.DataFrame, tp: pd.DataFrame, value: str = "acc", recor
         # one block of claims per model, ratio and PAT variant (the paper's PAT, or a suite's named variant)
         rl = f"{100 * ratio:.0f} %"
         pat, _ = _cell(runs, model, ratio, "PAT", "PAT", value, method=pm)
+        if pat is None:  # this PAT variant was not run at this ratio: no claim to make
+            continue
         kp = _key(runs, model, ratio, "PAT", "PAT", pm)
         others = [(b, "P→FT", ratio) for b in ("LLM-Pruner", "SliceGPT")]
         if ratio in (0.20, 0.25):

@@ -207,3 +207,19 @@ def test_a_partly_finished_suite_without_pruned_runs_still_reports(tmp_path):
     assert "## Main table (layout of the paper's Table 1)" in md and "## Paired comparisons at equal size" in md
     assert not (tmp_path / "claims_forest.png").exists()
     assert (tmp_path / "acc_vs_params_tiny-llama.png").exists()
+
+
+def test_claims_only_at_ratios_where_the_pat_variant_ran(tmp_path):
+    """A baseline at 30 % without a PAT run at 30 % makes no (empty) claim row."""
+    for f in FIX.glob("*.json"):
+        shutil.copy(f, tmp_path / f.name)
+    rec = json.loads((FIX / "tiny-llama--llm_pruner+lora--r0.25--s0.json").read_text())
+    rec["spec"]["ratio"] = 0.30
+    rec["run_id"] = rec["spec"]["run_id"] = "tiny-llama--llm_pruner+lora--r0.30--s0"
+    (tmp_path / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    recs = load_results(tmp_path)
+    runs, tp = REP.runs_frame(recs), REP.throughput_frame(recs)
+    assert 0.30 in set(runs["ratio"])
+    claims = REP.claims_table(runs, tp)["claim"]
+    assert not claims.str.contains("at 30 %").any()
+    assert (claims == "PAT > LLM-Pruner P→FT at 25 %").any()
