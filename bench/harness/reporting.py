@@ -728,8 +728,9 @@ def plot_vs_params(cells: pd.DataFrame, model: str, path: Path, metric: str = "a
         has = lo is not None and hi is not None and lo.notna().all() and hi.notna().all()
         missing += int(not has)
         yerr = [sub[metric] - lo, hi - sub[metric]] if has else None
-        ax.errorbar(sub["params"] / 1e6 + dx, sub[metric], yerr=yerr, marker=marker, ls=ls or "none", color=colours[name],
-                    capsize=3, ms=6, lw=1.3, label=_legend(name, mode) + ("" if has else " (no CI)"))
+        ax.errorbar(sub["params"] / 1e6 + dx, sub[metric], yerr=yerr, marker=marker, ls=ls or "none",
+                    color=colours[name], capsize=3, ms=6, lw=1.3,
+                    label=_legend(name, mode) + ("" if has else " (no CI)"))
     if metric == "ppl":
         _log_axis(ax.yaxis, ax.set_yscale)
     ax.set_xlabel(f"achieved parameters (M; series shifted apart by {step:.2g} M each, so equal sizes stay visible)")
