@@ -644,25 +644,36 @@ def _plt():
 
 
 def plot_speedup(tp: pd.DataFrame, model: str, path: Path) -> Path | None:
+    """Prefill speedup vs batch size (median over seeds), one panel per ratio (its bound 1/(1-r) dotted); colour by
+    method and marker / line style by mode, as in the other plots, so no colour stands for two methods."""
     d = tp[(tp["model"] == model) & (tp["ratio"] > 0) & ~tp["oom"]].dropna(subset=["speedup"])
     if d.empty:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (name, mode, ratio), sub in d.groupby(["method", "mode", "ratio"]):
-        sub = sub.sort_values("batch_size")
-        ax.plot(sub["batch_size"], sub["speedup"], marker="o", label=f"{name} {mode} {100 * ratio:.0f} %")
-    for ratio in sorted(d["ratio"].unique()):
+    ratios = sorted(d["ratio"].unique())
+    fig, axes = plt.subplots(1, len(ratios), figsize=(3.2 * len(ratios) + 2.6, 4), sharey=True, squeeze=False)
+    key_m = {m: i for i, m in enumerate(METHOD_ORDER)}
+    d = d.assign(_o=d["family"].map(lambda f: key_m.get(f, 50))).sort_values(["_o", "method", "mode", "batch_size"])
+    colours = method_colours(list(zip(d["family"], d["method"])))
+    handles = {}
+    for ax, ratio in zip(axes[0], ratios):
+        for (name, mode), sub in d[d["ratio"] == ratio].groupby(["method", "mode"], sort=False):
+            marker, ls = MODE_STYLE.get(mode, ("x", "-"))
+            med = sub.groupby("batch_size")["speedup"].median()  # median over seeds
+            (h,) = ax.plot(med.index, med.values, marker=marker, ls=ls or "-", color=colours[name])
+            handles.setdefault(_legend(name, mode), h)
         ax.axhline(1 / (1 - ratio), ls=":", color="grey", lw=0.8)
-    ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_xscale("log", base=2)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{100 * ratio:.0f} % (dotted: 1/(1-r) = {1 / (1 - ratio):.2f})", fontsize=8)
+        ax.set_xlabel(f"batch size (context {int(d['context'].iloc[0])})", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("prefill speedup vs dense")
     dev = d["device"].iloc[0]
-    ax.set_xlabel(f"batch size (context {int(d['context'].iloc[0])})")
-    ax.set_ylabel("prefill speedup vs dense")
-    ax.set_title(f"{model}: prefill speedup vs batch size "
+    fig.suptitle(f"{model}: prefill speedup vs batch size "
                  f"({dev}{'' if dev == 'cuda' else ', not comparable with the paper'})", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles.keys()), fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 2.5 / (3.2 * len(ratios) + 2.6), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -691,11 +702,13 @@ def method_colours(methods: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def _log_axis(axis, set_scale) -> None:
-    """A log axis labelled in plain numbers at 1, 2, 5 x 10^k."""
+    """A log axis labelled in plain numbers at 1, 2, 5 x 10^k (at 10^k only when the data span over 3 decades)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     set_scale("log")
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    lo, hi = axis.get_data_interval()
+    wide = lo > 0 and hi / lo > 1e3
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
