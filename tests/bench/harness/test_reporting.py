@@ -223,3 +223,15 @@ def test_claims_only_at_ratios_where_the_pat_variant_ran(tmp_path):
     claims = REP.claims_table(runs, tp)["claim"]
     assert not claims.str.contains("at 30 %").any()
     assert (claims == "PAT > LLM-Pruner P→FT at 25 %").any()
+
+
+def test_the_report_says_when_pat_masks_trained_too_few_steps(report, tmp_path):
+    out, md, recs = report
+    steps = [st["milestone_step"] for r in recs if r["status"] == "success"
+             for st in (r.get("train") or {}).get("stages", {}).values() if "milestone_step" in st]
+    assert steps and max(steps) < REP.FEW_MASK_STEPS
+    assert f"**PAT's budget here:** its mask schedule's milestone s0 is at most step {max(steps)} " in md
+    for f in FIX.glob("*.json"):
+        if "--pat" not in f.name:
+            shutil.copy(f, tmp_path / f.name)
+    assert "PAT's budget here" not in REP.build_report(tmp_path, "smoke").read_text()
