@@ -826,8 +826,8 @@ def _mask_budget_note(records: list[dict]) -> list[str]:
         return []
     return [f"**PAT's budget here:** its mask schedule's milestone s0 is at most step {max(steps)} (the paper's: "
             "~10,000 of ~30,000 steps). At such budgets the paper's mask cannot learn which channels to keep (the "
-            "count loss outweighs the task gradient; docs/findings/2026-11-30-mask-at-cpu-budgets.md). The PAT rows name "
-            "what picked the channels; none of them measures PAT at the paper's budget.", ""]
+            "count loss outweighs the task gradient; docs/findings/2026-11-30-mask-at-cpu-budgets.md). The PAT rows "
+            "name what picked the channels; none of them measures PAT at the paper's budget.", ""]
 
 
 CLAIMS_NOTE = (
