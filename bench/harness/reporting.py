@@ -652,9 +652,7 @@ def plot_speedup(tp: pd.DataFrame, model: str, path: Path) -> Path | None:
     plt = _plt()
     ratios = sorted(d["ratio"].unique())
     fig, axes = plt.subplots(1, len(ratios), figsize=(3.2 * len(ratios) + 2.6, 4), sharey=True, squeeze=False)
-    key_m = {m: i for i, m in enumerate(METHOD_ORDER)}
-    d = d.assign(_o=d["family"].map(lambda f: key_m.get(f, 50))).sort_values(["_o", "method", "mode", "batch_size"])
-    colours = method_colours(list(zip(d["family"], d["method"])))
+    d, colours = _plot_order(d, "batch_size")
     handles = {}
     for ax, ratio in zip(axes[0], ratios):
         for (name, mode), sub in d[d["ratio"] == ratio].groupby(["method", "mode"], sort=False):
@@ -701,6 +699,14 @@ def method_colours(methods: list[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
+def _plot_order(d: pd.DataFrame, then: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Rows in the plots' method order (``METHOD_ORDER`` by family, then method, mode and ``then``) and
+    ``method_colours`` for them."""
+    key_m = {m: i for i, m in enumerate(METHOD_ORDER)}
+    d = d.assign(_o=d["family"].map(lambda f: key_m.get(f, 50))).sort_values(["_o", "method", "mode", then])
+    return d, method_colours(list(zip(d["family"], d["method"])))
+
+
 def _log_axis(axis, set_scale) -> None:
     """A log axis labelled in plain numbers at 1, 2, 5 x 10^k (at 10^k only when the data span over 3 decades)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -727,9 +733,7 @@ def plot_vs_params(cells: pd.DataFrame, model: str, path: Path, metric: str = "a
     d = d.dropna(subset=[metric])
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    key_m = {m: i for i, m in enumerate(METHOD_ORDER)}
-    d = d.assign(_o=d["family"].map(lambda f: key_m.get(f, 50))).sort_values(["_o", "method", "mode", "params"])
-    colours = method_colours(list(zip(d["family"], d["method"])))
+    d, colours = _plot_order(d, "params")
     missing = 0
     groups = list(d.groupby(["method", "mode"], sort=False))
     # size-matched rows share one parameter count: shift each series sideways a little so no bar hides another
