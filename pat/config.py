@@ -30,8 +30,13 @@ class PATConfig:
         milestone_step: s0, the step by which the mask is binary (paper: 1/3 of training). ``None`` means
             ``milestone_frac * total_steps``.
         milestone_frac: s0 as a fraction of the total steps when ``milestone_step`` is ``None``.
-        mask_freeze_frac: from ``mask_freeze_frac * s0`` on, the task loss no longer reaches the mask and tau stops
-            growing (pat-spec.md §4.2, official code 0.8). ``1.0`` gives the paper's schedule (hard mask after s0).
+        mask_freeze_frac: from the schedule step ``int(mask_freeze_frac * s0)`` on (the official code's rounding),
+            the task loss no longer reaches the mask and tau stops growing (pat-spec.md §4.2, official code 0.8).
+            ``1.0`` gives the paper's schedule (hard mask after s0).
+        gate_step_lag: the gate's schedule step in optimizer step i (0-based) is ``max(i - gate_step_lag, 0)``.
+            ``1`` (default) is the official code's: its patched trainer writes ``global_step`` into the model before
+            ``global_step += 1``, so steps 0 and 1 both use schedule step 0 and the gate runs one step behind the
+            optimizer. ``0`` is this project's schedule before 2026-12-04 (one step ahead of the official code).
         snap_at_freeze: at the freeze point (once), fix exactly the target count active (the top N by ``snap_by``)
             whatever the count the regularizer reached, and from then on train with the exact 0/1 gate (a pruned
             channel passes nothing; the proxy's optimizer state is reset). Not in the paper or the official code,
@@ -79,6 +84,7 @@ class PATConfig:
     milestone_step: int | None = None
     milestone_frac: float = 1.0 / 3.0
     mask_freeze_frac: float = 0.8
+    gate_step_lag: int = 1
     snap_at_freeze: bool = True
     snap_by: Literal["proxy", "taylor"] = "proxy"
     active_loss: Literal["official", "paper"] = "official"
@@ -112,6 +118,8 @@ class PATConfig:
             bad("milestone_frac", "a number in (0, 1]")
         if not 0.0 < self.mask_freeze_frac <= 1.0:
             bad("mask_freeze_frac", "a number in (0, 1]")
+        if not isinstance(self.gate_step_lag, int) or isinstance(self.gate_step_lag, bool) or self.gate_step_lag < 0:
+            bad("gate_step_lag", "an integer >= 0 (1 = the official code, 0 = one step ahead)")
         for name, allowed in (("active_loss", ACTIVE_LOSSES), ("identity_loss", IDENTITY_LOSSES),
                               ("embed_hsm", EMBED_MODES), ("keep_threshold", KEEP_THRESHOLDS),
                               ("snap_by", ("proxy", "taylor"))):

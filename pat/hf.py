@@ -30,27 +30,40 @@ What the callback does, and why it needs no change to the trainer's loss code:
   schedule multiplies each group's own LR).
 * ``on_train_begin`` places PAT's milestone ``s0`` from ``state.max_steps`` when ``prepare`` was not told the
   number of steps.
+* Resume (``Trainer.train(resume_from_checkpoint=...)``): peft saves only the LoRA adapter, so ``on_save`` writes
+  the rest of PAT's state into the trainer's checkpoint directory, ``checkpoint-<step>/pat_state-rank<i>.safetensors``
+  (every trainable tensor: HSMs, mask proxy, LoRA; the stage's ``state_dict``: the mask's step, Taylor importance
+  and snapped selection; the callback's counters). When the trainer resumes (``state.global_step > 0`` at
+  ``on_train_begin``, after it has loaded the adapter and the optimizer) the callback reads that file back, so the
+  resumed run continues the straight run's schedule, selection and weights. The file is looked up under
+  ``TrainingArguments.output_dir``; a resume without it (a checkpoint written without the callback, elsewhere, or
+  by a run with other PAT settings) is refused with one line naming the file, never restarted silently.
 
 Not supported: fp16 with a gradient scaler (the added gradient would be unscaled twice; use bf16 or fp32),
 gradient checkpointing (TRL's ``SFTConfig`` turns it on by default: pass ``gradient_checkpointing=False``),
-DeepSpeed and FSDP (they own ``.grad``), resuming from a Trainer checkpoint (peft saves only the LoRA adapter, not
-the HSMs and the mask). With DDP, set ``ddp_find_unused_parameters=True``: after the freeze point the task loss no
+DeepSpeed and FSDP (they own ``.grad``), hyperparameter-search runs with checkpoints (their checkpoints are not
+under ``output_dir``; ``on_save`` refuses them). With DDP, set ``ddp_find_unused_parameters=True``: after the freeze point the task loss no
 longer reaches the mask proxy.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .method import PATStage
+from .io import write_atomic
 from .stage import RunContext, drop_optimizer_state
 
 log = logging.getLogger(__name__)
+
+STATE_FILE = "pat_state-rank{rank}.safetensors"
 
 
 class PATCallback(TrainerCallback):
@@ -127,6 +140,18 @@ class PATCallback(TrainerCallback):
                         "placed", self.total_steps, state.max_steps)
         self.model = model
         self._grad_step = None
+        if state.global_step > 0:  # the trainer resumed from a checkpoint (adapter and optimizer already loaded)
+            self.load_state(self.state_path(args, state.global_step), model)
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        """Write PAT's state beside the trainer's checkpoint files (peft saves only the LoRA adapter)."""
+        d = self.state_path(args, state.global_step).parent
+        if not d.is_dir():
+            raise ValueError(f"PATCallback: the trainer's checkpoint directory {d} does not exist (hyperparameter-"
+                             "search runs keep theirs elsewhere), so PAT's state cannot be saved with it; resuming "
+                             "such a run is not supported")
+        self.save_state(d / self.state_path(args, state.global_step).name,
+                        model if model is not None else self.model)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if self._grad_step == state.global_step:
@@ -140,6 +165,79 @@ class PATCallback(TrainerCallback):
         if dropped and optimizer is not None:
             dropped = list(dropped)
             self.dropped_state += len(dropped) - len(drop_optimizer_state(optimizer, dropped))
+
+    # -------------------------------------------------------------------------------------------- resume
+    @staticmethod
+    def state_path(args, step: int) -> Path:
+        """``<output_dir>/checkpoint-<step>/pat_state-rank<process_index>.safetensors``."""
+        return (Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+                / STATE_FILE.format(rank=getattr(args, "process_index", 0)))
+
+    @staticmethod
+    def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in getattr(model, "module", model).named_parameters() if p.requires_grad}
+
+    def save_state(self, path: Path, model: nn.Module) -> Path:
+        """Every trainable tensor (``param.<name>``), the stage's state (``stage.<key>``) and the callback's counters
+        (``callback.*``), as safetensors (tensors only: nothing is unpickled on load)."""
+        from safetensors.torch import save_file
+
+        unwrapped = getattr(model, "module", model)
+        tensors = {f"param.{n}": p.detach() for n, p in self._trainable(model).items()}
+        if hasattr(self.stage, "state_dict"):
+            tensors.update({f"stage.{k}": v for k, v in self.stage.state_dict(unwrapped).items()})
+        s0 = getattr(self._mask(unwrapped), "s0", -1)
+        tensors["callback.counters"] = torch.tensor([self.dropped_state, self.total_steps or -1, s0])
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        return write_atomic(path, lambda tmp: save_file(tensors, tmp))
+
+    def _mask(self, model: nn.Module):
+        if not isinstance(self.stage, PATStage):
+            return None
+        from .attach import get_mask
+
+        return get_mask(model)
+
+    def load_state(self, path: Path, model: nn.Module) -> None:
+        """Restore what ``save_state`` wrote into ``model`` (in place: the optimizer keeps its parameters).
+
+        Raises:
+            ValueError: the file is missing, or belongs to another run (other trainable tensors, milestone, total
+                steps, or LoRA weights other than the ones the trainer just loaded from its checkpoint).
+        """
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise ValueError(f"PATCallback: the trainer resumes at step {path.parent.name.rsplit('-', 1)[-1]} but "
+                             f"PAT's state {path} is missing (a checkpoint written without PATCallback, outside "
+                             "TrainingArguments.output_dir, or by another number of processes); resuming without "
+                             "it would restart the HSMs and the mask from scratch, so it is refused")
+        saved = load_file(path)
+        unwrapped = getattr(model, "module", model)
+        params = self._trainable(model)
+        names = {k[len("param."):] for k in saved if k.startswith("param.")}
+        if names != set(params):
+            raise ValueError(f"PATCallback: PAT's state {path} holds other trainable tensors than this model "
+                             f"(missing {sorted(set(params) - names)[:3]}, extra {sorted(names - set(params))[:3]}); "
+                             "it belongs to a run with other PAT settings")
+        dropped, _total, s0 = (int(v) for v in saved["callback.counters"])
+        mask = self._mask(unwrapped)
+        if mask is not None and s0 != mask.s0:
+            raise ValueError(f"PATCallback: PAT's state {path} was written with milestone s0 = {s0}, this run has "
+                             f"s0 = {mask.s0} (another max_steps or PAT config); resuming it is refused")
+        for n, p in params.items():
+            if "lora_" in n and not torch.equal(saved[f"param.{n}"], p.detach().cpu()):
+                raise ValueError(f"PATCallback: PAT's state {path} does not belong to the checkpoint the trainer "
+                                 f"resumed from (LoRA tensor {n} differs); resume from a checkpoint under "
+                                 "TrainingArguments.output_dir")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[f"param.{n}"].to(p.device, p.dtype))
+        if hasattr(self.stage, "load_state_dict"):
+            self.stage.load_state_dict(unwrapped, {k[len("stage."):]: v for k, v in saved.items()
+                                                   if k.startswith("stage.")})
+        self.dropped_state = dropped
+        log.info("PATCallback: resumed PAT's state from %s", path)
 
     # -------------------------------------------------------------------------------------------- pieces
     def add_extra_grad(self, model: nn.Module) -> float | None:

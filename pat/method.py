@@ -27,6 +27,11 @@ from .merge import is_sharded, merge_check, unsharded_copy
 log = logging.getLogger(__name__)
 
 
+NO_HARD_STEPS = ("no optimizer step trained with the hard gate (the freeze point was the last step, or training "
+                 "ended before it): this is a one-shot prune after training, not a clean freeze, and "
+                 "train_gate_max_abs_logit_diff compares the finalized model with a gate no step trained")
+
+
 def pat_loss(model: nn.Module) -> torch.Tensor:
     """``L_active + identity_weight * L_identity`` for a PAT model.
 
@@ -45,17 +50,22 @@ def pat_loss(model: nn.Module) -> torch.Tensor:
 
 
 def set_step(model: nn.Module, step: int) -> int:
-    """Advance the gate schedule to ``step``; at the freeze point (once) snap the mask to exactly the target count.
+    """Advance the gate schedule after ``step`` optimizer steps; at the freeze point (once) snap the mask to exactly
+    the target count.
 
-    The snap runs whatever the count is, so the gate is exactly 0/1 from the freeze point on (``snap_at_freeze``).
-    Returns the number of channels whose state the snap changed (0 when it did not run or changed nothing).
+    The gate's schedule step is ``pat.schedule.gate_step(step, cfg.gate_step_lag)`` (the official code's: one behind
+    the optimizer). The snap runs whatever the count is, so the gate is exactly 0/1 from the freeze point on
+    (``snap_at_freeze``); ``snap_step`` records ``step``, so the optimizer steps from ``step`` on train with the hard
+    gate. Returns the number of channels whose state the snap changed (0 when it did not run or changed nothing).
     """
     mask = get_mask(model)
-    mask.set_step(step)
+    g = schedule.gate_step(step, mask.cfg.gate_step_lag)
+    mask.set_step(g)
+    mask.steps_done = int(step)
     mask.clear()
     for h in hsms(model):  # identity terms of forwards before this optimizer step are stale
         h.take_identity_term("")
-    if mask.cfg.snap_at_freeze and schedule.mask_frozen(step, mask.s0, mask.freeze_frac) and not bool(mask.snapped):
+    if mask.cfg.snap_at_freeze and schedule.mask_frozen(g, mask.s0, mask.freeze_frac) and not bool(mask.snapped):
         by = mask.cfg.snap_by
         if by == "taylor" and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(mask.importance)  # every rank must pick the same channels
@@ -69,7 +79,8 @@ def set_step(model: nn.Module, step: int) -> int:
 def selection(mask) -> dict[str, Any]:
     """What picked the kept channels: ``by`` is ``"taylor"`` (Taylor importance), ``"proxy"`` (the proxies' own signs
     already gave exactly N: the snap changed nothing) or ``"count_snap"`` (the snap changed ``snap_changed`` channels:
-    the N largest proxies kept); ``freeze_step`` is the step of the snap (``None``: it ran at finalize)."""
+    the N largest proxies kept); ``freeze_step`` is the number of optimizer steps done at the snap (the steps after it
+train with the hard gate; ``None``: it ran at finalize)."""
     if not bool(mask.snapped):
         return {"by": None, "freeze_step": None, "snap_changed": 0}
     changed = int(mask.snap_changed)
@@ -97,6 +108,7 @@ class PATStage:
         self.cfg = config if config is not None else PATConfig(**kwargs)
         self._report: dict[str, Any] = {}
         self._reset_pending = False  # a snap in load_state_dict: the next on_optimizer_step reports the proxy
+        self._steps_done = 0  # optimizer steps done, as the last on_optimizer_step saw them
 
     def prepare(self, model: nn.Module, ctx) -> nn.Module:
         get_arch(model)  # unsupported architectures fail here, before any work
@@ -134,10 +146,15 @@ class PATStage:
         Adam's moments from the soft-gate phase must not move the snapped proxies)."""
         mask = get_mask(model)
         was_snapped = bool(mask.snapped)
+        active_before = int(mask.active().sum())  # what the mask's own training reached, before any snap
         set_step(model, step)
-        if step >= mask.s0 and "active_at_s0" not in self._report:
-            self._report["active_at_s0"] = int(mask.active().sum())
-        if (bool(mask.snapped) and not was_snapped) or self._reset_pending:
+        self._steps_done = int(step)
+        snapped_now = bool(mask.snapped) and not was_snapped
+        if "active_at_s0" not in self._report and (snapped_now or int(mask.step) >= mask.s0):
+            # the default snap (at int(0.8 s0)) comes before s0: then the count just before it
+            self._report["active_at_s0"] = active_before if snapped_now else int(mask.active().sum())
+            self._report["active_at_s0_step"] = int(step)
+        if snapped_now or self._reset_pending:
             self._reset_pending = False
             self._report["selection"] = selection(mask)
             return [mask.proxy]
@@ -167,6 +184,9 @@ class PATStage:
             self._report["snap_changed_at_finalize"] = mask.snap(mask.target, by=self.cfg.snap_by)
         self._report["selection"] = selection(mask)
         self._report["snap_changed"] = self._report["selection"]["snap_changed"]
+        freeze = self._report["selection"]["freeze_step"]
+        self._report["steps_done"] = self._steps_done
+        self._report["steps_after_freeze"] = max(0, self._steps_done - freeze) if freeze is not None else 0
         self._report["kept_channels"] = torch.nonzero(mask.active()).flatten().tolist()
         merged = merge_lora(model)  # peft LoRA folded in place; the HSMs remain on `merged`
         small = _finalize(merged)
@@ -176,27 +196,44 @@ class PATStage:
                 b = small(input_ids=heldout.to(next(small.parameters()).device)).logits.double()
             diff = (train_logits - b.to(train_logits.device)).abs().max()
             self._report["train_gate_max_abs_logit_diff"] = float(diff)
+            if self._report["steps_after_freeze"] == 0:
+                self._report["train_gate_note"] = NO_HARD_STEPS
         d, d2 = self._report["hidden_size_before"], small.config.hidden_size
         self._report.update(hidden_size_after=d2, params_after=count_params(small), achieved_ratio=1 - d2 / d)
         self._report["param_ratio"] = 1 - self._report["params_after"] / self._report["params_before"]
         return small
 
-    _STATE = ("step", "importance", "snapped", "keep", "snap_step", "snap_changed")
+    _BUFFERS = ("importance", "snapped", "keep", "snap_step", "snap_changed")
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The mask's buffers (``pat_mask.*``: the gate step, Taylor importance, the snapped selection) and the
+        stage's own counters (``pat_stage.*``: optimizer steps done, the active count recorded at s0, -1 = none).
+        The trainable tensors (proxy, HSMs, LoRA) are the loop's to save."""
         mask = get_mask(model)
-        return {f"pat_mask.{k}": getattr(mask, k).detach().clone() for k in self._STATE}
+        out = {f"pat_mask.{k}": getattr(mask, k).detach().clone() for k in ("step",) + self._BUFFERS}
+        out["pat_stage.steps_done"] = torch.tensor(self._steps_done, dtype=torch.long)
+        out["pat_stage.active_at_s0"] = torch.tensor(
+            [self._report.get("active_at_s0", -1), self._report.get("active_at_s0_step", -1)], dtype=torch.long)
+        return out
 
     def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Restore the mask's state; a run resumed after the freeze point keeps its snapped selection (hard gate)."""
         mask = get_mask(model)
-        for k in self._STATE[1:]:
+        for k in self._BUFFERS:
             if f"pat_mask.{k}" in state:
                 getattr(mask, k).copy_(state[f"pat_mask.{k}"])
         if bool(mask.snapped) and "pat_mask.keep" not in state:  # no saved selection: the snapped proxies' signs
             mask.keep.copy_(mask.proxy.detach() > 0)
+        if "pat_stage.steps_done" in state:
+            steps = int(state["pat_stage.steps_done"])
+        else:  # a checkpoint from before gate_step_lag: its gate step was the number of steps done
+            steps = int(state["pat_mask.step"])
+        at_s0, at_step = (int(v) for v in state.get("pat_stage.active_at_s0", torch.tensor([-1, -1])))
+        if at_s0 >= 0:
+            self._report.update(active_at_s0=at_s0, active_at_s0_step=at_step)
         was_snapped = bool(mask.snapped)
-        set_step(model, int(state["pat_mask.step"]))
+        set_step(model, steps)
+        self._steps_done = steps
         self._reset_pending = bool(mask.snapped) and not was_snapped
         if bool(mask.snapped):
             self._report["selection"] = selection(mask)
