@@ -177,14 +177,32 @@ def test_identity_loss_reaches_every_hsm_unless_quirks():
 
 
 def test_snap_at_freeze_makes_count_exact():
-    _, model = _prepare("llama-mha", steps=30)  # s0 = 10, freeze at 8
+    # s0 = 10, freeze at schedule step int(0.8 * 10) = 8, which the gate (one behind the optimizer, as the official
+    # code) reaches after 9 optimizer steps
+    _, model = _prepare("llama-mha", steps=30)
     mask = get_mask(model)
     with torch.no_grad():
         mask.proxy.copy_(torch.linspace(-1, 1, 48))
-    set_step(model, 7)
-    assert int(mask.active().sum()) == 24
     set_step(model, 8)
-    assert int(mask.active().sum()) == mask.target == 36
+    assert int(mask.active().sum()) == 24 and int(mask.step) == 7
+    set_step(model, 9)
+    assert int(mask.active().sum()) == mask.target == 36 and int(mask.snap_step) == 9
+
+
+def test_gate_step_follows_the_official_trainer():
+    # the official patched trainer writes global_step into the model before incrementing it: the forward of optimizer
+    # step i (0-based) reads max(i - 1, 0); the freeze is at int(0.8 s0), not the float 0.8 s0
+    assert [schedule.gate_step(done) for done in range(4)] == [0, 0, 1, 2]
+    assert [schedule.gate_step(done, lag=0) for done in range(4)] == [0, 1, 2, 3]
+    assert schedule.freeze_step(7) == 5 and schedule.mask_frozen(5, 7) and not schedule.mask_frozen(4, 7)
+    assert schedule.tau(6, 7) == schedule.tau(5, 7) != schedule.tau(5.6, 7, freeze_frac=1.0)
+    for lag, snap_at in ((1, 9), (0, 8)):  # gate_step_lag=0: the earlier schedule, one step ahead
+        _, model = _prepare("llama-mha", steps=30, gate_step_lag=lag)
+        mask = get_mask(model)
+        set_step(model, snap_at - 1)
+        assert not bool(mask.snapped)
+        set_step(model, snap_at)
+        assert bool(mask.snapped) and int(mask.step) == 8
 
 
 def test_param_count_formula_matches_model():
@@ -235,10 +253,10 @@ def test_merge_check_detects_a_wrong_model():
 
 def test_taylor_snap_keeps_the_channels_the_task_loss_depends_on():
     # channel importance |dL/dM_i * M_i| is accumulated from the task loss only; the snap keeps the top N by it
-    method, model = _prepare("llama-mha", steps=30, snap_by="taylor")  # s0 = 10, freeze at 8
+    method, model = _prepare("llama-mha", steps=30, snap_by="taylor")  # s0 = 10, snap after 9 optimizer steps
     mask = get_mask(model)
     x = tiny_batch(4, 12)
-    for step in range(1, 9):
+    for step in range(1, 10):
         out = model(input_ids=x, labels=x)
         (out.loss + pat_loss(model)).backward()
         set_step(model, step)
@@ -248,7 +266,7 @@ def test_taylor_snap_keeps_the_channels_the_task_loss_depends_on():
     state = method.state_dict(model)
     assert torch.equal(state["pat_mask.importance"], imp) and bool(state["pat_mask.snapped"])
     before = mask.active().clone()
-    set_step(model, 9)  # already snapped: nothing changes
+    set_step(model, 10)  # already snapped: nothing changes
     assert torch.equal(mask.active(), before)
 
 

@@ -39,11 +39,13 @@ def _hsm_outputs(model, x):
 
 
 def test_snap_runs_at_freeze_when_count_is_already_n_and_gate_stays_hard():
-    stage, model = _prepare(steps=30)  # s0 = 10, freeze at step 8
+    # s0 = 10: the freeze at schedule step int(0.8 * 10) = 8 comes after 9 optimizer steps (the gate runs one step
+    # behind the optimizer, as in the official code)
+    stage, model = _prepare(steps=30)
     mask = get_mask(model)
     opt = torch.optim.AdamW(stage.param_groups(model, 1e-2), lr=1e-2)
     x = tiny_batch(4, 12)
-    for step in range(1, 8):
+    for step in range(1, 9):
         _train_step(stage, model, opt, step, x)
     assert mask.proxy in opt.state and not bool(mask.snapped)
     # force the count to exactly N with proxies near zero: the soft gate would pass about half of a "pruned" channel
@@ -57,13 +59,13 @@ def test_snap_runs_at_freeze_when_count_is_already_n_and_gate_stays_hard():
     opt.zero_grad(set_to_none=True)
     with torch.no_grad():  # the optimizer step must not be what decides: restore the forced proxies
         mask.proxy.copy_(0.01 * torch.where(kept, 1.0, -1.0))
-    reset = stage.on_optimizer_step(model, 8)
+    reset = stage.on_optimizer_step(model, 9)
     assert reset is not None and [id(p) for p in reset] == [id(mask.proxy)]
     for p in reset:
         opt.state.pop(p, None)
     sel = stage.report()
     assert bool(mask.snapped) and torch.equal(mask.active(), kept)
-    for step in range(9, 14):  # recovery training: the gate is exactly 0 / 1, the selection does not move
+    for step in range(10, 15):  # recovery training: the gate is exactly 0 / 1, the selection does not move
         gate = mask.compute_gate()
         assert torch.equal(gate[kept], torch.ones(36)) and torch.equal(gate[~kept], torch.zeros(12))
         for o in _hsm_outputs(model, x):
@@ -73,7 +75,8 @@ def test_snap_runs_at_freeze_when_count_is_already_n_and_gate_stays_hard():
     assert opt.state[mask.proxy]["step"] == 5  # Adam restarted from the snap
     small = stage.finalize(model, RunContext(extra={"heldout_ids": x}))
     rep = stage.report()
-    assert sel["selection"] == rep["selection"] == {"by": "proxy", "freeze_step": 8, "snap_changed": 0}
+    assert sel["selection"] == rep["selection"] == {"by": "proxy", "freeze_step": 9, "snap_changed": 0}
+    assert rep["steps_after_freeze"] == 14 - 9 and "train_gate_note" not in rep
     assert rep["train_gate_max_abs_logit_diff"] <= 1e-4 and small.config.hidden_size == 36
 
 
@@ -82,11 +85,13 @@ def test_count_off_at_freeze_is_named_count_snap():
     mask = get_mask(model)
     with torch.no_grad():
         mask.proxy.copy_(torch.linspace(-1, 1, 48))  # 24 active
-    assert stage.on_optimizer_step(model, 7) is None
-    assert stage.on_optimizer_step(model, 8) == [mask.proxy]
-    assert stage.on_optimizer_step(model, 9) is None  # once
+    assert stage.on_optimizer_step(model, 8) is None
+    assert stage.on_optimizer_step(model, 9) == [mask.proxy]
+    assert stage.on_optimizer_step(model, 10) is None  # once
     stage.finalize(model, None)
-    assert stage.report()["selection"] == {"by": "count_snap", "freeze_step": 8, "snap_changed": 12}
+    rep = stage.report()
+    assert rep["selection"] == {"by": "count_snap", "freeze_step": 9, "snap_changed": 12}
+    assert rep["active_at_s0"] == 24 and rep["active_at_s0_step"] == 9  # the count before the snap, not the target
 
 
 def test_train_gate_diff_detects_the_soft_gate_leak():
@@ -111,7 +116,7 @@ def test_resumed_state_keeps_the_selection_and_the_hard_gate():
     mask = get_mask(model)
     with torch.no_grad():
         mask.proxy.copy_(torch.linspace(-1, 1, 48))
-    stage.on_optimizer_step(model, 8)
+    stage.on_optimizer_step(model, 9)
     state = stage.state_dict(model)
     again, model2 = _prepare(steps=30)
     with torch.no_grad():
@@ -119,9 +124,24 @@ def test_resumed_state_keeps_the_selection_and_the_hard_gate():
     again.load_state_dict(model2, state)
     m2 = get_mask(model2)
     assert torch.equal(m2.active(), mask.active()) and torch.equal(m2.compute_gate(), mask.active().float())
-    assert again.on_optimizer_step(model2, 9) is None  # snapped before the checkpoint: no second reset
+    assert again.on_optimizer_step(model2, 10) is None  # snapped before the checkpoint: no second reset
     again.finalize(model2, None)
-    assert again.report()["selection"] == {"by": "count_snap", "freeze_step": 8, "snap_changed": 12}
+    rep = again.report()
+    assert rep["selection"] == {"by": "count_snap", "freeze_step": 9, "snap_changed": 12}
+    assert rep["active_at_s0"] == 24 and rep["steps_after_freeze"] == 1  # restored, not re-recorded after the snap
+
+
+def test_freeze_at_the_last_step_is_named_a_one_shot_prune():
+    # 12 steps with s0 = 10: the snap after step 9 leaves 3 hard-gate steps; stopping at 9 leaves none
+    x = tiny_batch()
+    for last, after in ((12, 3), (9, 0)):
+        stage, model = _prepare(steps=30)
+        for step in range(1, last + 1):
+            stage.on_optimizer_step(model, step)
+        stage.finalize(model, RunContext(extra={"heldout_ids": x}))
+        rep = stage.report()
+        assert rep["steps_after_freeze"] == after and rep["steps_done"] == last
+        assert ("train_gate_note" in rep) == (after == 0)
 
 
 def test_mask_lr_defaults_to_the_single_lr():
