@@ -5,7 +5,8 @@ Example (``python -m bench.cli.tune`` is the same command)::
     pat-tune --model smollm2-135m --ratio 0.25 --train-data alpaca --max-steps 60 --out runs/pat-25
 
 writes to ``--out``: the finalized model (``config.json``, ``model.safetensors``) and its tokenizer, loadable with
-``AutoModelForCausalLM.from_pretrained``; ``pat_report.json`` (widths, parameters, achieved ratio, merge check,
+``AutoModelForCausalLM.from_pretrained`` (with the default ``--align``; another value may give pat-bench's pruned
+format, said at exit); ``pat_report.json`` (widths, parameters, achieved ratio, merge check,
 what selected the channels); ``run/run.json`` (budget, losses, throughput, versions) and ``run/method_state/``. An
 interrupted run resumes from its last checkpoint when the same command is run again.
 """
@@ -50,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lora-rank", type=int, default=20)
     t.add_argument("--lora-alpha", type=float, default=None,
                    help="default: the paper's scaling alpha / rank = 4 / 20, i.e. 0.2 x --lora-rank")
-    t.add_argument("--align", type=int, default=None, help="kept width multiple (default: num_attention_heads)")
+    t.add_argument("--align", type=int, default=None,
+                   help="kept width multiple (default: num_attention_heads, which keeps OUT loadable with stock "
+                        "from_pretrained); a value that gives a width the head count does not divide (e.g. 1) writes "
+                        "pat-bench's pruned format instead (load it with baselines.pruned_io.load_model), and the "
+                        "command says so at exit")
     t.add_argument("--identity-loss", default="official", choices=["official", "paper", "none"])
     t.add_argument("--embed-hsm", default="auto", choices=["auto", "full", "mask_only"])
     t.add_argument("--snap-by", default="proxy", choices=["proxy", "taylor"],
@@ -125,7 +130,7 @@ def tune(a: argparse.Namespace) -> dict:
     if small is None:
         raise RuntimeError(f"training stopped before the end ({rec.get('status')}); rerun the command to resume")
     staging = out.with_name(out.name + ".staging")
-    save_model(small, tok, staging)
+    fmt = save_model(small, tok, staging)
     os.replace(out / "run", staging / "run")
     shutil.rmtree(out)
     os.replace(staging, out)
@@ -134,11 +139,27 @@ def tune(a: argparse.Namespace) -> dict:
         "model": a.model, "ratio": a.ratio, **{k: r.get(k) for k in (
             "hidden_size_before", "hidden_size_after", "params_before", "params_after", "achieved_ratio",
             "param_ratio", "merge_max_abs_logit_diff", "train_gate_max_abs_logit_diff", "target_keep", "hio_rank",
-            "lora_rank", "milestone_step", "active_at_s0", "snap_changed", "selection", "embed_hsm", "kept_channels")},
+            "lora_rank", "milestone_step", "active_at_s0", "active_at_s0_step", "snap_changed", "selection",
+            "steps_after_freeze", "train_gate_note", "embed_hsm", "kept_channels")},
         "config": cfg.to_dict(), "final_loss": rec.get("final_loss"), "steps": rec.get("steps_done"),
+        "format": fmt,
     }
     write_json_atomic(out / "pat_report.json", report)
     return report
+
+
+def exit_notes(report: dict) -> list[str]:
+    """One line per thing the user must know about OUT that the numbers alone do not say."""
+    notes = []
+    if report.get("steps_after_freeze") == 0:
+        notes.append("no step trained after the freeze point with the hard gate (freeze step == last step): this "
+                     "was a one-shot prune after training, not a clean freeze, and train_gate_max_abs_logit_diff "
+                     "means little; train longer than the freeze point (0.8 x s0)")
+    if report.get("format") == "pruned":
+        notes.append(f"--align {report['config']['align']} gave hidden size {report.get('hidden_size_after')}, "
+                     "which the head count does not divide: OUT is in pat-bench's pruned format, not a stock model "
+                     "(stock from_pretrained rejects it; load it with baselines.pruned_io.load_model)")
+    return notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if "rank" in report:
         return 0 if report["status"] == "success" else 1
+    for note in exit_notes(report):
+        print(f"warning: {note}", file=sys.stderr)
     print(json.dumps({k: report[k] for k in ("hidden_size_before", "hidden_size_after", "params_before",
                                              "params_after", "achieved_ratio", "merge_max_abs_logit_diff")}))
     return 0

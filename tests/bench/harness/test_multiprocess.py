@@ -114,7 +114,7 @@ def test_two_processes_match_one(tmp_path_factory, which):
     if which == "pat":
         mask = next(k for k in r0 if "pat_mask" in k)
         assert torch.equal(r0[mask] > 0, ref[mask] > 0)
-        assert multi["stages"]["1-pat"]["active_at_s0"] == multi["stages"]["1-pat"]["target_keep"]
+        assert multi["stages"]["1-pat"]["active_at_s0"] == single["stages"]["1-pat"]["active_at_s0"]
 
 
 _ROOT: list[Path] = []
