@@ -14,7 +14,8 @@ from tests.bench.harness.test_train import budget, run
 
 
 def test_harness_drops_the_proxy_state_at_the_snap_and_resume_keeps_hard_gates(tmp_path):
-    # budget of 8 steps: s0 = round(8/3) = 3, freeze at 0.8 * 3 -> step 3; stop there, checkpoint, resume
+    # budget of 8 steps: s0 = round(8/3) = 3, freeze at schedule step int(2.4) = 2, which the gate (one step behind)
+    # reaches after step 3; stop there, checkpoint, resume
     def stage():
         return PATStage(PATConfig(prune_ratio=0.25, hio_rank=4, lora_rank=4, lora_dropout=0.0))
 
