@@ -166,3 +166,21 @@ def test_paper_active_loss_is_normalised_by_d():
     expected = torch.zeros(48)
     expected[12:24] = -10.0 / 48  # weight / d on the 12 largest inactive proxies, the ones that must cross
     torch.testing.assert_close(mask.proxy.grad, expected)
+
+
+def test_paper_active_loss_ties_at_zero_init_when_n_is_half_of_d():
+    # all proxies 0, nothing active, N = d/2: the value is 10 * 24 / 48 = 5.0 but the tied channels share the places
+    # (half a place each), so the subgradient of the L1 distance to the nearest proxy with exactly N active is 0 on
+    # every channel; only the task gradient breaks the tie (docs/method.md)
+    from pat.losses import active_loss
+    from pat.modules import SharedMask
+
+    m = SharedMask(48, s0=10)
+    loss = active_loss(m, 24, "paper", 10.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(5.0) and torch.count_nonzero(m.proxy.grad) == 0
+    with torch.no_grad():  # any split, e.g. what one task-gradient step leaves, gives the count term a direction
+        m.proxy.copy_(1e-3 * torch.randn(48, generator=torch.Generator().manual_seed(0)))
+    m.proxy.grad = None
+    active_loss(m, 24, "paper", 10.0).backward()
+    assert torch.count_nonzero(m.proxy.grad) > 0
