@@ -42,8 +42,8 @@ What the callback does, and why it needs no change to the trainer's loss code:
 Not supported: fp16 with a gradient scaler (the added gradient would be unscaled twice; use bf16 or fp32),
 gradient checkpointing (TRL's ``SFTConfig`` turns it on by default: pass ``gradient_checkpointing=False``),
 DeepSpeed and FSDP (they own ``.grad``), hyperparameter-search runs with checkpoints (their checkpoints are not
-under ``output_dir``; ``on_save`` refuses them). With DDP, set ``ddp_find_unused_parameters=True``: after the freeze point the task loss no
-longer reaches the mask proxy.
+under ``output_dir``; ``on_save`` refuses them). With DDP, set ``ddp_find_unused_parameters=True``: after the
+freeze point the task loss no longer reaches the mask proxy.
 """
 
 from __future__ import annotations
