@@ -48,6 +48,7 @@ def attach(model: nn.Module, cfg: PATConfig, total_steps: int) -> SharedMask:
     mask = SharedMask(d, s0, cfg.mask_freeze_frac, inclusive=cfg.keep_threshold == "ge0")
     mask.target = keep
     mask.cfg = cfg
+    mask.steps_done = 0  # optimizer steps done, as set_step last saw them (the gate's own step is mask.step)
     tied = bool(getattr(c, "tie_word_embeddings", False))
     mask.embed_mode = cfg.embed_mode(tied)
     ref = next(base.parameters())
