@@ -73,7 +73,7 @@ class DropAtSnap(PATStage):
     def on_optimizer_step(self, model, step):
         out = super().on_optimizer_step(model, step)
         mask = get_mask(model)
-        if step == int(mask.freeze_frac * mask.s0 + 0.999999):
+        if step == int(mask.freeze_frac * mask.s0) + 1:  # the snap: the gate (one step behind) reaches the freeze
             return [mask.proxy]
         return out
 
@@ -251,7 +251,8 @@ def test_trainer_resume_equals_a_straight_run(tmp_path, k, snap_by):
     with torch.no_grad():
         za, zr = a(ids).logits, r(ids).logits
     bound = float(za.abs().max()) * 2 ** -23 * STEPS
-    print(f"k={k} {snap_by}: max |logit diff| resumed vs straight {float((za - zr).abs().max()):.2e}, bound {bound:.2e}")
+    print(f"k={k} {snap_by}: max |logit diff| resumed vs straight {float((za - zr).abs().max()):.2e}, "
+          f"bound {bound:.2e}")
     assert float((za - zr).abs().max()) <= bound, f"resumed vs straight: {float((za - zr).abs().max()):.2e}"
     ra, rr = straight.report(), resumed.report()
     for key in ("selection", "active_at_s0", "active_at_s0_step", "steps_after_freeze", "dropped_optimizer_state"):
