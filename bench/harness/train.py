@@ -40,6 +40,7 @@ for non-uniform widths), ``method_state/<i>-<name>.safetensors`` (each stage's s
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ from baselines import pruned_io
 from baselines.pruned_io import load_model
 from bench.harness.budget import TrainBudget, check_parity, solve_pat_ranks
 from bench.harness.calibration import calibration_sampler
+from bench.harness.distill import Teacher, kd_loss_sum
 from bench.harness.data import IGNORE_INDEX, InstructionData, global_batch_indices, load_instruction_data
 from bench.harness.registry import make_pipeline
 from bench.harness.results import package_versions
@@ -174,9 +176,26 @@ def peak_memory(device: torch.device) -> dict[str, float]:
 
 def _lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over response tokens. Shapes: input_ids/labels (b, t) -> scalar."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return _ce_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch)
+
+
+def _ce_sum(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
                            ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _objective(run: TrainRun, batch: dict[str, torch.Tensor], n_resp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(objective, LM loss)`` of a micro-batch, each a sum over response tokens / ``n_resp``. Without a teacher
+    the objective is the LM loss; with one, ``(1 - w) LM + w KD`` (``bench.harness.distill``)."""
+    if run.teacher is None:
+        lm = _lm_loss_sum(run.engine_model, batch) / max(1, n_resp)
+        return lm, lm
+    logits = run.engine_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    lm = _ce_sum(logits, batch) / max(1, n_resp)
+    b = run.budget
+    kd = kd_loss_sum(logits, run.teacher.logits(batch), batch["labels"], b.distill_temperature) / max(1, n_resp)
+    run.kd_sum = kd.detach() if run.kd_sum is None else run.kd_sum + kd.detach()
+    return (1 - b.distill_weight) * lm + b.distill_weight * kd, lm
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -274,6 +293,8 @@ class TrainRun:
     optimizer: Any
     scheduler: Any
     start: int = 0
+    teacher: Any = None  # bench.harness.distill.Teacher when budget.distill_weight > 0
+    kd_sum: Any = None  # this step's KD loss share so far (a tensor; read once per step)
     state: dict[str, Any] = field(default_factory=lambda: {
         "losses": [], "extra_losses": [], "tokens_seen": 0, "response_tokens_seen": 0, "train_seconds": 0.0,
         "optimizer_state_not_reset": []})
@@ -399,10 +420,10 @@ def micro_step(run: TrainRun, batch: dict[str, torch.Tensor], n_resp: int) -> tu
     """
     acc, share = run.accelerator, run.accum * run.world
     with acc.accumulate(run.engine_model), acc.autocast():
-        lm = _lm_loss_sum(run.engine_model, batch) / max(1, n_resp)
+        objective, lm = _objective(run, batch, n_resp)
         extras = [e for e in (st.extra_loss(run.model) for st in run.stages) if e is not None]
         extra = torch.stack([e.float() for e in extras]).sum() if extras else torch.zeros((), device=acc.device)
-        acc.backward(lm * share + extra)
+        acc.backward(objective * share + extra)
     return lm.detach(), extra.detach() / share
 
 
@@ -431,8 +452,13 @@ def train_step(run: TrainRun, data: InstructionData, step: int) -> tuple[float, 
         lm_sum, extra_sum = lm_sum + lm, extra_sum + extra
     optimizer_step(run)
     after_optimizer_step(run, step + 1)
-    lm_all, extra_all = run.accelerator.reduce(torch.stack([lm_sum, extra_sum]), "sum").tolist()
+    parts = [lm_sum, extra_sum] + ([run.kd_sum if run.kd_sum is not None else torch.zeros((), device=dev)]
+                                   if run.teacher is not None else [])
+    lm_all, extra_all, *kd = run.accelerator.reduce(torch.stack(parts), "sum").tolist()
+    run.kd_sum = None
     st = run.state
+    if kd:
+        st.setdefault("kd_losses", []).append(kd[0])
     st["losses"].append(lm_all)
     st["extra_losses"].append(extra_all)
     st["tokens_seen"] += sum(len(data.input_ids[i]) for i in idx)
@@ -501,6 +527,8 @@ def _train_record(run: TrainRun) -> dict[str, Any]:
         "tokens_per_s": st["tokens_seen"] / st["train_seconds"] if st["train_seconds"] else None,
         "optimizer_state_not_reset": st.get("optimizer_state_not_reset", []),
         "peak_memory": peak_memory(run.accelerator.device),
+        **({"distill": {**run.teacher.record(run.budget.distill_weight, run.budget.distill_temperature),
+                        "kd_losses": st.get("kd_losses", [])}} if run.teacher is not None else {}),
     }
 
 
@@ -517,6 +545,7 @@ def train(
     accelerator=None,
     trainable: tuple[list[dict], list] | None = None,
     on_bad_checkpoint: str = "stop",
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train an already prepared ``model`` (stages' ``prepare`` done) for ``budget.total_steps`` optimizer steps.
 
@@ -533,12 +562,19 @@ def train(
         accelerator: the run's ``Accelerator`` (default: ``make_accelerator(budget)``).
         trainable: ``collect_trainable``'s result when the caller already has it.
         on_bad_checkpoint: ``"stop"`` (raise ``BadCheckpointError``) or ``"restart"`` (move it aside, start over).
+        teacher: the unpruned model, required when ``budget.distill_weight > 0`` (``bench.harness.distill``).
     Returns:
         the training record: steps, losses, tokens, seconds, peak memory, ``completed``.
     """
     if on_bad_checkpoint not in ON_BAD_CHECKPOINT:
         raise ValueError(f"on_bad_checkpoint = {on_bad_checkpoint!r} is invalid; expected one of {ON_BAD_CHECKPOINT}")
+    if (budget.distill_weight > 0) != (teacher is not None):
+        raise ValueError(f"TrainBudget.distill_weight = {budget.distill_weight}: "
+                         + ("needs a teacher (the unpruned model)" if teacher is None else
+                            "is 0, so no teacher may be given"))
     run = setup_run(model, stages, budget, accelerator, trainable)
+    if teacher is not None:
+        run.teacher = Teacher(teacher).to(run.accelerator.device)
     if resume:
         resume_from_checkpoint(run, Path(out_dir), on_bad_checkpoint)
     run.state["budget"] = budget.to_dict()
@@ -677,10 +713,12 @@ def run_pipeline(
                      calibration=calibration_sampler(tokenizer, budget.seed, data_dir, budget.seq_len),
                      extra={"pipeline": names, **(extra or {})})
     torch.manual_seed(budget.seed)
+    teacher = copy.deepcopy(model) if budget.distill_weight > 0 else None  # the unpruned model, before any stage
     model = _run_stages(model, stages, ctx, "prepare")
     rec, parity, data_record = _train_if_trainable(
         model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, checkpoint_every=checkpoint_every,
-        resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint)
+        resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint, teacher=teacher)
+    del teacher
     record: dict[str, Any] = {
         "status": "success" if rec["completed"] else "stopped",
         "model": model_name, "pipeline": names, "budget": budget.to_dict(), "data": data_record,
