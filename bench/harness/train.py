@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -86,8 +87,17 @@ class BadCheckpointError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def make_accelerator(budget: TrainBudget):
-    """The ``Accelerator`` of a run: mixed precision and gradient accumulation from ``budget``.
+def tracker_available() -> bool:
+    """Whether accelerate's TensorBoard tracker can run here (``tensorboard`` installed; it is no dependency)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def make_accelerator(budget: TrainBudget, tracking_dir: str | os.PathLike | None = None):
+    """The ``Accelerator`` of a run: mixed precision and gradient accumulation from ``budget``. With
+    ``tracking_dir`` and TensorBoard installed, the training curves are also logged through accelerate's
+    TensorBoard tracker under ``tracking_dir/tensorboard`` (``tensorboard --logdir``).
 
     Raises:
         RuntimeError: when the environment says several processes (``WORLD_SIZE`` > 1) but accelerate runs one
@@ -107,7 +117,10 @@ def make_accelerator(budget: TrainBudget):
                          "(use 'fp32' or 'bf16' on CPU)")
     # buffers (PAT's step / importance) are per-process state the stages keep in step themselves
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    acc = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, kwargs_handlers=[ddp])
+    track = tracking_dir is not None and tracker_available()
+    acc = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, kwargs_handlers=[ddp],
+                      **({"log_with": "tensorboard", "project_dir": str(Path(tracking_dir) / "tensorboard")}
+                         if track else {}))
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     if world_env > 1 and acc.num_processes == 1:
         raise RuntimeError(
@@ -463,7 +476,26 @@ def train_step(run: TrainRun, data: InstructionData, step: int) -> tuple[float, 
     st["extra_losses"].append(extra_all)
     st["tokens_seen"] += sum(len(data.input_ids[i]) for i in idx)
     st["response_tokens_seen"] += n_resp
+    _log_curves(run, step + 1, lm_all, extra_all, kd[0] if kd else None)
     return lm_all, extra_all
+
+
+def _log_curves(run: TrainRun, step: int, lm: float, extra: float, kd: float | None) -> None:
+    """One point of the training curves (``run.state["curves"]``, kept in the checkpoint and the run record): the LM
+    loss, the stages' extra loss, the KD loss and every stage's ``log_values`` (PAT: active channels, tau, L_active,
+    L_identity); also sent to accelerate's trackers when the run has any. Every process asks the stages (reading
+    sharded state may be a collective)."""
+    point: dict[str, Any] = {"step": step, "lm_loss": lm, "extra_loss": extra}
+    if kd is not None:
+        point["kd_loss"] = kd
+    for st in run.stages:
+        for k, v in st.log_values(run.model).items():
+            v = float(v) if isinstance(v, (int, float)) else v
+            point[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+    run.state.setdefault("curves", []).append(point)
+    if run.accelerator.trackers:
+        run.accelerator.log({k: v for k, v in point.items() if k != "step" and isinstance(v, (int, float))},
+                            step=step)
 
 
 def _progress(run: TrainRun, enabled: bool):
@@ -527,6 +559,7 @@ def _train_record(run: TrainRun) -> dict[str, Any]:
         "tokens_per_s": st["tokens_seen"] / st["train_seconds"] if st["train_seconds"] else None,
         "optimizer_state_not_reset": st.get("optimizer_state_not_reset", []),
         "peak_memory": peak_memory(run.accelerator.device),
+        "curves": st.get("curves", []),
         **({"distill": {**run.teacher.record(run.budget.distill_weight, run.budget.distill_temperature),
                         "kd_losses": st.get("kd_losses", [])}} if run.teacher is not None else {}),
     }
@@ -573,6 +606,9 @@ def train(
                          + ("needs a teacher (the unpruned model)" if teacher is None else
                             "is 0, so no teacher may be given"))
     run = setup_run(model, stages, budget, accelerator, trainable)
+    if run.accelerator.log_with and run.accelerator.is_main_process:
+        run.accelerator.init_trackers("train", config={k: v for k, v in budget.to_dict().items()
+                                                       if isinstance(v, (int, float, str, bool))})
     if teacher is not None:
         run.teacher = Teacher(teacher).to(run.accelerator.device)
     if resume:
@@ -580,6 +616,8 @@ def train(
     run.state["budget"] = budget.to_dict()
     run_steps(run, data, Path(out_dir), checkpoint_every, stop_after, progress)
     rec = _train_record(run)
+    if run.accelerator.trackers:
+        run.accelerator.end_training()
     run.accelerator.free_memory()
     return rec
 
@@ -700,7 +738,7 @@ def run_pipeline(
         ParityError: when ``budget.param_parity`` is not met, before any training step.
         BadCheckpointError: a bad checkpoint and ``on_bad_checkpoint="stop"``.
     """
-    acc = make_accelerator(budget)
+    acc = make_accelerator(budget, tracking_dir=out_dir)
     out_dir = Path(out_dir)
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
