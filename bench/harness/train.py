@@ -308,6 +308,7 @@ class TrainRun:
     start: int = 0
     teacher: Any = None  # bench.harness.distill.Teacher when budget.distill_weight > 0
     kd_sum: Any = None  # this step's KD loss share so far (a tensor; read once per step)
+    probes: Sequence[Any] = ()  # callables (model, step) -> dict | None, e.g. bench.harness.mask_probe.MaskProbe
     state: dict[str, Any] = field(default_factory=lambda: {
         "losses": [], "extra_losses": [], "tokens_seen": 0, "response_tokens_seen": 0, "train_seconds": 0.0,
         "optimizer_state_not_reset": []})
@@ -477,6 +478,10 @@ def train_step(run: TrainRun, data: InstructionData, step: int) -> tuple[float, 
     st["tokens_seen"] += sum(len(data.input_ids[i]) for i in idx)
     st["response_tokens_seen"] += n_resp
     _log_curves(run, step + 1, lm_all, extra_all, kd[0] if kd else None)
+    for probe in run.probes:
+        res = probe(run.model, step + 1)
+        if res is not None:
+            st.setdefault("probes", []).append(res)
     return lm_all, extra_all
 
 
@@ -560,6 +565,7 @@ def _train_record(run: TrainRun) -> dict[str, Any]:
         "optimizer_state_not_reset": st.get("optimizer_state_not_reset", []),
         "peak_memory": peak_memory(run.accelerator.device),
         "curves": st.get("curves", []),
+        **({"probes": st["probes"]} if st.get("probes") else {}),
         **({"distill": {**run.teacher.record(run.budget.distill_weight, run.budget.distill_temperature),
                         "kd_losses": st.get("kd_losses", [])}} if run.teacher is not None else {}),
     }
@@ -579,6 +585,7 @@ def train(
     trainable: tuple[list[dict], list] | None = None,
     on_bad_checkpoint: str = "stop",
     teacher: nn.Module | None = None,
+    probes: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Train an already prepared ``model`` (stages' ``prepare`` done) for ``budget.total_steps`` optimizer steps.
 
@@ -596,6 +603,8 @@ def train(
         trainable: ``collect_trainable``'s result when the caller already has it.
         on_bad_checkpoint: ``"stop"`` (raise ``BadCheckpointError``) or ``"restart"`` (move it aside, start over).
         teacher: the unpruned model, required when ``budget.distill_weight > 0`` (``bench.harness.distill``).
+        probes: callables ``probe(model, step) -> dict | None`` run after each optimizer step; their results go to
+            the record's ``probes`` (``bench.harness.mask_probe.MaskProbe``: PAT's mask learning curve).
     Returns:
         the training record: steps, losses, tokens, seconds, peak memory, ``completed``.
     """
@@ -611,6 +620,7 @@ def train(
                                                        if isinstance(v, (int, float, str, bool))})
     if teacher is not None:
         run.teacher = Teacher(teacher).to(run.accelerator.device)
+    run.probes = tuple(probes)
     if resume:
         resume_from_checkpoint(run, Path(out_dir), on_bad_checkpoint)
     run.state["budget"] = budget.to_dict()
@@ -713,6 +723,7 @@ def run_pipeline(
     save_finalized: bool = True,
     extra: dict[str, Any] | None = None,
     on_bad_checkpoint: str = "stop",
+    probes: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Prepare, train and finalize a pipeline of stages under ``budget``; write outputs to ``out_dir``.
 
@@ -731,6 +742,8 @@ def run_pipeline(
         save_finalized: write ``model/`` (tests may skip it).
         extra: merged into ``RunContext.extra`` (e.g. ``heldout_ids`` for PAT's merge check).
         on_bad_checkpoint: ``"stop"`` or ``"restart"`` when the checkpoint cannot be read safely.
+        probes: run after each optimizer step (``train``); one with a ``finish(probes, kept_channels)`` method is
+            given the first stage report's ``kept_channels`` after finalize.
     Returns:
         the run record (also written to ``out_dir/run.json``); the finalized model is returned under the key
         ``"_model"`` of the returned dict only.
@@ -755,7 +768,8 @@ def run_pipeline(
     model = _run_stages(model, stages, ctx, "prepare")
     rec, parity, data_record = _train_if_trainable(
         model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, checkpoint_every=checkpoint_every,
-        resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint, teacher=teacher)
+        resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint, teacher=teacher,
+        probes=probes)
     del teacher
     record: dict[str, Any] = {
         "status": "success" if rec["completed"] else "stopped",
@@ -769,6 +783,10 @@ def run_pipeline(
         record["total_params_after"] = count_params(final_model)
         record["hidden_size_after"] = getattr(final_model.config, "hidden_size", None)
     record["stages"] = {f"{i}-{n}": st.report() for i, (n, st) in enumerate(zip(names, stages))}
+    kept = next((r["kept_channels"] for r in record["stages"].values() if "kept_channels" in r), None)
+    for probe in probes:
+        if hasattr(probe, "finish") and record.get("probes"):
+            record["probes"] = probe.finish(record["probes"], kept)
     record["wall_seconds"] = time.perf_counter() - t_start
     record["peak_memory"] = peak_memory(acc.device)
     _write_outputs(acc, out_dir, names, stage_states, final_model, tokenizer, record, save_finalized)
