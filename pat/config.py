@@ -14,6 +14,7 @@ IDENTITY_LOSSES = ("official", "paper", "none")
 ACTIVE_LOSSES = ("official", "paper")
 EMBED_MODES = ("auto", "full", "mask_only")
 KEEP_THRESHOLDS = ("gt0", "ge0")
+MASK_INITS = ("zero", "taylor", "flap")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,14 @@ class PATConfig:
         mask_lr: an absolute learning rate for the mask proxy, overriding ``mask_lr_scale``.
         hsm_lr_scale: learning-rate multiplier for L0, L1, v and s.
         fold_scale: fold the learned scale s into the writers at finalize (the official merge drops it: a bug).
+        mask_init: how the mask proxy starts. ``"zero"`` (default): every proxy at 0, as in the paper and the official
+            code. ``"taylor"`` / ``"flap"`` (ours, not in the paper): ranked by a calibration score of the hidden
+            channels (first-order Taylor importance of the gate, or FLAP's fluctuation metric over the readers of
+            the residual stream; ``pat.importance``), the top N at small positive values and the rest at small
+            negative ones, so the learned mask starts from an importance-based selection.
+        mask_init_scale: half-width of that ranked ramp (the most important channel starts at ``+scale``, the least
+            at ``-scale``).
+        mask_init_samples: calibration sequences scored for ``mask_init`` (from the run's calibration sampler).
         official_quirks: reproduce the official code's bugs: identity loss only on the embedding HSM and the last
             layer's two HSMs, and ``fold_scale`` forced off. For comparisons only.
     """
@@ -98,6 +107,9 @@ class PATConfig:
     mask_lr: float | None = None
     hsm_lr_scale: float = 1.0
     fold_scale: bool = True
+    mask_init: Literal["zero", "taylor", "flap"] = "zero"
+    mask_init_scale: float = 0.05
+    mask_init_samples: int = 32
     official_quirks: bool = False
 
     def __post_init__(self):
@@ -122,11 +134,17 @@ class PATConfig:
             bad("gate_step_lag", "an integer >= 0 (1 = the official code, 0 = one step ahead)")
         for name, allowed in (("active_loss", ACTIVE_LOSSES), ("identity_loss", IDENTITY_LOSSES),
                               ("embed_hsm", EMBED_MODES), ("keep_threshold", KEEP_THRESHOLDS),
-                              ("snap_by", ("proxy", "taylor"))):
+                              ("snap_by", ("proxy", "taylor")), ("mask_init", MASK_INITS)):
             if getattr(self, name) not in allowed:
                 bad(name, "one of " + ", ".join(allowed))
         if self.mask_lr is not None and not (isinstance(self.mask_lr, (int, float)) and self.mask_lr > 0):
             bad("mask_lr", "a positive number or None")
+        if not (isinstance(self.mask_init_scale, (int, float)) and math.isfinite(self.mask_init_scale)
+                and self.mask_init_scale > 0):
+            bad("mask_init_scale", "a finite number > 0")
+        if not isinstance(self.mask_init_samples, int) or isinstance(self.mask_init_samples, bool) \
+                or self.mask_init_samples < 1:
+            bad("mask_init_samples", "an integer >= 1")
         for name in ("active_weight", "active_margin", "identity_weight", "mask_lr_scale", "hsm_lr_scale",
                      "lora_alpha"):
             v = getattr(self, name)

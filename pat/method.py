@@ -19,6 +19,7 @@ from . import schedule
 from .arch import count_params, get_arch
 from .attach import attach, get_mask, hsms, identity_hsms, pat_parameters
 from .config import PATConfig
+from .importance import init_mask_from_importance
 from .lora import LoRAConfig, apply_lora, lora_param_count, merge_lora
 from .losses import active_loss, identity_loss
 from .merge import finalize as _finalize
@@ -121,10 +122,26 @@ class PATStage:
                 p.requires_grad_(False)
         mask = attach(model, self.cfg, ctx.total_steps)
         pat_parameters(model)
+        if self.cfg.mask_init != "zero":
+            self._init_mask(model, ctx)
         self._report.update(target_keep=mask.target, hio_rank=self.cfg.rank_for(mask.proxy.numel()),
                             lora_rank=self.cfg.lora_rank, milestone_step=mask.s0, embed_hsm=mask.embed_mode,
                             target_ratio=self.cfg.prune_ratio)
         return model
+
+    def _init_mask(self, model: nn.Module, ctx) -> None:
+        """``mask_init`` (ours): rank the proxy by a calibration score before the first step (``pat.importance``)."""
+        calib = getattr(ctx, "calibration", None)
+        if calib is None:
+            raise ValueError(f"PATConfig.mask_init={self.cfg.mask_init!r} needs calibration data: "
+                             "RunContext.calibration is None (pass a sampler or a LongTensor (n, seq_len))")
+        tokens = calib(self.cfg.mask_init_samples) if callable(calib) else calib[:self.cfg.mask_init_samples]
+        scores = init_mask_from_importance(model, tokens, self.cfg.mask_init, self.cfg.mask_init_scale)
+        mask = get_mask(model)
+        order = torch.argsort(scores.cpu(), descending=True, stable=True)
+        self._report["mask_init"] = {"by": self.cfg.mask_init, "scale": self.cfg.mask_init_scale,
+                                     "samples": int(tokens.shape[0]),
+                                     "kept_channels": sorted(order[:mask.target].tolist())}
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
         mask_params, hsm_params = pat_parameters(model)

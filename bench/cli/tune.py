@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--embed-hsm", default="auto", choices=["auto", "full", "mask_only"])
     t.add_argument("--snap-by", default="proxy", choices=["proxy", "taylor"],
                    help="how the freeze-point snap picks the kept channels (taylor: for short budgets, see README)")
+    t.add_argument("--mask-init", default="zero", choices=["zero", "taylor", "flap"],
+                   help="how the mask proxy starts: zero (the paper's) or ranked by a calibration score of the "
+                        "hidden channels (ours, for short budgets; docs/method.md)")
+    t.add_argument("--mask-init-scale", type=float, default=0.05,
+                   help="half-width of the ranked initial proxy (with --mask-init taylor/flap)")
+    t.add_argument("--distill-weight", type=float, default=0.0,
+                   help="mix logit distillation from the unpruned model into the loss: (1-w) LM + w KD "
+                        "(ours, not in the paper; 0 = off)")
+    t.add_argument("--distill-temperature", type=float, default=1.0, help="distillation temperature T")
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--global-batch", type=int, default=8)
     t.add_argument("--micro-batch", type=int, default=8)
@@ -83,6 +92,12 @@ def _validate(a: argparse.Namespace) -> None:
         raise UsageError(f"--hio-rank {a.hio_rank}: expected an integer >= 1 and at most the hidden size")
     if a.lora_rank < 0:
         raise UsageError(f"--lora-rank {a.lora_rank}: expected an integer >= 0")
+    if not 0 <= a.distill_weight <= 1:
+        raise UsageError(f"--distill-weight {a.distill_weight}: expected a number in [0, 1] (0 = no distillation)")
+    if not a.distill_temperature > 0:
+        raise UsageError(f"--distill-temperature {a.distill_temperature}: expected a number > 0")
+    if not a.mask_init_scale > 0:
+        raise UsageError(f"--mask-init-scale {a.mask_init_scale}: expected a number > 0")
     td = a.train_data
     looks_local = td.endswith((".jsonl", ".json")) or td.startswith((".", "/", "~"))  # else a name or a hub id
     if looks_local and not Path(td).expanduser().exists():
@@ -114,10 +129,12 @@ def tune(a: argparse.Namespace) -> dict:
         raise UsageError(f"--hio-rank {a.hio_rank}: expected at most the hidden size {model.config.hidden_size}")
     cfg = PATConfig(prune_ratio=a.ratio, hio_rank=a.hio_rank, lora_rank=a.lora_rank, align=a.align,
                     lora_alpha=a.lora_alpha if a.lora_alpha is not None else _paper_alpha(a.lora_rank),
-                    identity_loss=a.identity_loss, embed_hsm=a.embed_hsm, snap_by=a.snap_by)
+                    identity_loss=a.identity_loss, embed_hsm=a.embed_hsm, snap_by=a.snap_by,
+                    mask_init=a.mask_init, mask_init_scale=a.mask_init_scale)
     warmup = a.warmup_steps if a.warmup_steps is not None else max(1, a.max_steps // 20)
     budget = TrainBudget(steps=a.max_steps, global_batch=a.global_batch, micro_batch=a.micro_batch, seq_len=a.seq_len,
-                         lr=a.lr, warmup_steps=warmup, seed=a.seed)
+                         lr=a.lr, warmup_steps=warmup, seed=a.seed, distill_weight=a.distill_weight,
+                         distill_temperature=a.distill_temperature)
     out = Path(a.out)
     stage = PATStage(cfg)
     # training state (checkpoints, run.json, method_state/) lives in OUT/run; the model files go to OUT itself

@@ -55,7 +55,9 @@ class TrainBudget:
     ``warmup_steps`` counts optimizer steps. ``subset_size`` (``None`` = all) and ``data_seed`` fix which
     examples are used and in which order. ``precision`` is accelerate's mixed precision (``fp32`` = none;
     ``fp16`` needs a CUDA device). ``gradient_checkpointing`` recomputes activations in the backward pass
-    (less memory, about a third more compute, same gradients).
+    (less memory, about a third more compute, same gradients). ``distill_weight`` (ours; 0 = off, the paper's
+    objective) mixes logit distillation from the unpruned model into the loss, ``(1 - w) LM + w KD`` at temperature
+    ``distill_temperature`` (``bench.harness.distill``); the teacher's forward cost is recorded with the run.
     """
 
     steps: int | None = None
@@ -76,6 +78,8 @@ class TrainBudget:
     gradient_checkpointing: bool = False
     param_parity: str | None = None
     parity_tol: float = 0.05
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         _check((self.steps is None) != (self.tokens is None), "steps",
@@ -110,6 +114,12 @@ class TrainBudget:
             _check(_is_int(v) and v >= 0, name, v, "a non-negative integer")
         _check(self.subset_size is None or (_is_int(self.subset_size) and self.subset_size >= 1), "subset_size",
                self.subset_size, "a positive integer or None (all examples)")
+        _check(isinstance(self.distill_weight, (int, float)) and not isinstance(self.distill_weight, bool)
+               and 0 <= self.distill_weight <= 1, "distill_weight", self.distill_weight,
+               "a number in [0, 1] (0 = no distillation)")
+        _check(isinstance(self.distill_temperature, (int, float)) and not isinstance(self.distill_temperature, bool)
+               and math.isfinite(self.distill_temperature) and self.distill_temperature > 0, "distill_temperature",
+               self.distill_temperature, "a positive finite number")
         if self.param_parity is not None:
             parse_reference(self.param_parity)  # raises naming the field
         _check(isinstance(self.parity_tol, (int, float)) and 0 <= self.parity_tol < 1, "parity_tol",

@@ -85,6 +85,16 @@ def _tokenize(tokenizer, text: str, max_tokens: int | None) -> tuple[torch.Tenso
     return (ids if max_tokens is None else ids[:max_tokens]), total
 
 
+def heldout_windows(tokenizer, dataset: str = "wikitext2", seq_len: int = 128, n: int = 16,
+                    data_dir=None) -> torch.Tensor:
+    """The first ``n`` non-overlapping windows (n, seq_len) of ``dataset``'s evaluation text: the same tokens the
+    perplexity metric starts with (for in-run measurements; never for calibration or selection)."""
+    ids, _ = _tokenize(tokenizer, load_text(dataset, data_dir), n * seq_len)
+    if ids.numel() < n * seq_len:
+        raise ValueError(f"heldout_windows: {dataset} has {ids.numel()} tokens; need n * seq_len = {n * seq_len}")
+    return ids[: n * seq_len].reshape(n, seq_len)
+
+
 @torch.no_grad()
 def _window_nll(model, batch: torch.Tensor, n_scored: list[int]) -> list[float]:
     """Sum of NLL over the last ``n_scored[i]`` targets of each row of ``batch`` (B, L): one sum per row."""

@@ -196,7 +196,24 @@ def _make(spec: RunSpec, name: str):
     return registry.make_stage(base, **stage_args(spec, name, registry.stage_class(base)))
 
 
-def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpec], reuse: bool):
+def _mask_probes(suite: Suite, spec: RunSpec, tok, opts: RunnerOptions) -> list:
+    """``[suite] mask_probe = true``: PAT runs probe their mask at log-spaced steps before the freeze
+    (``bench.harness.mask_probe``) on the first 16 windows of the suite's perplexity text (WikiText-2 test by
+    default: measured on, never selected with)."""
+    if not suite.raw.get("suite", {}).get("mask_probe", False):
+        return []
+    if not any(resolve_stage(n, spec.stage_args)[0] == "pat" for n in spec.pipeline):
+        return []
+    from bench.harness.mask_probe import MaskProbe
+    from bench.harness.perplexity import heldout_windows
+
+    pp = suite.perplexity
+    ids = heldout_windows(tok, (pp.get("datasets") or ["wikitext2"])[0], pp.get("seq_len", 128), 16, opts.data_dir)
+    return [MaskProbe(ids)]
+
+
+def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpec], reuse: bool,
+           probes: list | None = None):
     """Run the pipeline (or its suffix after a reused prefix); returns ``(final model, train record)``."""
     names = list(spec.pipeline)
     prefix = _prefix_run(spec, all_runs) if reuse else None
@@ -215,13 +232,14 @@ def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpe
     stages = [_make(spec, n) for n in names]
     rec = run_pipeline(model, stages, TrainBudget.from_dict(spec.budget), spec.train_data,
                        opts.run_dir(spec), data_dir=opts.data_dir,
-                       checkpoint_every=opts.checkpoint_every, tokenizer=tok, progress=opts.progress)
+                       checkpoint_every=opts.checkpoint_every, tokenizer=tok, progress=opts.progress,
+                       probes=probes or ())
     final = rec.pop("_model")
     if rec.get("status") != "success" or (final is None and _rank() == 0):  # sharded: only rank 0 finalizes
         raise RuntimeError(f"training did not complete: status {rec.get('status')!r}")
     if final is not None and opts.device:  # a sharded run finalizes on rank 0's CPU
         final = final.to(opts.device)
-    for k in ("losses", "extra_losses"):  # keep result files small: at most ~200 points
+    for k in ("losses", "extra_losses", "curves"):  # keep result files small: at most ~200 points
         if isinstance(rec.get(k), list) and len(rec[k]) > 200:
             step = -(-len(rec[k]) // 200)
             rec[k] = rec[k][::step]
@@ -260,7 +278,8 @@ def run_one(spec: RunSpec, suite: Suite, model_dir: str, opts: RunnerOptions, al
     dense_params = count_params(model)
     train_rec = None
     if spec.trains:
-        model, train_rec = _train(spec, model, tok, opts, all_runs, suite.reuse_prefix)
+        model, train_rec = _train(spec, model, tok, opts, all_runs, suite.reuse_prefix,
+                                  _mask_probes(suite, spec, tok, opts))
     if _rank() != 0:  # under torchrun every rank trains; only rank 0 evaluates, times and writes
         return None
     model.eval()

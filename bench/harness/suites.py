@@ -36,7 +36,7 @@ from bench.harness.registry import STAGES
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 
-SUITE_KEYS = {"name", "description", "seeds", "train_data", "reuse_prefix", "main_metric", "runs_here"}
+SUITE_KEYS = {"name", "description", "seeds", "train_data", "reuse_prefix", "main_metric", "runs_here", "mask_probe"}
 EVAL_KEYS = {"tasks", "limit", "seed", "batch_size"}
 PPL_KEYS = {"datasets", "seq_len", "stride", "max_tokens"}
 THROUGHPUT_KEYS = {"enabled", "batch_sizes", "context", "decode_tokens", "repeats", "warmup", "threads"}
@@ -177,6 +177,8 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
     _check_keys(data, {"suite", "eval", "perplexity", "throughput", "budget", "models", "stages", "grid"},
                 "the top level", where)
     _check_keys(head, SUITE_KEYS, "[suite]", where)
+    if not isinstance(head.get("mask_probe", False), bool):
+        raise SuiteError(f"{where}: [suite].mask_probe = {head['mask_probe']!r}: expected true or false")
     for key, allowed in (("eval", EVAL_KEYS), ("perplexity", PPL_KEYS), ("throughput", THROUGHPUT_KEYS)):
         _check_keys(data.get(key, {}), allowed, f"[{key}]", where)
     models = {}

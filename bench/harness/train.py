@@ -40,8 +40,10 @@ for non-uniform widths), ``method_state/<i>-<name>.safetensors`` (each stage's s
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -62,6 +64,7 @@ from baselines import pruned_io
 from baselines.pruned_io import load_model
 from bench.harness.budget import TrainBudget, check_parity, solve_pat_ranks
 from bench.harness.calibration import calibration_sampler
+from bench.harness.distill import Teacher, kd_loss_sum
 from bench.harness.data import IGNORE_INDEX, InstructionData, global_batch_indices, load_instruction_data
 from bench.harness.registry import make_pipeline
 from bench.harness.results import package_versions
@@ -84,8 +87,17 @@ class BadCheckpointError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def make_accelerator(budget: TrainBudget):
-    """The ``Accelerator`` of a run: mixed precision and gradient accumulation from ``budget``.
+def tracker_available() -> bool:
+    """Whether accelerate's TensorBoard tracker can run here (``tensorboard`` installed; it is no dependency)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def make_accelerator(budget: TrainBudget, tracking_dir: str | os.PathLike | None = None):
+    """The ``Accelerator`` of a run: mixed precision and gradient accumulation from ``budget``. With
+    ``tracking_dir`` and TensorBoard installed, the training curves are also logged through accelerate's
+    TensorBoard tracker under ``tracking_dir/tensorboard`` (``tensorboard --logdir``).
 
     Raises:
         RuntimeError: when the environment says several processes (``WORLD_SIZE`` > 1) but accelerate runs one
@@ -105,7 +117,10 @@ def make_accelerator(budget: TrainBudget):
                          "(use 'fp32' or 'bf16' on CPU)")
     # buffers (PAT's step / importance) are per-process state the stages keep in step themselves
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    acc = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, kwargs_handlers=[ddp])
+    track = tracking_dir is not None and tracker_available()
+    acc = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False, kwargs_handlers=[ddp],
+                      **({"log_with": "tensorboard", "project_dir": str(Path(tracking_dir) / "tensorboard")}
+                         if track else {}))
     world_env = int(os.environ.get("WORLD_SIZE", "1"))
     if world_env > 1 and acc.num_processes == 1:
         raise RuntimeError(
@@ -174,9 +189,26 @@ def peak_memory(device: torch.device) -> dict[str, float]:
 
 def _lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over response tokens. Shapes: input_ids/labels (b, t) -> scalar."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return _ce_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch)
+
+
+def _ce_sum(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
                            ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _objective(run: TrainRun, batch: dict[str, torch.Tensor], n_resp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(objective, LM loss)`` of a micro-batch, each a sum over response tokens / ``n_resp``. Without a teacher
+    the objective is the LM loss; with one, ``(1 - w) LM + w KD`` (``bench.harness.distill``)."""
+    if run.teacher is None:
+        lm = _lm_loss_sum(run.engine_model, batch) / max(1, n_resp)
+        return lm, lm
+    logits = run.engine_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    lm = _ce_sum(logits, batch) / max(1, n_resp)
+    b = run.budget
+    kd = kd_loss_sum(logits, run.teacher.logits(batch), batch["labels"], b.distill_temperature) / max(1, n_resp)
+    run.kd_sum = kd.detach() if run.kd_sum is None else run.kd_sum + kd.detach()
+    return (1 - b.distill_weight) * lm + b.distill_weight * kd, lm
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -274,6 +306,9 @@ class TrainRun:
     optimizer: Any
     scheduler: Any
     start: int = 0
+    teacher: Any = None  # bench.harness.distill.Teacher when budget.distill_weight > 0
+    kd_sum: Any = None  # this step's KD loss share so far (a tensor; read once per step)
+    probes: Sequence[Any] = ()  # callables (model, step) -> dict | None, e.g. bench.harness.mask_probe.MaskProbe
     state: dict[str, Any] = field(default_factory=lambda: {
         "losses": [], "extra_losses": [], "tokens_seen": 0, "response_tokens_seen": 0, "train_seconds": 0.0,
         "optimizer_state_not_reset": []})
@@ -399,10 +434,10 @@ def micro_step(run: TrainRun, batch: dict[str, torch.Tensor], n_resp: int) -> tu
     """
     acc, share = run.accelerator, run.accum * run.world
     with acc.accumulate(run.engine_model), acc.autocast():
-        lm = _lm_loss_sum(run.engine_model, batch) / max(1, n_resp)
+        objective, lm = _objective(run, batch, n_resp)
         extras = [e for e in (st.extra_loss(run.model) for st in run.stages) if e is not None]
         extra = torch.stack([e.float() for e in extras]).sum() if extras else torch.zeros((), device=acc.device)
-        acc.backward(lm * share + extra)
+        acc.backward(objective * share + extra)
     return lm.detach(), extra.detach() / share
 
 
@@ -431,13 +466,41 @@ def train_step(run: TrainRun, data: InstructionData, step: int) -> tuple[float, 
         lm_sum, extra_sum = lm_sum + lm, extra_sum + extra
     optimizer_step(run)
     after_optimizer_step(run, step + 1)
-    lm_all, extra_all = run.accelerator.reduce(torch.stack([lm_sum, extra_sum]), "sum").tolist()
+    parts = [lm_sum, extra_sum] + ([run.kd_sum if run.kd_sum is not None else torch.zeros((), device=dev)]
+                                   if run.teacher is not None else [])
+    lm_all, extra_all, *kd = run.accelerator.reduce(torch.stack(parts), "sum").tolist()
+    run.kd_sum = None
     st = run.state
+    if kd:
+        st.setdefault("kd_losses", []).append(kd[0])
     st["losses"].append(lm_all)
     st["extra_losses"].append(extra_all)
     st["tokens_seen"] += sum(len(data.input_ids[i]) for i in idx)
     st["response_tokens_seen"] += n_resp
+    _log_curves(run, step + 1, lm_all, extra_all, kd[0] if kd else None)
+    for probe in run.probes:
+        res = probe(run.model, step + 1)
+        if res is not None:
+            st.setdefault("probes", []).append(res)
     return lm_all, extra_all
+
+
+def _log_curves(run: TrainRun, step: int, lm: float, extra: float, kd: float | None) -> None:
+    """One point of the training curves (``run.state["curves"]``, kept in the checkpoint and the run record): the LM
+    loss, the stages' extra loss, the KD loss and every stage's ``log_values`` (PAT: active channels, tau, L_active,
+    L_identity); also sent to accelerate's trackers when the run has any. Every process asks the stages (reading
+    sharded state may be a collective)."""
+    point: dict[str, Any] = {"step": step, "lm_loss": lm, "extra_loss": extra}
+    if kd is not None:
+        point["kd_loss"] = kd
+    for st in run.stages:
+        for k, v in st.log_values(run.model).items():
+            v = float(v) if isinstance(v, (int, float)) else v
+            point[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+    run.state.setdefault("curves", []).append(point)
+    if run.accelerator.trackers:
+        run.accelerator.log({k: v for k, v in point.items() if k != "step" and isinstance(v, (int, float))},
+                            step=step)
 
 
 def _progress(run: TrainRun, enabled: bool):
@@ -501,6 +564,10 @@ def _train_record(run: TrainRun) -> dict[str, Any]:
         "tokens_per_s": st["tokens_seen"] / st["train_seconds"] if st["train_seconds"] else None,
         "optimizer_state_not_reset": st.get("optimizer_state_not_reset", []),
         "peak_memory": peak_memory(run.accelerator.device),
+        "curves": st.get("curves", []),
+        **({"probes": st["probes"]} if st.get("probes") else {}),
+        **({"distill": {**run.teacher.record(run.budget.distill_weight, run.budget.distill_temperature),
+                        "kd_losses": st.get("kd_losses", [])}} if run.teacher is not None else {}),
     }
 
 
@@ -517,6 +584,8 @@ def train(
     accelerator=None,
     trainable: tuple[list[dict], list] | None = None,
     on_bad_checkpoint: str = "stop",
+    teacher: nn.Module | None = None,
+    probes: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Train an already prepared ``model`` (stages' ``prepare`` done) for ``budget.total_steps`` optimizer steps.
 
@@ -533,17 +602,32 @@ def train(
         accelerator: the run's ``Accelerator`` (default: ``make_accelerator(budget)``).
         trainable: ``collect_trainable``'s result when the caller already has it.
         on_bad_checkpoint: ``"stop"`` (raise ``BadCheckpointError``) or ``"restart"`` (move it aside, start over).
+        teacher: the unpruned model, required when ``budget.distill_weight > 0`` (``bench.harness.distill``).
+        probes: callables ``probe(model, step) -> dict | None`` run after each optimizer step; their results go to
+            the record's ``probes`` (``bench.harness.mask_probe.MaskProbe``: PAT's mask learning curve).
     Returns:
         the training record: steps, losses, tokens, seconds, peak memory, ``completed``.
     """
     if on_bad_checkpoint not in ON_BAD_CHECKPOINT:
         raise ValueError(f"on_bad_checkpoint = {on_bad_checkpoint!r} is invalid; expected one of {ON_BAD_CHECKPOINT}")
+    if (budget.distill_weight > 0) != (teacher is not None):
+        raise ValueError(f"TrainBudget.distill_weight = {budget.distill_weight}: "
+                         + ("needs a teacher (the unpruned model)" if teacher is None else
+                            "is 0, so no teacher may be given"))
     run = setup_run(model, stages, budget, accelerator, trainable)
+    if run.accelerator.log_with and run.accelerator.is_main_process:
+        run.accelerator.init_trackers("train", config={k: v for k, v in budget.to_dict().items()
+                                                       if isinstance(v, (int, float, str, bool))})
+    if teacher is not None:
+        run.teacher = Teacher(teacher).to(run.accelerator.device)
+    run.probes = tuple(probes)
     if resume:
         resume_from_checkpoint(run, Path(out_dir), on_bad_checkpoint)
     run.state["budget"] = budget.to_dict()
     run_steps(run, data, Path(out_dir), checkpoint_every, stop_after, progress)
     rec = _train_record(run)
+    if run.accelerator.trackers:
+        run.accelerator.end_training()
     run.accelerator.free_memory()
     return rec
 
@@ -639,6 +723,7 @@ def run_pipeline(
     save_finalized: bool = True,
     extra: dict[str, Any] | None = None,
     on_bad_checkpoint: str = "stop",
+    probes: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Prepare, train and finalize a pipeline of stages under ``budget``; write outputs to ``out_dir``.
 
@@ -657,6 +742,8 @@ def run_pipeline(
         save_finalized: write ``model/`` (tests may skip it).
         extra: merged into ``RunContext.extra`` (e.g. ``heldout_ids`` for PAT's merge check).
         on_bad_checkpoint: ``"stop"`` or ``"restart"`` when the checkpoint cannot be read safely.
+        probes: run after each optimizer step (``train``); one with a ``finish(probes, kept_channels)`` method is
+            given the first stage report's ``kept_channels`` after finalize.
     Returns:
         the run record (also written to ``out_dir/run.json``); the finalized model is returned under the key
         ``"_model"`` of the returned dict only.
@@ -664,7 +751,7 @@ def run_pipeline(
         ParityError: when ``budget.param_parity`` is not met, before any training step.
         BadCheckpointError: a bad checkpoint and ``on_bad_checkpoint="stop"``.
     """
-    acc = make_accelerator(budget)
+    acc = make_accelerator(budget, tracking_dir=out_dir)
     out_dir = Path(out_dir)
     if acc.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -677,10 +764,13 @@ def run_pipeline(
                      calibration=calibration_sampler(tokenizer, budget.seed, data_dir, budget.seq_len),
                      extra={"pipeline": names, **(extra or {})})
     torch.manual_seed(budget.seed)
+    teacher = copy.deepcopy(model) if budget.distill_weight > 0 else None  # the unpruned model, before any stage
     model = _run_stages(model, stages, ctx, "prepare")
     rec, parity, data_record = _train_if_trainable(
         model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, checkpoint_every=checkpoint_every,
-        resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint)
+        resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint, teacher=teacher,
+        probes=probes)
+    del teacher
     record: dict[str, Any] = {
         "status": "success" if rec["completed"] else "stopped",
         "model": model_name, "pipeline": names, "budget": budget.to_dict(), "data": data_record,
@@ -693,6 +783,10 @@ def run_pipeline(
         record["total_params_after"] = count_params(final_model)
         record["hidden_size_after"] = getattr(final_model.config, "hidden_size", None)
     record["stages"] = {f"{i}-{n}": st.report() for i, (n, st) in enumerate(zip(names, stages))}
+    kept = next((r["kept_channels"] for r in record["stages"].values() if "kept_channels" in r), None)
+    for probe in probes:
+        if hasattr(probe, "finish") and record.get("probes"):
+            record["probes"] = probe.finish(record["probes"], kept)
     record["wall_seconds"] = time.perf_counter() - t_start
     record["peak_memory"] = peak_memory(acc.device)
     _write_outputs(acc, out_dir, names, stage_states, final_model, tokenizer, record, save_finalized)

@@ -76,6 +76,9 @@ def test_exit_notes_name_a_freeze_at_the_last_step():
     (["--ratio", "0"], "--ratio 0.0: expected a number in (0, 1)"),
     (["--hio-rank", "0"], "--hio-rank 0"),
     (["--train-data", "/no/such/file.jsonl"], "file not found"),
+    (["--distill-weight", "1.5"], "--distill-weight 1.5: expected a number in [0, 1]"),
+    (["--distill-temperature", "0"], "--distill-temperature 0.0: expected a number > 0"),
+    (["--mask-init-scale", "-1"], "--mask-init-scale -1.0: expected a number > 0"),
 ])
 def test_bad_arguments_exit_nonzero_with_one_line(args, message, tmp_path):
     base = {"--ratio": "0.25", "--max-steps": "6", "--out": str(tmp_path / "o")}

@@ -23,7 +23,7 @@ import torch.nn as nn
 from bench.harness import registry
 from bench.harness import results as R
 from bench.harness.runner import RunnerOptions, ratio_kwarg, run_suite
-from bench.harness.suites import expand, parse_suite, validate
+from bench.harness.suites import SuiteError, expand, parse_suite, validate
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.skipif(not os.environ.get("PAT_DATA_DIR"), reason="needs PAT_DATA_DIR (Alpaca)")
@@ -327,3 +327,21 @@ def test_smoke_suite_end_to_end_then_report(tmp_path, monkeypatch):
     assert recs["tiny-llama--lora+llm_pruner--r0.25--s0"]["train"]["reused_prefix"] == "tiny-llama--lora--r0.00--s0"
     assert report_main(["--suite", "smoke", "--results", str(out)]) == 0
     assert "| 25 % | PAT | PAT |" in re.sub(r" {2,}", " ", (out / "TABLES.md").read_text())
+
+
+def test_mask_probe_suite_records_pat_learning_curve(env):
+    """``[suite] mask_probe = true``: a PAT run's record carries the probes (log-spaced steps before the freeze)."""
+    d = suite_dict([["pat"]], ratios=(0.25,))
+    d["suite"]["mask_probe"] = True
+    d["budget"]["b"]["steps"] = 9
+    d["stages"] = {"pat": {"hio_rank": 2, "lora_rank": 2}}
+    counts, _ = _run(d, env)
+    assert counts["done"] == 1
+    rec = R.read_result(R.result_path(env.out_dir, "tiny--pat--r0.25--s0"))
+    probes = rec["train"]["probes"]
+    assert probes and probes[0]["step"] == 1 and all(p["step"] < 9 for p in probes)
+    assert all(len(p["proxy_topn"]) == 24 and "jaccard_taylor_final" in p for p in probes)
+    bad = suite_dict([[]])
+    bad["suite"]["mask_probe"] = "yes"
+    with pytest.raises(SuiteError, match=r"\[suite\].mask_probe = 'yes': expected true or false"):
+        parse_suite(bad)

@@ -253,6 +253,10 @@ def test_pat_resume_same_mask_and_exact_width(tmp_path):
     run(tmp_path, stages=[_pat_stage()], b=b, name="cut", checkpoint_every=3, stop_after=3, save_finalized=False)
     rest = run(tmp_path, stages=[_pat_stage()], b=b, name="cut", checkpoint_every=3, save_finalized=False)
     assert rest["losses"] == pytest.approx(full["losses"], abs=1e-5)
+    # the training curves survive the checkpoint: one point per step, the same as the uninterrupted run's
+    assert [p["step"] for p in rest["curves"]] == list(range(1, 9))
+    assert [p["active"] for p in rest["curves"]] == [p["active"] for p in full["curves"]]
+    assert [p["lm_loss"] for p in rest["curves"]] == pytest.approx([p["lm_loss"] for p in full["curves"]], abs=1e-5)
     rep = full["stages"]["0-pat"]
     # the count the mask reached before the snap (taken before it, restored on resume), not the snapped target
     assert rep["active_at_s0"] == rest["stages"]["0-pat"]["active_at_s0"]
@@ -303,3 +307,37 @@ def test_non_uniform_model_is_saved_in_pruned_format(tmp_path):
 if __name__ == "__main__":  # the killed child of test_resume_after_kill
     torch.set_num_threads(1)
     _child(sys.argv[1], int(sys.argv[2]))
+
+
+def test_training_curves_are_recorded_and_plotted(tmp_path):
+    """Every step's LM loss, extra loss and PAT's values are in the record; the plot reads them."""
+    from bench.harness.curves import main as curves_main
+
+    b = budget(steps=6, lr=5e-3)
+    rec = run(tmp_path, stages=[_pat_stage()], b=b, name="pat", checkpoint_every=0, save_finalized=False)
+    pts = rec["curves"]
+    assert [p["step"] for p in pts] == list(range(1, 7))
+    assert [p["lm_loss"] for p in pts] == rec["losses"] and [p["extra_loss"] for p in pts] == rec["extra_losses"]
+    target = rec["stages"]["0-pat"]["target_keep"]
+    assert {"active", "tau", "L_active", "L_identity"} <= set(pts[0])
+    assert pts[-1]["active"] == target  # after the snap: exactly the kept width
+    assert all(isinstance(p["L_identity"], float) for p in pts)
+    stored = json.loads((tmp_path / "pat" / "run.json").read_text())
+    assert stored["curves"] == pts
+    out = tmp_path / "curves.png"
+    assert curves_main([str(tmp_path / "pat" / "run.json"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curves_go_to_tensorboard_when_it_is_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    run(tmp_path, stages=[_pat_stage()], b=budget(steps=3, lr=5e-3), name="tb", checkpoint_every=0,
+        save_finalized=False)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = list((tmp_path / "tb" / "tensorboard").rglob("events.out.tfevents.*"))
+    assert files
+    ev = EventAccumulator(str(files[0].parent))
+    ev.Reload()
+    assert {"lm_loss", "active"} <= set(ev.Tags()["scalars"])
+    assert [e.step for e in ev.Scalars("lm_loss")] == [1, 2, 3]
