@@ -23,8 +23,8 @@ dense model), failed runs, and the plots.
 """
 
 from bench.harness.reporting.build import FEW_MASK_STEPS, build_report
-from bench.harness.reporting.chance import CHANCE_ALPHA, chance_tasks
-from bench.harness.reporting.claims import claims_table
+from bench.harness.reporting.chance import CHANCE_ALPHA, CHANCE_DIR, chance_tasks, recorded_chance
+from bench.harness.reporting.claims import ALPHA, claims_table, primary_table
 from bench.harness.reporting.frames import (
     DISPLAY,
     LETTER,
@@ -40,12 +40,23 @@ from bench.harness.reporting.frames import (
     tasks_frame,
     throughput_frame,
 )
-from bench.harness.reporting.pairing import LEVEL, N_BOOT, cell_intervals, pairs_table, paired_acc, paired_log_ppl
+from bench.harness.reporting.pairing import (
+    LEVEL,
+    MIN_SEEDS,
+    N_BOOT,
+    SeedModel,
+    cell_intervals,
+    pairs_table,
+    paired_acc,
+    paired_log_ppl,
+    seed_model,
+)
 from bench.harness.reporting.plots import (
     COLOURS,
     MODE_STYLE,
     method_colours,
     plot_forest,
+    plot_primary,
     plot_speedup,
     plot_vs_params,
 )
@@ -58,7 +69,8 @@ from bench.harness.reporting.tables import (
     to_markdown,
 )
 
-__all__ = ["CHANCE_ALPHA", "COLOURS", "DISPLAY", "FEW_MASK_STEPS", "LETTER", "LEVEL", "LOGLIK", "METHOD_ORDER",
+__all__ = ["ALPHA", "CHANCE_DIR", "MIN_SEEDS", "SeedModel", "plot_primary", "primary_table", "recorded_chance",
+           "seed_model", "CHANCE_ALPHA", "COLOURS", "DISPLAY", "FEW_MASK_STEPS", "LETTER", "LEVEL", "LOGLIK", "METHOD_ORDER",
            "MODE_ORDER", "MODE_STYLE", "N_BOOT", "OFF_SIZE", "PAPER_TABLE", "SIZE_TOL", "build_report",
            "cell_intervals", "chance_tasks", "claims_table", "delta_vs_lora", "label", "main_table", "method_colours",
            "pairs_table", "paired_acc", "paired_log_ppl", "paper_table", "per_task_table", "plot_forest",

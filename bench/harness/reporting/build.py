@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.harness.reporting.chance import CHANCE_ALPHA, chance_tasks
-from bench.harness.reporting.claims import claims_table
+from bench.harness.reporting.chance import CHANCE_ALPHA, CHANCE_DIR, chance_tasks
+from bench.harness.reporting.claims import ALPHA, claims_table, primary_table
 from bench.harness.reporting.frames import (
     LETTER,
     LOGLIK,
@@ -18,8 +18,15 @@ from bench.harness.reporting.frames import (
     tasks_frame,
     throughput_frame,
 )
-from bench.harness.reporting.pairing import cell_intervals, pairs_table
-from bench.harness.reporting.plots import plot_forest, plot_speedup, plot_vs_params
+from bench.harness.reporting.pairing import (
+    MIN_SEEDS,
+    MODELLED,
+    SeedModel,
+    cell_intervals,
+    pairs_table,
+    report_seed_model,
+)
+from bench.harness.reporting.plots import plot_forest, plot_primary, plot_speedup, plot_vs_params
 from bench.harness.reporting.tables import (
     delta_vs_lora,
     main_table,
@@ -29,6 +36,7 @@ from bench.harness.reporting.tables import (
     to_markdown,
 )
 from bench.harness.results import load_results
+from bench.harness.suites import SuiteError, load_suite, suite_path
 from pat.io import write_text_atomic
 
 def _header(suite: str, records: list[dict], results_dir: Path) -> list[str]:
@@ -63,14 +71,53 @@ def _mask_budget_note(records: list[dict]) -> list[str]:
 
 
 CLAIMS_NOTE = (
-    "`ours`: PAT minus the other method, points of mean accuracy (mean over tasks); the paper column is computed "
-    "from its Table 1 (Llama2-7B). `95 % CI`: paired bootstrap (both runs answered the same documents: documents "
-    "resampled within each task, seeds resampled first when there are several; `bench.harness.stats.bootstrap`), or, "
-    "for records without per-document outcomes, a normal interval from the independent per-task standard errors "
-    "(`CI from` says which). Verdict: `ahead` / `behind` when the interval excludes 0, else `not resolved`. "
-    "`above chance`: the same on the tasks where the dense model is above chance. Perplexity ratio PAT / other with "
-    "its paired bootstrap over windows (log scale): the primary metric where accuracy sits near chance; "
-    "`ppl verdict` `ahead` means PAT's perplexity is lower.")
+    "Exploratory: no verdict words (verdicts belong to the primary claims above). `ours`: PAT minus the other method, "
+    "points of mean accuracy (mean over tasks), the paired estimate on the documents both answered (the pairs "
+    "table's `Δ acc` for the same two cells); the paper column is computed from its Table 1 (Llama2-7B). `95 % CI`: "
+    "paired bootstrap (documents resampled within each task; perplexity windows in circular blocks, `ppl blocks` "
+    "their length) plus the seed variance component (docs/statistics.md), or, for records without per-document "
+    "outcomes, a normal interval from the independent per-task standard errors (`CI from` says which). `above "
+    "chance`: the same on the tasks where the dense model is above chance. Perplexity ratio PAT / other (< 1: PAT "
+    "lower). `status` `primary`: the suite pre-registered this pair (see the primary claims).")
+
+PRIMARY_NOTE = (
+    "Pre-registered in the suite file (`[[claims]]`: pair, metric, direction), before the rerun that reads them. "
+    "`estimate`: A minus B (points of mean accuracy) or the perplexity ratio A / B. Intervals: paired bootstrap over "
+    "documents (within tasks) or windows (circular blocks, Politis-White length), plus the seed variance component "
+    "(the pooled seed model below; `seeds` gives each side's seeds, {mark}: a trained side has fewer than {k}, so "
+    "its seed variance is the model's alone). `p`: two-sided bootstrap p-value of no difference; `Holm p`: Holm's "
+    "step-down adjustment over all {m} rows (familywise error {alpha:.0%}). `verdict`: `ahead` / `behind` (A against "
+    "B, in the metric's better direction) where the Holm p is at most {alpha}, else `not resolved`; `simultaneous "
+    "CI`: the same replicates at 1 - {alpha} / {m} (Bonferroni), which covers all {m} estimates at once.")
+
+
+def _seed_section(seeds: SeedModel, models: list[str]) -> list[str]:
+    rows = []
+    for model in models:
+        for metric, unit in (("acc", "points"), ("acc_above_chance", "points"), ("log_ppl", "log perplexity")):
+            got = seeds.sd.get((model, metric))
+            rows.append({"model": model, "metric": metric, "seed sd (one seed)": None if got is None else got[0],
+                         "unit": unit, "df": None if got is None else got[1],
+                         "cells (>= 3 trained seeds)": "; ".join(seeds.cells.get(model, [])) or "none"})
+    return ["## Seed variance model", "",
+            (f"Every interval adds a seed component sd^2 (1/k_A + 1/k_B) (k: a side's trained seeds; the untrained "
+             f"dense model adds 0), with the seed sd pooled over the cells that ran at least {MIN_SEEDS} seeds "
+             "(Student t on the pooled df). Assumption: at a given model the seed variance of a metric is the same "
+             "for every trained method and ratio; comparisons with a 1-seed side rest on it alone (marked "
+             f"{MODELLED}). Without any such cell a model's intervals carry no seed variance beyond the arms' own "
+             "seeds."), "", to_markdown(pd.DataFrame(rows), digits=3)]
+
+
+def _primary_section(primary: pd.DataFrame, suite: str, n_claims: int) -> list[str]:
+    if n_claims == 0:
+        return ["## Primary claims", "",
+                f"_The suite `{suite}` names no primary claims (`[[claims]]` in its TOML): every comparison below is "
+                "exploratory and carries no verdict._", ""]
+    m = len(primary)
+    return ["## Primary claims (pre-registered; Holm-corrected)", "",
+            PRIMARY_NOTE.format(mark=MODELLED, k=MIN_SEEDS, m=m, alpha=ALPHA), "",
+            _md_public(primary.assign(**{c: primary[c].map(lambda v: "–" if pd.isna(v) else f"{v:.3g}")
+                                         for c in ("p", "Holm p")}))]
 
 
 def _md_public(df: pd.DataFrame) -> str:
@@ -112,8 +159,21 @@ def _chance_section(runs: pd.DataFrame, chance: pd.DataFrame, value: str) -> lis
     return md
 
 
-def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str | Path | None = None) -> Path:
-    """Write ``TABLES.md``, CSVs and PNGs for the run records in ``results_dir``; returns the TABLES.md path."""
+def _suite_claims(suite: str) -> tuple[dict, ...]:
+    """The suite's ``[[claims]]``; () when there is no suite file of that name (a bad one raises ``SuiteError``)."""
+    try:
+        path = suite_path(suite)
+    except SuiteError:
+        return ()
+    return load_suite(path).claims
+
+
+def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str | Path | None = None,
+                 claims: list[dict] | tuple | None = None, chance_dir: Path | None = CHANCE_DIR) -> Path:
+    """Write ``TABLES.md``, CSVs and PNGs for the run records in ``results_dir``; returns the TABLES.md path.
+
+    ``claims``: the primary claims (default: the suite file's ``[[claims]]``); ``chance_dir``: where the recorded
+    chance sets live (``chance.recorded_chance``; None: decide on the suite's dense run)."""
     results_dir = Path(results_dir)
     out = Path(out_dir) if out_dir else results_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +189,7 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
     md = _header(suite, records, results_dir)
     value = "acc" if runs["acc"].notna().any() else "letter_acc"
     proto = LOGLIK if value == "acc" else LETTER
-    chance = chance_tasks(records)
+    chance = chance_tasks(records, chance_dir)
     chance.to_csv(out / "chance.csv", index=False)
     runs = _with_above_chance(runs, records, chance)
     main = main_table(runs, value)
@@ -147,14 +207,20 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
     md += ["## Reference: the paper's Table 1 (not produced by this code)", "",
            f"{meta['metric']}. Source: {meta['citation']}. Different models, data scale and protocol than ours: "
            "compare orderings, not values.", "", to_markdown(ref, bold_max_by="Ratio")]
-    claims = claims_table(runs, tp, value, records, chance)
+    registered = tuple(_suite_claims(suite) if claims is None else claims)
+    seeds = report_seed_model(records, runs, chance)
+    primary = primary_table(registered, records, runs, chance, seeds, value)
+    primary.to_csv(out / "primary.csv", index=False)
+    md += _primary_section(primary, suite, len(registered))
+    md += _seed_section(seeds, sorted(runs["model"].unique()))
+    claims = claims_table(runs, tp, value, records, chance, seeds, registered)
     claims.to_csv(out / "claims.csv", index=False)
-    md += ["## The paper's claims beside ours", "", CLAIMS_NOTE, "", _md_public(claims)]
-    pairs = pairs_table(records, runs, chance)
+    md += ["## The paper's claims beside ours (exploratory)", "", CLAIMS_NOTE, "", _md_public(claims)]
+    pairs = pairs_table(records, runs, chance, seeds)
     pairs.to_csv(out / "pairs.csv", index=False)
-    md += ["## Paired comparisons at equal size", "",
+    md += ["## Paired comparisons at equal size (exploratory)", "",
            ("Every pair of methods at the same model and ratio (unpruned runs: 0 %): `Δ acc` is A minus B in points, "
-            "the perplexity ratio A / B; intervals and verdicts as in the claims table."), "", _md_public(pairs)]
+            "the perplexity ratio A / B; intervals as in the claims table, no verdicts."), "", _md_public(pairs)]
     for model in sorted(runs["model"].unique()):
         rt = ratio_table(runs, model, value)
         ppl = next((c.removeprefix("ppl_") for c in runs.columns if c.startswith("ppl_")), None)
@@ -179,9 +245,9 @@ def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str
     failed = runs[runs["status"] != "success"]
     if not failed.empty:
         md += ["## Failed runs", "", to_markdown(failed[["run_id", "error"]].reset_index(drop=True))]
-    plots = [plot_forest(claims, out / "claims_forest.png")]
+    plots = [plot_primary(primary, out / "primary_claims.png"), plot_forest(claims, out / "claims_forest.png")]
     ppl = next((c.removeprefix("ppl_") for c in runs.columns if c.startswith("ppl_")), None)
-    cells = cell_intervals(records, runs, ppl)
+    cells = cell_intervals(records, runs, ppl, seeds)
     cells.to_csv(out / "cells.csv", index=False)
     for model in sorted(runs["model"].unique()):
         plots.append(plot_vs_params(cells, model, out / f"acc_vs_params_{model}.png", "acc"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -10,6 +12,8 @@ from bench.harness import stats
 from bench.harness.reporting.frames import LOGLIK
 
 CHANCE_ALPHA = 0.05
+# the recorded chance sets: dense evaluations on more documents than a suite's (results/chance/README.md)
+CHANCE_DIR = Path(__file__).resolve().parents[3] / "results" / "chance"
 
 
 def _task_chance(t: dict, task: str) -> float:
@@ -22,27 +26,61 @@ def _task_chance(t: dict, task: str) -> float:
     return t.get("chance") or {"boolq": 0.5, "piqa": 0.5, "winogrande": 0.5}.get(base, 0.25)
 
 
-def chance_tasks(records: list[dict[str, Any]]) -> pd.DataFrame:
+def _rows(model: str, tasks: dict, source: str) -> list[dict]:
+    rows = []
+    for task, t in sorted(tasks.items()):
+        if t.get("protocol") != LOGLIK or not isinstance(t.get("acc"), (int, float)) or not t.get("n"):
+            continue
+        n = int(t["n"])
+        k = (t.get("items") or {}).get("acc", "").count("1") if t.get("items") else round(t["acc"] * n)
+        p = _task_chance(t, task)
+        rows.append({"model": model, "task": task, "dense acc": 100 * k / n, "n": n, "chance": 100 * p,
+                     "p (acc <= chance)": stats.binom_sf(k, n, p), "at chance": stats.at_chance(k, n, p, CHANCE_ALPHA),
+                     "decided on": source})
+    return rows
+
+
+def recorded_chance(model: str, chance_dir: Path | None = CHANCE_DIR) -> list[dict]:
+    """Rows of the model's recorded chance set: the dense evaluations ``<chance_dir>/<model>--*.json`` (written by
+    ``pat-bench evaluate``; a task in several files is taken from the first, by name); [] when none."""
+    if chance_dir is None:
+        return []
+    rows: list[dict] = []
+    for f in sorted(Path(chance_dir).glob(f"{model}--*.json")):
+        with open(f) as fh:
+            rec = json.load(fh)
+        tasks = rec.get("tasks") or (rec.get("metrics") or {}).get("tasks") or {}
+        if not isinstance(tasks, dict) or not tasks:
+            raise ValueError(f"{f}: tasks: expected the per-task results of `pat-bench evaluate`, found none")
+        done = {r["task"] for r in rows}
+        limit = (rec.get("config") or {}).get("limit")
+        seed = (rec.get("config") or {}).get("seed")
+        rows += [r for r in _rows(model, tasks, f"{f.name} ({limit} docs, seed {seed})") if r["task"] not in done]
+    return rows
+
+
+def chance_tasks(records: list[dict[str, Any]], chance_dir: Path | None = CHANCE_DIR) -> pd.DataFrame:
     """Per model and log-likelihood task, the dense (untuned, unpruned) model's accuracy against the task's chance
-    rate.
+    rate; ``decided on`` says from which evaluation.
+
+    The set is decided once per model: from the model's recorded dense evaluation on enough documents to be stable
+    (``recorded_chance``: ``results/chance/<model>--*.json``) when there is one, else from the suite's own dense run
+    (with several dense seeds the first; the untuned model does not depend on the seed).
 
     Rule: a task sits at chance when a one-sided exact binomial test cannot reject ``acc <= chance`` at
-    ``CHANCE_ALPHA`` (5 %): ``P(X >= k | n, chance) >= 0.05`` (``stats.at_chance``). With several dense seeds the
-    first is used (the untuned model does not depend on the seed).
+    ``CHANCE_ALPHA`` (5 %): ``P(X >= k | n, chance) >= 0.05`` (``stats.at_chance``).
     """
     rows, seen = [], set()
     for r in records:
-        if r["status"] != "success" or r["spec"]["pipeline"] or r["spec"]["model"] in seen:
+        model = r["spec"]["model"]
+        if r["status"] != "success" or r["spec"]["pipeline"] or model in seen:
             continue
-        seen.add(r["spec"]["model"])
-        for task, t in sorted(((r.get("metrics") or {}).get("tasks") or {}).items()):
-            if t.get("protocol") != LOGLIK or not isinstance(t.get("acc"), (int, float)) or not t.get("n"):
-                continue
-            n = int(t["n"])
-            k = (t.get("items") or {}).get("acc", "").count("1") if t.get("items") else round(t["acc"] * n)
-            p = _task_chance(t, task)
-            rows.append({"model": r["spec"]["model"], "task": task, "dense acc": 100 * k / n, "n": n,
-                         "chance": 100 * p, "p (acc <= chance)": stats.binom_sf(k, n, p),
-                         "at chance": stats.at_chance(k, n, p, CHANCE_ALPHA)})
+        seen.add(model)
+        got = recorded_chance(model, chance_dir)
+        if got:
+            rows += got
+            continue
+        tasks = (r.get("metrics") or {}).get("tasks") or {}
+        n = {t.get("n") for t in tasks.values()}
+        rows += _rows(model, tasks, f"the suite's dense run ({'/'.join(map(str, sorted(n, key=str)))} docs)")
     return pd.DataFrame(rows)
-
