@@ -69,10 +69,10 @@ from bench.harness.reporting.tables import (
     to_markdown,
 )
 
-__all__ = ["ALPHA", "CHANCE_DIR", "MIN_SEEDS", "SeedModel", "plot_primary", "primary_table", "recorded_chance",
-           "seed_model", "CHANCE_ALPHA", "COLOURS", "DISPLAY", "FEW_MASK_STEPS", "LETTER", "LEVEL", "LOGLIK", "METHOD_ORDER",
-           "MODE_ORDER", "MODE_STYLE", "N_BOOT", "OFF_SIZE", "PAPER_TABLE", "SIZE_TOL", "build_report",
-           "cell_intervals", "chance_tasks", "claims_table", "delta_vs_lora", "label", "main_table", "method_colours",
-           "pairs_table", "paired_acc", "paired_log_ppl", "paper_table", "per_task_table", "plot_forest",
-           "plot_speedup", "plot_vs_params", "ratio_table", "runs_frame", "size_check", "tasks_frame",
+__all__ = ["ALPHA", "CHANCE_ALPHA", "CHANCE_DIR", "COLOURS", "DISPLAY", "FEW_MASK_STEPS", "LETTER", "LEVEL", "LOGLIK",
+           "METHOD_ORDER", "MIN_SEEDS", "MODE_ORDER", "MODE_STYLE", "N_BOOT", "OFF_SIZE", "PAPER_TABLE", "SIZE_TOL",
+           "SeedModel", "build_report", "cell_intervals", "chance_tasks", "claims_table", "delta_vs_lora", "label",
+           "main_table", "method_colours", "paired_acc", "paired_log_ppl", "pairs_table", "paper_table",
+           "per_task_table", "plot_forest", "plot_primary", "plot_speedup", "plot_vs_params", "primary_table",
+           "ratio_table", "recorded_chance", "runs_frame", "seed_model", "size_check", "tasks_frame",
            "throughput_frame", "to_markdown"]
