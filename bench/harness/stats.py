@@ -9,7 +9,8 @@ window's token count). Two runs evaluated on the same items are compared item by
   ``x`` and ``y`` (paired), on the seed means of each item (``xbar - ybar``). With ``block=L`` the items of a
   stratum are resampled in circular blocks of ``L`` consecutive items (the circular block bootstrap, Politis and
   Romano 1992) so that serial dependence (perplexity windows of one text) is kept; ``block="auto"`` picks ``L`` by
-  the Politis-White (2004) rule with the Patton-Politis-White (2009) correction (``block_length``).
+  the Politis-White (2004) rule with the Patton-Politis-White (2009) correction (``block_length``), at least
+  ``ceil(n^(1/3))``.
 - seeds: an explicit seed-level variance component, not a resampling of the few seeds (3 seeds give only 10
   distinct multisets). Each replicate adds ``seed_sd * T`` with ``T`` a Student-t draw on ``seed_df`` degrees of
   freedom (normal when ``seed_df`` is None). ``seed_sd`` is given by the caller (the report's pooled seed model,
@@ -166,8 +167,9 @@ def bootstrap(x, y=None, strata=None, weights=None, n_boot: int = 2000, level: f
         level: two-sided coverage of the percentile interval.
         seed: seed of the resampling (results are reproducible).
         block: None or 1: items resampled independently; an int ``L``: circular blocks of ``L`` items within each
-            stratum (items in their serial order); ``"auto"``: ``L = block_length`` of the per-item differences
-            (the longest over strata).
+            stratum (items in their serial order); ``"auto"``: ``L = max(block_length, ceil(n^(1/3)))`` of the
+            per-item differences (the longest over strata; the floor because the Politis-White correlogram cut-off
+            is noisy on ~100 items and can return 1 for a series with real lag-1 correlation).
         seed_sd, seed_df: the seed-level component (s.d. of the statistic's seed noise, t degrees of freedom);
             None: estimated from the seeds of ``x`` and ``y`` (``seed_component``).
     Returns:
@@ -209,8 +211,8 @@ def bootstrap(x, y=None, strata=None, weights=None, n_boot: int = 2000, level: f
 
     d0 = x.mean(axis=0) - (0 if y is None else y.mean(axis=0))
     estimate = stat1(d0)
-    if block == "auto":
-        blk = max(block_length(d0[g]) for g in groups)
+    if block == "auto":  # Politis-White, floored at ceil(n^(1/3)): PW's correlogram cut-off is noisy on few items
+        blk = max(max(block_length(d0[g]), math.ceil(len(g) ** (1 / 3) - 1e-9)) for g in groups)
     elif block is None:
         blk = 1
     elif isinstance(block, (int, np.integer)) and not isinstance(block, bool) and block >= 1:

@@ -94,18 +94,21 @@ PRIMARY_NOTE = (
 def _seed_section(seeds: SeedModel, models: list[str]) -> list[str]:
     rows = []
     for model in models:
-        for metric, unit in (("acc", "points"), ("acc_above_chance", "points"), ("log_ppl", "log perplexity")):
-            got = seeds.sd.get((model, metric))
-            rows.append({"model": model, "metric": metric, "seed sd (one seed)": None if got is None else got[0],
-                         "unit": unit, "df": None if got is None else got[1],
-                         "cells (>= 3 trained seeds)": "; ".join(seeds.cells.get(model, [])) or "none"})
+        for pruned in (True, False):
+            for metric, unit in (("acc", "points"), ("acc_above_chance", "points"), ("log_ppl", "log perplexity")):
+                got = seeds.sd.get((model, metric, pruned))
+                if got is not None:
+                    rows.append({"model": model, "cells": "pruned (ratio > 0)" if pruned else "unpruned",
+                                 "metric": metric, "pooled seed sd (one seed)": got[0], "unit": unit, "df": got[1]})
+    used = "; ".join(f"{m}: {', '.join(c)}" for m, c in seeds.cells.items()) or "none"
     return ["## Seed variance model", "",
-            (f"Every interval adds a seed component sd^2 (1/k_A + 1/k_B) (k: a side's trained seeds; the untrained "
-             f"dense model adds 0), with the seed sd pooled over the cells that ran at least {MIN_SEEDS} seeds "
-             "(Student t on the pooled df). Assumption: at a given model the seed variance of a metric is the same "
-             "for every trained method and ratio; comparisons with a 1-seed side rest on it alone (marked "
-             f"{MODELLED}). Without any such cell a model's intervals carry no seed variance beyond the arms' own "
-             "seeds."), "", to_markdown(pd.DataFrame(rows), digits=3)]
+            (f"Every interval adds a seed variance component (t draws; docs/statistics.md): a side with at least "
+             f"{MIN_SEEDS} trained seeds brings its own (sample variance over seeds / k), a trained side with fewer "
+             f"the pooled sd^2 / k below (cells of the same kind), the untrained dense model nothing; the parts add "
+             f"up, df by Welch-Satterthwaite. Assumption of the pooled part: at a model, the seed variance of a "
+             f"metric is the same for every pruned method and ratio. Comparisons that use it are marked {MODELLED}. "
+             f"Cells with at least {MIN_SEEDS} trained seeds: {used}."), "",
+            to_markdown(pd.DataFrame(rows), digits=3) if rows else "_(no cell with enough seeds: no pooled model)_\n"]
 
 
 def _primary_section(primary: pd.DataFrame, suite: str, n_claims: int) -> list[str]:

@@ -196,9 +196,9 @@ def primary_table(claims: list[dict] | tuple, records: list[dict[str, Any]], run
             a = _side(records, model, c["a"], c["ratio"])
             b = _side(records, model, c["b"], c["b_ratio"])
             na, nb = _side_name(a, c["a"], c["ratio"]), _side_name(b, c["b"], c["b_ratio"])
-            better = {"a_better": na, "b_better": nb}[c["direction"]]
-            row = {"claim": c.get("name") or f"{na} vs {nb}", "metric": METRIC_LABEL[c["metric"]],
-                   "hypothesis": f"{better} better", "model": model, "seeds": _seeds_note(a, b, seeds)}
+            row = {"claim": c.get("name") or f"A {na} vs B {nb}", "metric": METRIC_LABEL[c["metric"]],
+                   "hypothesis": {"a_better": "A better", "b_better": "B better"}[c["direction"]], "model": model,
+                   "seeds": _seeds_note(a, b, seeds)}
             iv, note = (None, "runs missing") if not (a and b) else _primary_interval(
                 c, a, b, model, runs, value, _above_chance(chance, model), ppl, seeds)
             rows.append(row | {"_metric": c["metric"], "_direction": c["direction"], "_note": note})

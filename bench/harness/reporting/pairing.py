@@ -4,11 +4,10 @@ table and the per-cell intervals.
 
 Every interval carries seed variance. Documents and windows are resampled by ``stats.bootstrap`` (windows in circular
 blocks, ``block="auto"``: consecutive windows of one text are correlated); the seed level is an explicit variance
-component: ``SeedModel`` pools, per model and metric, the seed-to-seed variance of the cells with at least
-``MIN_SEEDS`` trained seeds, and adds ``sd^2 (1 / k_a + 1 / k_b)`` to every comparison (``k``: a side's seeds; the
-untrained dense model adds 0). Assumption: the seed variance of a metric is the same for every trained method and
-ratio of a model. A comparison where a trained side has fewer than ``MIN_SEEDS`` seeds is marked ``MODELLED``: its
-seed variance comes from the model alone.
+component (``SeedModel``): a side with at least ``MIN_SEEDS`` trained seeds brings its own seed variance, a trained
+side with fewer the pooled variance of the model's cells of the same kind (pruned or unpruned) that ran
+``MIN_SEEDS``, the untrained dense model none. Assumption of the pooled part: at a model, the seed variance of a
+metric is the same for every pruned method and ratio. A comparison that uses it is marked ``MODELLED``.
 """
 
 from __future__ import annotations
@@ -79,29 +78,51 @@ def _trained(recs: list[dict]) -> bool:
     return any(r["spec"]["pipeline"] for r in recs)
 
 
+def _pruned(recs: list[dict]) -> bool:
+    return float(recs[0]["spec"]["ratio"]) > 0
+
+
 @dataclass(frozen=True)
 class SeedModel:
-    """The pooled seed-level standard deviation of one seed's statistic, per ``(model, metric)``: ``(sd, df)``.
+    """The seed-level variance of every comparison, per model and metric (``METRICS``).
 
-    ``sd^2 = sum_cells sum_seeds (s - s_cell)^2 / sum_cells (k_cell - 1)`` over the cells (model, ratio, method,
-    mode) with at least ``MIN_SEEDS`` trained seeds; ``s`` is a seed's statistic: mean accuracy (points, mean over
-    tasks), the same on the tasks above chance, or log perplexity (mean NLL per token). ``df`` is the pooled degrees
-    of freedom (the t distribution of the seed component)."""
+    A side (one table cell, ``k`` seeds) contributes ``var / k`` to the seed variance of a difference:
 
-    sd: dict[tuple[str, str], tuple[float, int]]
+    - ``k >= MIN_SEEDS`` trained seeds: ``var`` is the sample variance of its own per-seed statistic (df ``k - 1``);
+    - fewer trained seeds: ``var = sd^2`` of the pooled model, ``sd^2 = sum_cells sum_seeds (s - s_cell)^2 /
+      sum_cells (k_cell - 1)`` over the model's cells with at least ``MIN_SEEDS`` trained seeds **of the same kind**
+      (pruned, ratio > 0, or unpruned; the other kind when none), df the pooled one; such a comparison is marked
+      ``MODELLED``;
+    - the untrained dense model: 0.
+
+    The two sides' parts are summed and their df combined by Welch-Satterthwaite. ``s`` is a seed's statistic: mean
+    accuracy (points, mean over tasks), the same on the tasks above chance, or log perplexity."""
+
+    sd: dict[tuple[str, str, bool], tuple[float, int]]  # (model, metric, pruned) -> pooled (sd, df)
     cells: dict[str, list[str]]
+    above: dict[str, list[str] | None]
+    ppl: str | None
 
-    def component(self, model: str, metric: str, a: list[dict], b: list[dict] | None) -> tuple[float, int] | None:
+    def _side(self, model: str, metric: str, recs: list[dict]) -> tuple[float, float | None] | None:
+        if not recs or not _trained(recs):
+            return 0.0, None
+        k = len(recs)
+        if k >= MIN_SEEDS:
+            vals = [_seed_stat(r, metric, self.above.get(model), self.ppl) for r in recs]
+            if all(v is not None for v in vals):
+                return float(np.var(vals, ddof=1)) / k, k - 1
+        got = self.sd.get((model, metric, _pruned(recs))) or self.sd.get((model, metric, not _pruned(recs)))
+        return None if got is None else (got[0] ** 2 / k, got[1])
+
+    def component(self, model: str, metric: str, a: list[dict], b: list[dict] | None) -> tuple[float, float] | None:
         """``(sd, df)`` of the seed noise of ``stat(a) - stat(b)`` (or of ``stat(a)``); None without a model."""
-        got = self.sd.get((model, metric))
-        if got is None:
+        parts = [self._side(model, metric, s) for s in (a, b) if s]
+        if not parts or any(p is None for p in parts):
             return None
-        c = sum(1 / len(s) for s in (a, b) if s and _trained(s))
-        return got[0] * math.sqrt(c), got[1]
-
-    def describe(self, model: str, metric: str) -> str:
-        got = self.sd.get((model, metric))
-        return "none" if got is None else f"sd {got[0]:.3g}, df {got[1]}"
+        var = sum(v for v, _ in parts)
+        if var == 0:
+            return 0.0, None
+        return math.sqrt(var), var ** 2 / sum(v ** 2 / d for v, d in parts if d)
 
 
 def _seed_stat(r: dict, metric: str, above: list[str] | None, ppl: str | None) -> float | None:
@@ -122,7 +143,7 @@ def _seed_stat(r: dict, metric: str, above: list[str] | None, ppl: str | None) -
 
 def seed_model(records: list[dict[str, Any]], above: dict[str, list[str] | None], ppl: str | None) -> SeedModel:
     """Estimate the ``SeedModel`` of ``records`` (``above``: per model, the tasks above chance)."""
-    sums: dict[tuple[str, str], list[float]] = {}
+    sums: dict[tuple[str, str, bool], list[float]] = {}
     used: dict[str, list[str]] = {}
     for key, recs in _cells(records).items():
         if len(recs) < MIN_SEEDS or not _trained(recs):
@@ -133,11 +154,11 @@ def seed_model(records: list[dict[str, Any]], above: dict[str, list[str] | None]
             if any(v is None for v in vals):
                 continue
             v = np.array(vals)
-            acc = sums.setdefault((key[0], metric), [0.0, 0])
+            acc = sums.setdefault((key[0], metric, key[1] > 0), [0.0, 0])
             acc[0] += float(((v - v.mean()) ** 2).sum())
             acc[1] += len(v) - 1
     sd = {k: (math.sqrt(ss / df), int(df)) for k, (ss, df) in sums.items() if df > 0}
-    return SeedModel(sd, used)
+    return SeedModel(sd, used, dict(above), ppl)
 
 
 def paired_acc(a: list[dict], b: list[dict] | None = None, tasks: list[str] | None = None,

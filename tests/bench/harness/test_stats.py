@@ -428,12 +428,17 @@ def test_the_seed_model_pools_the_three_seed_cells():
     sm = REP.seed_model(recs, {"syn": ["piqa", "arc_easy"]}, "wikitext2")
     by_cell = [[r for r in recs if r["spec"]["pipeline"] == p] for p in (["pat"], ["llm_pruner", "lora"])]
     accs = [np.array([100 * r["metrics"]["means"]["lm-eval-loglik-0shot"]["acc"] for r in c]) for c in by_cell]
-    want = math.sqrt(sum(((a - a.mean()) ** 2).sum() for a in accs) / 4)
-    assert sm.sd[("syn", "acc")] == (pytest.approx(want), 4)
-    # a 1-seed trained side adds sd^2 / 1, the untrained dense model nothing
-    sd, df = sm.component("syn", "acc", by_cell[0], recs[:1])
-    assert sd == pytest.approx(want / math.sqrt(3)) and df == 4
-    assert sm.component("syn", "acc", by_cell[0], recs[1:2])[0] == pytest.approx(want * math.sqrt(1 / 3 + 1))
+    pooled = math.sqrt(sum(((a - a.mean()) ** 2).sum() for a in accs) / 4)
+    assert sm.sd[("syn", "acc", True)] == (pytest.approx(pooled), 4)
+    # 3-seed sides bring their own variance / 3 (Welch df), a 1-seed trained side the pooled sd^2 (the only pooled
+    # cells are pruned: the unpruned LoRA falls back to them), the untrained dense model nothing
+    v0, v1 = (a.var(ddof=1) / 3 for a in accs)
+    sd, df = sm.component("syn", "acc", *by_cell)
+    assert sd == pytest.approx(math.sqrt(v0 + v1))
+    assert df == pytest.approx((v0 + v1) ** 2 / (v0 ** 2 / 2 + v1 ** 2 / 2))
+    assert sm.component("syn", "acc", by_cell[0], recs[:1]) == (pytest.approx(math.sqrt(v0)), pytest.approx(2))
+    sd, _ = sm.component("syn", "acc", by_cell[0], recs[1:2])
+    assert sd == pytest.approx(math.sqrt(v0 + pooled ** 2))
 
 
 def test_doc_ids_and_outcomes_of_different_lengths_name_the_record():
