@@ -196,7 +196,7 @@ def primary_table(claims: list[dict] | tuple, records: list[dict[str, Any]], run
             a = _side(records, model, c["a"], c["ratio"])
             b = _side(records, model, c["b"], c["b_ratio"])
             na, nb = _side_name(a, c["a"], c["ratio"]), _side_name(b, c["b"], c["b_ratio"])
-            row = {"claim": c.get("name") or f"A {na} vs B {nb}", "metric": METRIC_LABEL[c["metric"]],
+            row = {"claim": c.get("name") or f"A: {na}, B: {nb}", "metric": METRIC_LABEL[c["metric"]],
                    "hypothesis": {"a_better": "A better", "b_better": "B better"}[c["direction"]], "model": model,
                    "seeds": _seeds_note(a, b, seeds)}
             iv, note = (None, "runs missing") if not (a and b) else _primary_interval(

@@ -175,35 +175,39 @@ def plot_forest(claims: pd.DataFrame, path: Path) -> Path | None:
 
 
 def plot_primary(primary: pd.DataFrame, path: Path) -> Path | None:
-    """The primary claims, one panel per metric: the estimate with its marginal 95 % interval (thick) and its
-    simultaneous (Bonferroni) interval (thin); filled marker: resolved after Holm, hollow: not resolved."""
+    """The primary claims, one panel per metric, one row per pair (shared across panels): the estimate with its
+    marginal 95 % interval (thick) and its simultaneous (Bonferroni) interval (thin); filled marker: resolved after
+    Holm, hollow: not resolved."""
     d = primary.dropna(subset=["_est"]) if "_est" in primary else pd.DataFrame()
     if d.empty:
         return None
     metrics = [m for m in ("ppl", "acc_above_chance", "acc") if (d["_metric"] == m).any()]
+    d = d.assign(_row=[(f"{c} [{m}]" if d["model"].nunique() > 1 else c).replace(", B: ", "\nB: ")
+                       for c, m in zip(d["claim"], d["model"])])
+    rows = list(dict.fromkeys(d["_row"]))
+    ypos = {r: len(rows) - 1 - i for i, r in enumerate(rows)}
     plt = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics) + 1.5, max(2.4, 0.42 * len(d) + 1.4)),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 3.5, max(2.4, 0.5 * len(rows) + 1.6)),
+                             sharey=True, squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        sub = d[d["_metric"] == metric]
-        y = np.arange(len(sub))[::-1]
-        for yi, (_, r) in zip(y, sub.iterrows()):
-            resolved = r["verdict"] in ("ahead", "behind")
-            colour = "#d62728" if metric == "ppl" else "#1f77b4"
+        colour = "#d62728" if metric == "ppl" else "#1f77b4"
+        for _, r in d[d["_metric"] == metric].iterrows():
+            yi = ypos[r["_row"]]
             if pd.notna(r["_slo"]):
                 ax.plot([r["_slo"], r["_shi"]], [yi, yi], color=colour, lw=0.9)
             ax.plot([r["_lo"], r["_hi"]], [yi, yi], color=colour, lw=3.2, solid_capstyle="butt")
-            ax.plot([r["_est"]], [yi], "o" if metric != "ppl" else "s", ms=7, color=colour,
-                    mfc=colour if resolved else "white")
-        labels = [f"{c} [{m}]" if d["model"].nunique() > 1 else c for c, m in zip(sub["claim"], sub["model"])]
-        ax.set_yticks(y, labels, fontsize=7)
+            ax.plot([r["_est"]], [yi], "s" if metric == "ppl" else "o", ms=7, color=colour,
+                    mfc=colour if r["verdict"] in ("ahead", "behind") else "white")
         ax.axvline(1 if metric == "ppl" else 0, color="black", lw=0.8)
         if metric == "ppl":
             _log_axis(ax.xaxis, ax.set_xscale)
             ax.set_xlabel("perplexity ratio A / B (log; < 1: A better)", fontsize=8)
         else:
-            ax.set_xlabel(f"{sub['metric'].iloc[0]}, A minus B (> 0: A better)", fontsize=8)
+            what = "all tasks" if metric == "acc" else "tasks above chance"
+            ax.set_xlabel(f"Δ mean accuracy, {what}: A minus B (points)", fontsize=8)
         ax.grid(alpha=0.3, axis="x", which="both")
+    axes[0][0].set_yticks(list(ypos.values()), list(ypos.keys()), fontsize=7)
+    axes[0][0].set_ylim(-0.6, len(rows) - 0.4)
     fig.suptitle("Primary claims: thick 95 % CI, thin simultaneous CI (Bonferroni); filled: resolved after Holm",
                  fontsize=9)
     fig.tight_layout()
