@@ -42,20 +42,29 @@ def _rows(model: str, tasks: dict, source: str) -> list[dict]:
 
 def recorded_chance(model: str, chance_dir: Path | None = CHANCE_DIR) -> list[dict]:
     """Rows of the model's recorded chance set: the dense evaluations ``<chance_dir>/<model>--*.json`` (written by
-    ``pat-bench evaluate``; a task in several files is taken from the first, by name); [] when none."""
+    ``pat-bench evaluate``, or a pointer ``{"source": "<path of such a record, relative to the repository>"}``; a
+    task in several files is taken from the first, by name); [] when none."""
     if chance_dir is None:
         return []
     rows: list[dict] = []
     for f in sorted(Path(chance_dir).glob(f"{model}--*.json")):
         with open(f) as fh:
             rec = json.load(fh)
+        name = f.name
+        if isinstance(rec.get("source"), str):
+            src = Path(chance_dir).resolve().parents[1] / rec["source"]
+            if not src.is_file():
+                raise ValueError(f"{f}: source: {rec['source']!r} is not a file (a path relative to the repository)")
+            with open(src) as fh:
+                rec = json.load(fh)
+            name = f"{f.name} -> {src.relative_to(Path(chance_dir).resolve().parents[1])}"
         tasks = rec.get("tasks") or (rec.get("metrics") or {}).get("tasks") or {}
         if not isinstance(tasks, dict) or not tasks:
             raise ValueError(f"{f}: tasks: expected the per-task results of `pat-bench evaluate`, found none")
         done = {r["task"] for r in rows}
         limit = (rec.get("config") or {}).get("limit")
         seed = (rec.get("config") or {}).get("seed")
-        rows += [r for r in _rows(model, tasks, f"{f.name} ({limit} docs, seed {seed})") if r["task"] not in done]
+        rows += [r for r in _rows(model, tasks, f"{name} ({limit} docs, seed {seed})") if r["task"] not in done]
     return rows
 
 

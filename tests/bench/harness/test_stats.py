@@ -462,5 +462,16 @@ def test_recorded_chance_set_decides_over_the_suite_dense_run(tmp_path):
     got = REP.chance_tasks(recs, tmp_path).set_index("task")
     assert list(got.index) == ["boolq"] and not got.loc["boolq", "at chance"]
     assert got.loc["boolq", "decided on"] == "syn--dense.json (400 docs, seed 4321)"
+    # a pointer to a record elsewhere in the repository (the path is relative to chance_dir's grandparent)
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "dense.json").write_text(json.dumps(rec))
+    ptr = tmp_path / "results" / "chance"
+    ptr.mkdir(parents=True)
+    (ptr / "syn--ptr.json").write_text(json.dumps({"source": "rec/dense.json"}))
+    got = REP.chance_tasks(recs, ptr).set_index("task")
+    assert got.loc["boolq", "decided on"] == "syn--ptr.json -> rec/dense.json (400 docs, seed 4321)"
+    (ptr / "syn--ptr.json").write_text(json.dumps({"source": "rec/missing.json"}))
+    with pytest.raises(ValueError, match="source: 'rec/missing.json' is not a file"):
+        REP.chance_tasks(recs, ptr)
     fallback = REP.chance_tasks(recs, None)
     assert set(fallback["task"]) == set(TASKS) and fallback["decided on"].iloc[0].startswith("the suite's dense run")
