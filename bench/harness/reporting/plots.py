@@ -126,7 +126,7 @@ def plot_vs_params(cells: pd.DataFrame, model: str, path: Path, metric: str = "a
     ax.set_ylabel(what)
     why = {"acc": "records without per-document outcomes or s.e.", "ppl": "records without per-window NLLs"}[metric]
     note = f"\n(no CI): {why}" if missing else ""
-    ax.set_title(f"{model}: {what} vs achieved parameters, bars: 95 % CI{note}", fontsize=9)
+    ax.set_title(f"{model}: {what} vs achieved parameters, bars: 95 % CI incl. seed variance{note}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2, loc="best")
     fig.tight_layout()
@@ -166,7 +166,8 @@ def plot_forest(claims: pd.DataFrame, path: Path) -> Path | None:
         _log_axis(ax2.xaxis, ax2.set_xscale)
         ax2.set_xlabel("perplexity ratio, PAT / other (log; < 1: PAT better)")
         ax2.grid(alpha=0.3, axis="x", which="both")
-    fig.suptitle("Claims: paired differences with 95 % CI (hollow: independent s.e., no per-item data)", fontsize=9)
+    fig.suptitle("The paper's claims, exploratory (no verdicts): paired differences, 95 % CI with seed variance "
+                 "(hollow: independent s.e., no per-item data)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
