@@ -42,6 +42,10 @@ PPL_KEYS = {"datasets", "seq_len", "stride", "max_tokens"}
 THROUGHPUT_KEYS = {"enabled", "batch_sizes", "context", "decode_tokens", "repeats", "warmup", "threads"}
 MODEL_KEYS = {"registered", "hub", "path", "env", "random", "size"}
 GRID_KEYS = {"models", "ratios", "pipelines", "seeds", "budget", "stage_args"}
+# [[claims]]: the suite's pre-registered primary claims (bench.harness.reporting.claims; docs/statistics.md)
+CLAIM_KEYS = {"name", "a", "b", "ratio", "b_ratio", "metric", "direction"}
+CLAIM_METRICS = ("ppl", "acc_above_chance", "acc")  # ppl: the suite's first [perplexity] dataset
+CLAIM_DIRECTIONS = ("a_better", "b_better")
 # keys of earlier suite files, with their new names
 RENAMED = {"methods": "[methods.X] was renamed to [stages.X]", "method_args": "method_args was renamed to stage_args"}
 
@@ -148,6 +152,7 @@ class Suite:
     reuse_prefix: bool = False
     runs_here: str = "cpu"
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    claims: tuple[dict[str, Any], ...] = ()
 
 
 def _where(path: Path | None, name: str) -> str:
@@ -174,7 +179,7 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
     name = head["name"]
     where = _where(path, name)
     _check_renamed(data, "the top level", where)
-    _check_keys(data, {"suite", "eval", "perplexity", "throughput", "budget", "models", "stages", "grid"},
+    _check_keys(data, {"suite", "eval", "perplexity", "throughput", "budget", "models", "stages", "grid", "claims"},
                 "the top level", where)
     _check_keys(head, SUITE_KEYS, "[suite]", where)
     if not isinstance(head.get("mask_probe", False), bool):
@@ -207,8 +212,42 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
         budgets={k: dict(v) for k, v in data.get("budget", {}).items()}, models=models,
         stage_args={k: dict(v) for k, v in data.get("stages", {}).items()}, grid=tuple(grid),
         main_metric=head.get("main_metric", "acc"), reuse_prefix=bool(head.get("reuse_prefix", False)),
-        runs_here=head.get("runs_here", "cpu"), raw=data,
+        runs_here=head.get("runs_here", "cpu"), raw=data, claims=parse_claims(data.get("claims", []), where),
     )
+
+
+def parse_claims(items: Any, where: str) -> tuple[dict[str, Any], ...]:
+    """The ``[[claims]]`` tables: each names a pair (``a``, ``b``: pipelines, as in ``[[grid]]``; ``ratio`` and, for
+    ``b`` when it differs, ``b_ratio``), a ``metric`` (one of ``CLAIM_METRICS``) and a ``direction`` (the hypothesis:
+    ``a_better`` or ``b_better``); ``name`` is optional. Returns them with ``b_ratio`` and ``name`` filled in."""
+    if not isinstance(items, list):
+        raise SuiteError(f"{where}: claims must be an array of tables ([[claims]]), got {type(items).__name__}")
+    out = []
+    for i, c in enumerate(items):
+        if not isinstance(c, dict):
+            raise SuiteError(f"{where}: claims[{i}] must be a table, got {c!r}")
+        _check_keys(c, CLAIM_KEYS, f"claims[{i}]", where)
+        for req in ("a", "b", "ratio", "metric", "direction"):
+            if req not in c:
+                raise SuiteError(f"{where}: claims[{i}].{req} is missing")
+        for side in ("a", "b"):
+            if not isinstance(c[side], list) or not all(isinstance(x, str) for x in c[side]):
+                raise SuiteError(f"{where}: claims[{i}].{side}: expected a pipeline (a list of stage names, [] for "
+                                 f"the dense model), got {c[side]!r}")
+        for key in ("ratio", "b_ratio"):
+            v = c.get(key, 0.0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise SuiteError(f"{where}: claims[{i}].{key}: {v!r} is not a prune ratio in [0, 1)")
+        if c["metric"] not in CLAIM_METRICS:
+            raise SuiteError(f"{where}: claims[{i}].metric: {c['metric']!r}; expected one of {list(CLAIM_METRICS)}")
+        if c["direction"] not in CLAIM_DIRECTIONS:
+            raise SuiteError(f"{where}: claims[{i}].direction: {c['direction']!r}; expected one of "
+                             f"{list(CLAIM_DIRECTIONS)}")
+        if "name" in c and not isinstance(c["name"], str):
+            raise SuiteError(f"{where}: claims[{i}].name: expected a string, got {c['name']!r}")
+        c = {**c, "ratio": float(c["ratio"]), "b_ratio": float(c.get("b_ratio", c["ratio"]))}
+        out.append(c)
+    return tuple(out)
 
 
 def suite_path(name_or_path: str | os.PathLike) -> Path:
@@ -406,6 +445,12 @@ def validate(suite: Suite, runs: Iterable[RunSpec] | None = None, *, stages: set
     for r in runs:
         if r.ratio > 0 and not any(s != "lora" for s in r.pipeline):
             raise SuiteError(f"{where}: run {r.run_id}: ratio {r.ratio} needs a pruning stage in its pipeline")
+    ran = {(r.pipeline, round(r.ratio, 6)) for r in runs}
+    for i, c in enumerate(suite.claims):
+        for side, ratio in (("a", c["ratio"]), ("b", c["b_ratio"])):
+            if (tuple(c[side]), round(ratio, 6)) not in ran:
+                raise SuiteError(f"{where}: claims[{i}].{side}: the suite runs no pipeline {c[side]} at ratio "
+                                 f"{ratio}; a primary claim must compare runs of its grid")
     return runs
 
 

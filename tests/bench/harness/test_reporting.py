@@ -59,7 +59,7 @@ def test_claims_compare_pat_with_each_baseline_and_the_speedup_bound(report):
     by_id = {r["run_id"]: r for r in recs}
     want = _expected_mean(by_id["tiny-llama--pat--r0.25--s0"]) - _expected_mean(by_id["tiny-llama--lora--r0.00--s0"])
     assert lora["ours"] == pytest.approx(want)
-    assert lora["acc verdict"] in ("ahead", "behind", "not resolved")
+    assert lora["status"] == "exploratory" and "acc verdict" not in cl  # verdicts only for primary claims
     assert lora["CI from"].startswith("no per-item data")  # fixture records predate per-item outcomes
     pruner = cl[cl["claim"] == "PAT > LLM-Pruner P→FT at 25 %"].iloc[0]
     assert pruner["paper (Llama2-7B)"] == pytest.approx(60.02 - 52.50)
@@ -164,12 +164,13 @@ def test_claims_are_made_per_pat_variant():
     runs = pd.DataFrame([{"run_id": f"r{i}", "model": "m", "status": "success", "family": f, "method": n, "mode": mo,
                           "ratio": r, "acc": a, "acc_se": 1.0} for i, (f, n, mo, r, a) in enumerate(rows)])
     c = REP.claims_table(runs, pd.DataFrame())
-    got = {row["claim"]: (row["ours"], row["acc verdict"]) for _, row in c.iterrows()}
+    got = {row["claim"]: (row["ours"], row["_lo"], row["_hi"]) for _, row in c.iterrows()}
     # no per-item data: normal 95 % intervals from the independent s.e. (1 point each: +-1.96 sqrt(2) = +-2.77)
-    assert got["PAT > LLM-Pruner P→FT at 25 %"] == (pytest.approx(-5.0), "behind")
-    assert got["PAT (Taylor snap) > LLM-Pruner P→FT at 25 %"] == (pytest.approx(5.0), "ahead")
-    assert got["PAT (Taylor snap) > LoRA FT at 25 %"] == (pytest.approx(-2.0), "not resolved")
-    assert got["PAT > LoRA FT at 25 %"] == (pytest.approx(-12.0), "behind")
+    h = 1.959964 * 2 ** 0.5
+    for claim, d in (("PAT > LLM-Pruner P→FT at 25 %", -5.0), ("PAT (Taylor snap) > LLM-Pruner P→FT at 25 %", 5.0),
+                     ("PAT (Taylor snap) > LoRA FT at 25 %", -2.0), ("PAT > LoRA FT at 25 %", -12.0)):
+        assert got[claim] == (pytest.approx(d), pytest.approx(d - h, abs=1e-3), pytest.approx(d + h, abs=1e-3))
+    assert set(c["status"]) == {"exploratory"}  # no suite claims given: nothing is primary
 
 
 def test_paper_table_matches_the_spec_transcription():

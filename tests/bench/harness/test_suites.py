@@ -82,6 +82,39 @@ def test_every_shipped_suite_validates_against_the_real_registry_and_tasks(path)
     suite = load_suite(path)
     runs = validate(suite)  # the registry's stages, the evaluation's task names, TrainBudget fields
     assert runs and all(r.model in suite.models for r in runs)
+    assert suite.claims, "every shipped suite names its primary claims ([[claims]], docs/statistics.md)"
+
+
+_CLAIM = {"a": ["pat"], "b": ["llm_pruner", "lora"], "ratio": 0.25, "metric": "ppl", "direction": "a_better"}
+
+
+def test_primary_claims_parse_with_b_ratio_defaulting_to_ratio():
+    lora = {**_CLAIM, "b": ["lora"], "b_ratio": 0.0, "metric": "acc_above_chance", "name": "vs LoRA"}
+    suite = parse_suite(_suite(claims=[_CLAIM, lora]))
+    validate(suite, stages=STAGES, tasks=TASKS)
+    assert suite.claims[0]["b_ratio"] == 0.25 and suite.claims[1]["b_ratio"] == 0.0
+    assert parse_suite(_suite()).claims == ()
+
+
+@pytest.mark.parametrize("claim, field", [
+    ({k: v for k, v in _CLAIM.items() if k != "metric"}, "claims[0].metric is missing"),
+    ({k: v for k, v in _CLAIM.items() if k != "direction"}, "claims[0].direction is missing"),
+    ({**_CLAIM, "metric": "bleu"}, "claims[0].metric: 'bleu'"),
+    ({**_CLAIM, "direction": "up"}, "claims[0].direction: 'up'"),
+    ({**_CLAIM, "ratio": 1.2}, "claims[0].ratio: 1.2"),
+    ({**_CLAIM, "b_ratio": "0"}, "claims[0].b_ratio: '0'"),
+    ({**_CLAIM, "a": "pat"}, "claims[0].a: expected a pipeline"),
+    ({**_CLAIM, "metrc": "ppl"}, "unknown key(s) ['metrc'] in claims[0]"),
+])
+def test_bad_claim_fields_are_named(claim, field):
+    with pytest.raises(SuiteError) as e:
+        parse_suite(_suite(claims=[claim]))
+    assert field in str(e.value)
+
+
+def test_a_claim_on_runs_the_suite_does_not_make_is_an_error():
+    with pytest.raises(SuiteError, match=r"claims\[0\].b: the suite runs no pipeline \['slicegpt', 'lora'\] at ratio"):
+        validate(parse_suite(_suite(claims=[{**_CLAIM, "b": ["slicegpt", "lora"]}])), stages=STAGES, tasks=TASKS)
 
 
 @pytest.mark.parametrize("mutate, field, bad", [
