@@ -62,12 +62,15 @@ from baselines import pruned_io
 from baselines.pruned_io import load_model
 from bench.harness.budget import TrainBudget, check_parity, solve_pat_ranks
 from bench.harness.calibration import calibration_sampler
-from bench.harness.data import IGNORE_INDEX, InstructionData, global_batch_indices, load_instruction_data
+from bench.harness.data import (
+    IGNORE_INDEX, InstructionData, check_prompt_format, global_batch_indices, load_instruction_data,
+)
 from bench.harness.registry import make_pipeline
 from bench.harness.results import package_versions
 from pat.arch import count_params
 from pat.io import write_atomic, write_json_atomic
 from pat.models import resolve
+from pat.prompts import PROMPT_FORMATS
 from pat.stage import RunContext, Stage, drop_optimizer_state
 
 log = logging.getLogger(__name__)
@@ -517,6 +520,7 @@ def train(
     accelerator=None,
     trainable: tuple[list[dict], list] | None = None,
     on_bad_checkpoint: str = "stop",
+    prompt_format: str = "alpaca",
 ) -> dict[str, Any]:
     """Train an already prepared ``model`` (stages' ``prepare`` done) for ``budget.total_steps`` optimizer steps.
 
@@ -586,7 +590,8 @@ def _run_stages(model: nn.Module, stages: Sequence[Stage], ctx: RunContext, phas
     return model
 
 
-def _train_if_trainable(model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, **options) -> tuple:
+def _train_if_trainable(model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, prompt_format="alpaca",
+                        **options) -> tuple:
     """Parity check, data, ``train``; a pipeline with nothing trainable goes straight to finalize.
 
     Returns:
@@ -600,7 +605,8 @@ def _train_if_trainable(model, stages, budget, tokenizer, train_data, data_dir, 
     trainable = sum(p.numel() for _, p in named)
     parity = check_parity(trainable, budget.param_parity, budget.parity_tol, model.config) if budget.param_parity \
         else None
-    data = load_instruction_data(train_data, tokenizer, budget.seq_len, budget.subset_size, budget.data_seed, data_dir)
+    data = load_instruction_data(train_data, tokenizer, budget.seq_len, budget.subset_size, budget.data_seed, data_dir,
+                                 prompt_format=prompt_format)
     if budget.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     torch.manual_seed(budget.seed + 1000 * acc.process_index)  # dropout streams differ per process, reproducibly
@@ -639,6 +645,7 @@ def run_pipeline(
     save_finalized: bool = True,
     extra: dict[str, Any] | None = None,
     on_bad_checkpoint: str = "stop",
+    prompt_format: str = "alpaca",
 ) -> dict[str, Any]:
     """Prepare, train and finalize a pipeline of stages under ``budget``; write outputs to ``out_dir``.
 
@@ -657,6 +664,9 @@ def run_pipeline(
         save_finalized: write ``model/`` (tests may skip it).
         extra: merged into ``RunContext.extra`` (e.g. ``heldout_ids`` for PAT's merge check).
         on_bad_checkpoint: ``"stop"`` or ``"restart"`` when the checkpoint cannot be read safely.
+        prompt_format: instruction format of the training examples, ``"alpaca"`` (the paper's, the default here and
+            in the suites), ``"chat"`` (the tokenizer's chat template) or ``"auto"`` (chat when the tokenizer has a
+            template); see ``pat.prompts``. ``run.json`` records it (``prompt_format``: the format used).
     Returns:
         the run record (also written to ``out_dir/run.json``); the finalized model is returned under the key
         ``"_model"`` of the returned dict only.
@@ -664,6 +674,7 @@ def run_pipeline(
         ParityError: when ``budget.param_parity`` is not met, before any training step.
         BadCheckpointError: a bad checkpoint and ``on_bad_checkpoint="stop"``.
     """
+    check_prompt_format(prompt_format)
     acc = make_accelerator(budget)
     out_dir = Path(out_dir)
     if acc.is_main_process:
@@ -680,10 +691,12 @@ def run_pipeline(
     model = _run_stages(model, stages, ctx, "prepare")
     rec, parity, data_record = _train_if_trainable(
         model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, checkpoint_every=checkpoint_every,
-        resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint)
+        resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint,
+        prompt_format=prompt_format)
     record: dict[str, Any] = {
         "status": "success" if rec["completed"] else "stopped",
         "model": model_name, "pipeline": names, "budget": budget.to_dict(), "data": data_record,
+        "prompt_format": data_record["template"] if data_record else None,
         "total_params_before": total_before, "parity": parity, **rec,
         "versions": _versions(), "device": str(acc.device), "torch_threads": torch.get_num_threads(),
     }
@@ -713,6 +726,9 @@ def _parse(argv: list[str] | None):
     p.add_argument("--budget", default="{}", help="JSON of TrainBudget fields (steps, global_batch, micro_batch, ...)")
     p.add_argument("--train-data", default="alpaca")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="alpaca",
+                   help="instruction format: alpaca (the paper's template), chat (the tokenizer's chat template), "
+                        "auto (chat when the tokenizer has one)")
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--no-resume", action="store_true")
@@ -742,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("parity %s: %s", args.parity_solve, sol)
     rec = run_pipeline(args.model, make_pipeline(names, margs), budget, args.train_data, args.out,
                        data_dir=args.data_dir, checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
-                       on_bad_checkpoint=args.on_bad_checkpoint)
+                       on_bad_checkpoint=args.on_bad_checkpoint, prompt_format=args.prompt_format)
     rec.pop("_model", None)
     if rec.get("status") == "success" or int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: rec.get(k) for k in ("status", "steps_done", "final_loss", "trainable_params",
