@@ -7,7 +7,8 @@
 The prompt is ``tokenizer.apply_chat_template([user], add_generation_prompt=True)`` (``--format chat``, the default),
 exactly what ``pat.prompts.chat_prompt`` builds, or the paper's Alpaca prompt (``--format alpaca``). Decoding is
 greedy (``do_sample=False``) for ``--max-new-tokens`` tokens, stopping at the tokenizer's EOS; the answer is printed
-with special tokens, so an answer that is only the end-of-turn token shows as ``<|im_end|>``.
+with special tokens, so an answer that is only the end-of-turn token shows as ``<|im_end|>``; ``p_eos`` is the
+probability of EOS as the first answer token (why a model answers nothing).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ QUESTIONS = (
 )
 
 
-def ask(model, tok, question: str, fmt: str = "chat", max_new_tokens: int = 40) -> str:
-    """The greedy continuation of ``question``'s prompt, special tokens kept, up to and including EOS."""
+def ask(model, tok, question: str, fmt: str = "chat", max_new_tokens: int = 40) -> tuple[str, float]:
+    """The greedy continuation of ``question``'s prompt, special tokens kept, up to and including EOS, and the
+    probability of EOS as its first token."""
     if fmt == "chat":
         ids = tok(chat_prompt(tok, question), add_special_tokens=False, return_tensors="pt").input_ids
     else:
@@ -37,8 +39,10 @@ def ask(model, tok, question: str, fmt: str = "chat", max_new_tokens: int = 40) 
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
+                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                             output_scores=True, return_dict_in_generate=True)
+    p_eos = float(torch.softmax(out.scores[0][0].float(), -1)[tok.eos_token_id])
+    return tok.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=False), p_eos
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model, tok = load_model(a.model)
     model.eval()
-    answers = [{"question": q, "answer": ask(model, tok, q, a.format, a.max_new_tokens)} for q in QUESTIONS]
-    for x in answers:
-        print(f"Q: {x['question']}\nA: {x['answer']!r}\n")
+    answers = []
+    for q in QUESTIONS:
+        text, p_eos = ask(model, tok, q, a.format, a.max_new_tokens)
+        answers.append({"question": q, "answer": text, "p_eos_first": p_eos})
+        print(f"Q: {q}\nA: {text!r}\np(EOS first) = {p_eos:.3g}\n")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump({"model": a.model, "format": a.format, "max_new_tokens": a.max_new_tokens, "greedy": True,
