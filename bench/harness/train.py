@@ -352,6 +352,11 @@ def resume_from_checkpoint(run: TrainRun, out_dir: Path, on_bad_checkpoint: str 
     if saved != run.budget.to_dict() or loop.get("world_size") != run.world:
         raise ValueError(f"{d} was written by a run with another budget or world size; remove it or use another "
                          f"out_dir (saved budget {saved}, world {loop.get('world_size')}; now {run.world})")
+    # a checkpoint from before the field existed was trained in the Alpaca format
+    fmt, now = loop["state"].get("prompt_format", "alpaca"), run.state.get("prompt_format", "alpaca")
+    if fmt != now:
+        raise ValueError(f"{d} was written by a run in the {fmt!r} prompt format, this one is {now!r}; rerun with "
+                         f"prompt_format = {fmt!r} (--prompt-format {fmt}), or remove it or use another out_dir")
     if run.engine_files:
         acc.load_state(str(d))
     else:  # strict=False: the model file holds the trainable tensors only (checked above)
@@ -543,9 +548,11 @@ def train(
     if on_bad_checkpoint not in ON_BAD_CHECKPOINT:
         raise ValueError(f"on_bad_checkpoint = {on_bad_checkpoint!r} is invalid; expected one of {ON_BAD_CHECKPOINT}")
     run = setup_run(model, stages, budget, accelerator, trainable)
+    run.state["prompt_format"] = (data.record or {}).get("template", "alpaca")
     if resume:
         resume_from_checkpoint(run, Path(out_dir), on_bad_checkpoint)
     run.state["budget"] = budget.to_dict()
+    run.state["prompt_format"] = (data.record or {}).get("template", "alpaca")
     run_steps(run, data, Path(out_dir), checkpoint_every, stop_after, progress)
     rec = _train_record(run)
     run.accelerator.free_memory()

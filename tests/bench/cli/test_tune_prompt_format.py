@@ -43,3 +43,27 @@ def test_bad_value_exits_2_naming_the_option(tmp_path):
     p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "--prompt-format" in p.stderr and "'chatml'" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_resume_in_another_format_is_refused_naming_both(tiny_dir, tmp_path, smollm2):
+    """A checkpoint written in the chat format cannot silently continue on Alpaca examples (or the reverse)."""
+    from transformers import AutoModelForCausalLM
+
+    from baselines.lora import LoRAStage
+    from bench.harness.budget import TrainBudget
+    from bench.harness.train import run_pipeline
+    from tests.bench.harness.test_train import write_alpaca
+
+    tok = smollm2[1]
+    data = str(write_alpaca(tmp_path / "a.jsonl"))
+    b = TrainBudget(steps=4, global_batch=2, micro_batch=2, seq_len=96, lr=1e-3, warmup_steps=0, seed=0)
+
+    def go(fmt):
+        return run_pipeline(AutoModelForCausalLM.from_pretrained(tiny_dir), [LoRAStage(rank=2)], b, data,
+                            tmp_path / "run", tokenizer=tok, checkpoint_every=2, stop_after=2, save_finalized=False,
+                            progress=False, prompt_format=fmt)
+
+    assert go("chat")["status"] == "stopped"
+    with pytest.raises(ValueError, match=r"in the 'chat' prompt format, this one is 'alpaca'.*--prompt-format chat"):
+        go("alpaca")
+    assert go("auto")["steps_done"] == 4  # auto resolves to chat for this tokenizer: the same run continues
