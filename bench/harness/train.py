@@ -525,7 +525,6 @@ def train(
     accelerator=None,
     trainable: tuple[list[dict], list] | None = None,
     on_bad_checkpoint: str = "stop",
-    prompt_format: str = "alpaca",
 ) -> dict[str, Any]:
     """Train an already prepared ``model`` (stages' ``prepare`` done) for ``budget.total_steps`` optimizer steps.
 
