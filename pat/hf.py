@@ -12,6 +12,11 @@ Example::
     small = pat.finalize(trainer.model)                        # a stock, smaller PreTrainedModel
     small.save_pretrained("out")                               # AutoModelForCausalLM.from_pretrained("out")
 
+The data: ``pat.prompts.tokenize_example(record, tokenizer)`` (for ``Trainer``, with ``DataCollatorForSeq2Seq``) or
+``pat.prompts.format_example(record, tokenizer)`` (SFTTrainer's prompt/completion) formats an Alpaca or LaMini record
+in the tokenizer's chat template when it has one, else the paper's Alpaca template (``prompt_format``), with labels
+on the response and the end-of-turn token only, as ``pat-tune`` does.
+
 What the callback does, and why it needs no change to the trainer's loss code:
 
 * PAT's extra loss (``L_active + L_identity``) depends only on PAT's own parameters (the mask proxy and the HIO

@@ -30,6 +30,7 @@ from bench.harness.train import ON_BAD_CHECKPOINT, BadCheckpointError, run_pipel
 from pat.config import PATConfig
 from pat.io import write_json_atomic
 from pat.method import PATStage
+from pat.prompts import PROMPT_FORMATS
 
 log = logging.getLogger("pat")
 
@@ -47,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, required=True, help="optimizer steps (s0 = 1/3 of them by default)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--data-dir", default=None, help="data directory (default: $PAT_DATA_DIR)")
+    t.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="auto",
+                   help="instruction format of the training examples: chat (the tokenizer's chat template, as the "
+                        "model is asked at inference), alpaca (the paper's template, for base models), auto (chat "
+                        "when the tokenizer has a chat template, else alpaca; default)")
     t.add_argument("--hio-rank", type=int, default=None, help="HIO rank r (default: 5 %% of the hidden size)")
     t.add_argument("--lora-rank", type=int, default=20)
     t.add_argument("--lora-alpha", type=float, default=None,
@@ -140,7 +145,8 @@ def tune(a: argparse.Namespace) -> dict:
     # training state (checkpoints, run.json, method_state/) lives in OUT/run; the model files go to OUT itself
     rec = run_pipeline(model, [stage], budget, a.train_data, out / "run", data_dir=a.data_dir, tokenizer=tok,
                        checkpoint_every=a.checkpoint_every, save_finalized=False,
-                       on_bad_checkpoint=a.on_bad_checkpoint, extra={"heldout_ids": _heldout_ids(tok, a.data_dir)})
+                       on_bad_checkpoint=a.on_bad_checkpoint, extra={"heldout_ids": _heldout_ids(tok, a.data_dir)},
+                       prompt_format=a.prompt_format)
     small = rec.pop("_model", None)
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun the main process writes OUT
         return {"rank": int(os.environ["RANK"]), "status": rec.get("status")}
@@ -160,6 +166,7 @@ def tune(a: argparse.Namespace) -> dict:
             "steps_after_freeze", "train_gate_note", "embed_hsm", "kept_channels")},
         "config": cfg.to_dict(), "final_loss": rec.get("final_loss"), "steps": rec.get("steps_done"),
         "format": fmt,
+        "prompt_format": rec.get("prompt_format"),
     }
     write_json_atomic(out / "pat_report.json", report)
     return report

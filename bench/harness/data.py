@@ -7,8 +7,10 @@ Sources, by ``train_data``:
 * a hub dataset id (``"MBZUAI/LaMini-instruction"``) when the hub is online (``HF_DATASETS_OFFLINE`` unset).
 
 Rows are either Alpaca (``instruction``, ``input``, ``output``) or LaMini-style (``instruction``, ``response``).
-Each becomes the Alpaca prompt (``format_prompt``) followed by the response and EOS. Labels are ``-100`` on the
-prompt, so the loss is on response tokens only. Examples are truncated at ``seq_len`` (the response end is cut
+Each becomes a prompt followed by the response and the end-of-turn token, in the ``prompt_format`` of
+``pat.prompts``: the paper's Alpaca prompt (``format_prompt``) + response + EOS, or the tokenizer's chat template
+(``"chat"``), or whichever fits the tokenizer (``"auto"``). Labels are ``-100`` on the prompt, so the loss is on
+response tokens (and the end-of-turn token) only. Examples are truncated at ``seq_len`` (the response end is cut
 first); an example whose response does not start within ``seq_len`` is dropped and counted. Selection is a seeded
 shuffle of all rows, then the first ``subset_size`` rows; the record names source, sha256, size and seed.
 
@@ -30,38 +32,23 @@ import torch
 
 from bench.harness.datadir import DATASETS, DataError, dataset_path, dataset_sha256, sha256_file
 from pat.offline import datasets_offline
+from pat.prompts import (  # noqa: F401  (PROMPT_* re-exported: the harness's names for the paper's template)
+    IGNORE_INDEX, PROMPT_NO_INPUT, PROMPT_WITH_INPUT, alpaca_prompt, check_prompt_format, encode_example,
+    resolve_prompt_format, row_fields,
+)
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
-PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-PROMPT_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
 
 
 def format_prompt(instruction: str, input: str = "") -> str:
     """The Alpaca prompt (spec §9 ``llama2-base-alpaca``), ending in ``"### Response:\\n"``."""
-    if input and input.strip():
-        return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
-    return PROMPT_NO_INPUT.format(instruction=instruction)
+    return alpaca_prompt(instruction, input)
 
 
 def normalize_row(row: dict[str, Any], where: str = "row") -> tuple[str, str]:
-    """``(prompt, response)`` of an Alpaca or LaMini-style row; ``ValueError`` naming the missing field."""
-    if not isinstance(row, dict) or not isinstance(row.get("instruction"), str):
-        raise ValueError(f"{where}: expected a JSON object with a string field 'instruction' "
-                         "(Alpaca: instruction/input/output; LaMini: instruction/response)")
-    if isinstance(row.get("output"), str):
-        return format_prompt(row["instruction"], row.get("input") or ""), row["output"]
-    if isinstance(row.get("response"), str):
-        return format_prompt(row["instruction"]), row["response"]
-    raise ValueError(f"{where}: no string field 'output' (Alpaca) or 'response' (LaMini-style)")
+    """``(Alpaca prompt, response)`` of an Alpaca or LaMini-style row; ``ValueError`` naming the missing field."""
+    instruction, inp, response = row_fields(row, where)
+    return format_prompt(instruction, inp), response
 
 
 def _read_rows(train_data: str, data_dir: str | os.PathLike | None) -> tuple[list[dict], dict[str, Any]]:
@@ -124,15 +111,6 @@ class InstructionData:
         return {"input_ids": ids, "labels": lab, "attention_mask": att}
 
 
-def encode_example(tok, prompt: str, response: str, seq_len: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels of one example: prompt (labels -100) + response + EOS, cut at ``seq_len``."""
-    p = tok(prompt)["input_ids"]
-    r = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    ids = (p + r)[:seq_len]
-    labels = ([IGNORE_INDEX] * len(p) + r)[:seq_len]
-    return ids, labels
-
-
 def load_instruction_data(
     train_data: str,
     tokenizer,
@@ -140,13 +118,16 @@ def load_instruction_data(
     subset_size: int | None = None,
     seed: int = 42,
     data_dir: str | os.PathLike | None = None,
+    prompt_format: str = "alpaca",
 ) -> InstructionData:
     """Load, select (seeded shuffle + first ``subset_size``), format and tokenize instruction data.
 
     Returns:
         ``InstructionData`` whose ``record`` holds source, sha256, rows, subset size and seed, examples used and
-        dropped (no response token within ``seq_len``), and the template name.
+        dropped (no response token within ``seq_len``), and the format: ``prompt_format`` (as asked) and
+        ``template`` (``"chat"`` or ``"alpaca"``, ``"auto"`` resolved for this tokenizer).
     """
+    template = resolve_prompt_format(tokenizer, check_prompt_format(prompt_format))
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos_token_id; the trainer appends EOS to every response")
     rows, prov = _read_rows(train_data, data_dir)
@@ -158,8 +139,7 @@ def load_instruction_data(
     chosen = order[: subset_size or len(rows)]
     ids, labels, dropped = [], [], 0
     for i in chosen:
-        prompt, response = normalize_row(rows[i], where=f"{prov['source']} row {i}")
-        x, y = encode_example(tokenizer, prompt, response, seq_len)
+        x, y = encode_example(tokenizer, rows[i], template, seq_len, where=f"{prov['source']} row {i}")
         if all(v == IGNORE_INDEX for v in y):
             dropped += 1
             continue
@@ -169,9 +149,11 @@ def load_instruction_data(
         raise ValueError(f"no example of '{train_data}' has a response token within seq_len = {seq_len}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     record = dict(prov, rows=len(rows), subset_size=subset_size, data_seed=seed, examples=len(ids),
-                  dropped_no_response=dropped, seq_len=seq_len, template="alpaca",
+                  dropped_no_response=dropped, seq_len=seq_len, prompt_format=prompt_format,
+                  template=template,
                   response_tokens=sum(sum(v != IGNORE_INDEX for v in y) for y in labels))
-    log.info("instruction data %s: %d examples (%d dropped), seed %d", prov["source"], len(ids), dropped, seed)
+    log.info("instruction data %s: %d examples (%d dropped), seed %d, %s format", prov["source"], len(ids), dropped,
+             seed, template)
     return InstructionData(ids, labels, pad, record)
 
 

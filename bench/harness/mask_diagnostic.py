@@ -56,7 +56,8 @@ def measure(model_name: str = "smollm2-135m", ratio: float = 0.25, batches: int 
     set_step(model, step)
     cfg = mask.cfg
     data = load_instruction_data(spec["suite"]["train_data"], tok, budget.seq_len, budget.subset_size,
-                                 budget.data_seed, data_dir)
+                                 budget.data_seed, data_dir,
+                                 prompt_format=spec["suite"].get("prompt_format", "alpaca"))
     la = active_loss(mask, mask.target, cfg.active_loss, cfg.active_weight, cfg.active_margin)
     g_count = torch.autograd.grad(la, mask.proxy)[0]
     model.train()

@@ -233,7 +233,8 @@ def _train(spec: RunSpec, model, tok, opts: RunnerOptions, all_runs: list[RunSpe
     rec = run_pipeline(model, stages, TrainBudget.from_dict(spec.budget), spec.train_data,
                        opts.run_dir(spec), data_dir=opts.data_dir,
                        checkpoint_every=opts.checkpoint_every, tokenizer=tok, progress=opts.progress,
-                       probes=probes or ())
+                       probes=probes or (),
+                       prompt_format=spec.prompt_format)
     final = rec.pop("_model")
     if rec.get("status") != "success" or (final is None and _rank() == 0):  # sharded: only rank 0 finalizes
         raise RuntimeError(f"training did not complete: status {rec.get('status')!r}")

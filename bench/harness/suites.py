@@ -36,7 +36,8 @@ from bench.harness.registry import STAGES
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 
-SUITE_KEYS = {"name", "description", "seeds", "train_data", "reuse_prefix", "main_metric", "runs_here", "mask_probe"}
+SUITE_KEYS = {"name", "description", "seeds", "train_data", "prompt_format", "reuse_prefix", "main_metric",
+              "runs_here", "mask_probe"}
 EVAL_KEYS = {"tasks", "limit", "seed", "batch_size"}
 PPL_KEYS = {"datasets", "seq_len", "stride", "max_tokens"}
 THROUGHPUT_KEYS = {"enabled", "batch_sizes", "context", "decode_tokens", "repeats", "warmup", "threads"}
@@ -51,6 +52,10 @@ RENAMED = {"methods": "[methods.X] was renamed to [stages.X]", "method_args": "m
 
 
 DEFAULT_DATA_SEED = 42  # bench.harness.budget.TrainBudget.data_seed (this module stays torch-free)
+# pat.prompts.PROMPT_FORMATS (importing pat imports torch). A suite without [suite].prompt_format trains in the
+# paper's Alpaca format, the format of every result recorded before the field existed.
+PROMPT_FORMATS = ("auto", "chat", "alpaca")
+DEFAULT_PROMPT_FORMAT = "alpaca"
 VARIANT_KEYS = ("stage", "display")  # in [stages.NAME]: NAME is a variant of stage `stage`, shown as `display`
 
 
@@ -108,6 +113,7 @@ class RunSpec:
     budget: dict[str, Any]
     stage_args: dict[str, dict[str, Any]]
     train_data: str
+    prompt_format: str = DEFAULT_PROMPT_FORMAT
 
     @property
     def pipeline_id(self) -> str:
@@ -123,13 +129,19 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The run's ``spec`` in its record. The stage arguments keep the record key ``method_args``: finished
-        records (and the CI reference under tests/fixtures) are compared by spec, so the key is part of the format."""
-        return {
+        records (and the CI reference under tests/fixtures) are compared by spec, so the key is part of the format.
+        For the same reason ``prompt_format`` is written only when it is not ``"alpaca"``: a spec without it means the
+        Alpaca format, which every record written before the field existed used (the run's train record states the
+        format in every case)."""
+        d = {
             "run_id": self.run_id, "suite": self.suite, "model": self.model, "ratio": self.ratio,
             "pipeline": list(self.pipeline), "seed": self.seed, "budget_name": self.budget_name,
             "budget": dict(self.budget), "method_args": {k: dict(v) for k, v in self.stage_args.items()},
             "train_data": self.train_data,
         }
+        if self.prompt_format != DEFAULT_PROMPT_FORMAT:
+            d["prompt_format"] = self.prompt_format
+        return d
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,7 @@ class Suite:
     main_metric: str = "acc"
     reuse_prefix: bool = False
     runs_here: str = "cpu"
+    prompt_format: str = DEFAULT_PROMPT_FORMAT
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     claims: tuple[dict[str, Any], ...] = ()
 
@@ -205,6 +218,11 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
         for req in ("models", "ratios", "pipelines"):
             if req not in g:
                 raise SuiteError(f"{where}: grid[{i}].{req} is missing")
+    prompt_format = head.get("prompt_format", DEFAULT_PROMPT_FORMAT)
+    if prompt_format not in PROMPT_FORMATS:
+        raise SuiteError(f"{where}: [suite].prompt_format = {prompt_format!r}: expected one of "
+                         f"{', '.join(repr(f) for f in PROMPT_FORMATS)} (alpaca: the paper's template; chat: the "
+                         "tokenizer's chat template; auto: chat when the tokenizer has one)")
     return Suite(
         name=name, path=path, description=head.get("description", ""), train_data=head.get("train_data", "alpaca"),
         seeds=tuple(head.get("seeds", [0])), eval=dict(data.get("eval", {})),
@@ -212,7 +230,8 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
         budgets={k: dict(v) for k, v in data.get("budget", {}).items()}, models=models,
         stage_args={k: dict(v) for k, v in data.get("stages", {}).items()}, grid=tuple(grid),
         main_metric=head.get("main_metric", "acc"), reuse_prefix=bool(head.get("reuse_prefix", False)),
-        runs_here=head.get("runs_here", "cpu"), raw=data, claims=parse_claims(data.get("claims", []), where),
+        runs_here=head.get("runs_here", "cpu"), prompt_format=prompt_format, raw=data,
+        claims=parse_claims(data.get("claims", []), where),
     )
 
 
@@ -360,7 +379,7 @@ def expand(suite: Suite) -> list[RunSpec]:
                         if pipe and seed:  # ... and the data: seed s draws subset and order with data_seed + s
                             resolved["data_seed"] = int(budget.get("data_seed", DEFAULT_DATA_SEED)) + seed
                         spec = RunSpec(suite.name, model, ratio, tuple(pipe), seed, budget_name, resolved, used,
-                                       suite.train_data)
+                                       suite.train_data, suite.prompt_format)
                         if spec.run_id in seen:
                             raise SuiteError(f"{where}: run {spec.run_id} appears twice (grid[{seen[spec.run_id]}] "
                                              f"and grid[{i}])")

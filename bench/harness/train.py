@@ -64,13 +64,16 @@ from baselines import pruned_io
 from baselines.pruned_io import load_model
 from bench.harness.budget import TrainBudget, check_parity, solve_pat_ranks
 from bench.harness.calibration import calibration_sampler
+from bench.harness.data import (
+    IGNORE_INDEX, InstructionData, check_prompt_format, global_batch_indices, load_instruction_data,
+)
 from bench.harness.distill import Teacher, kd_loss_sum
-from bench.harness.data import IGNORE_INDEX, InstructionData, global_batch_indices, load_instruction_data
 from bench.harness.registry import make_pipeline
 from bench.harness.results import package_versions
 from pat.arch import count_params
 from pat.io import write_atomic, write_json_atomic
 from pat.models import resolve
+from pat.prompts import PROMPT_FORMATS
 from pat.stage import RunContext, Stage, drop_optimizer_state
 
 log = logging.getLogger(__name__)
@@ -384,6 +387,11 @@ def resume_from_checkpoint(run: TrainRun, out_dir: Path, on_bad_checkpoint: str 
     if saved != run.budget.to_dict() or loop.get("world_size") != run.world:
         raise ValueError(f"{d} was written by a run with another budget or world size; remove it or use another "
                          f"out_dir (saved budget {saved}, world {loop.get('world_size')}; now {run.world})")
+    # a checkpoint from before the field existed was trained in the Alpaca format
+    fmt, now = loop["state"].get("prompt_format", "alpaca"), run.state.get("prompt_format", "alpaca")
+    if fmt != now:
+        raise ValueError(f"{d} was written by a run in the {fmt!r} prompt format, this one is {now!r}; rerun with "
+                         f"prompt_format = {fmt!r} (--prompt-format {fmt}), or remove it or use another out_dir")
     if run.engine_files:
         acc.load_state(str(d))
     else:  # strict=False: the model file holds the trainable tensors only (checked above)
@@ -621,9 +629,11 @@ def train(
     if teacher is not None:
         run.teacher = Teacher(teacher).to(run.accelerator.device)
     run.probes = tuple(probes)
+    run.state["prompt_format"] = (data.record or {}).get("template", "alpaca")
     if resume:
         resume_from_checkpoint(run, Path(out_dir), on_bad_checkpoint)
     run.state["budget"] = budget.to_dict()
+    run.state["prompt_format"] = (data.record or {}).get("template", "alpaca")
     run_steps(run, data, Path(out_dir), checkpoint_every, stop_after, progress)
     rec = _train_record(run)
     if run.accelerator.trackers:
@@ -670,7 +680,8 @@ def _run_stages(model: nn.Module, stages: Sequence[Stage], ctx: RunContext, phas
     return model
 
 
-def _train_if_trainable(model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, **options) -> tuple:
+def _train_if_trainable(model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, prompt_format="alpaca",
+                        **options) -> tuple:
     """Parity check, data, ``train``; a pipeline with nothing trainable goes straight to finalize.
 
     Returns:
@@ -684,7 +695,8 @@ def _train_if_trainable(model, stages, budget, tokenizer, train_data, data_dir, 
     trainable = sum(p.numel() for _, p in named)
     parity = check_parity(trainable, budget.param_parity, budget.parity_tol, model.config) if budget.param_parity \
         else None
-    data = load_instruction_data(train_data, tokenizer, budget.seq_len, budget.subset_size, budget.data_seed, data_dir)
+    data = load_instruction_data(train_data, tokenizer, budget.seq_len, budget.subset_size, budget.data_seed, data_dir,
+                                 prompt_format=prompt_format)
     if budget.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     torch.manual_seed(budget.seed + 1000 * acc.process_index)  # dropout streams differ per process, reproducibly
@@ -724,6 +736,7 @@ def run_pipeline(
     extra: dict[str, Any] | None = None,
     on_bad_checkpoint: str = "stop",
     probes: Sequence[Any] = (),
+    prompt_format: str = "alpaca",
 ) -> dict[str, Any]:
     """Prepare, train and finalize a pipeline of stages under ``budget``; write outputs to ``out_dir``.
 
@@ -744,6 +757,9 @@ def run_pipeline(
         on_bad_checkpoint: ``"stop"`` or ``"restart"`` when the checkpoint cannot be read safely.
         probes: run after each optimizer step (``train``); one with a ``finish(probes, kept_channels)`` method is
             given the first stage report's ``kept_channels`` after finalize.
+        prompt_format: instruction format of the training examples, ``"alpaca"`` (the paper's, the default here and
+            in the suites), ``"chat"`` (the tokenizer's chat template) or ``"auto"`` (chat when the tokenizer has a
+            template); see ``pat.prompts``. ``run.json`` records it (``prompt_format``: the format used).
     Returns:
         the run record (also written to ``out_dir/run.json``); the finalized model is returned under the key
         ``"_model"`` of the returned dict only.
@@ -751,6 +767,7 @@ def run_pipeline(
         ParityError: when ``budget.param_parity`` is not met, before any training step.
         BadCheckpointError: a bad checkpoint and ``on_bad_checkpoint="stop"``.
     """
+    check_prompt_format(prompt_format)
     acc = make_accelerator(budget, tracking_dir=out_dir)
     out_dir = Path(out_dir)
     if acc.is_main_process:
@@ -769,11 +786,12 @@ def run_pipeline(
     rec, parity, data_record = _train_if_trainable(
         model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, checkpoint_every=checkpoint_every,
         resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint, teacher=teacher,
-        probes=probes)
+        probes=probes, prompt_format=prompt_format)
     del teacher
     record: dict[str, Any] = {
         "status": "success" if rec["completed"] else "stopped",
         "model": model_name, "pipeline": names, "budget": budget.to_dict(), "data": data_record,
+        "prompt_format": data_record["template"] if data_record else None,
         "total_params_before": total_before, "parity": parity, **rec,
         "versions": _versions(), "device": str(acc.device), "torch_threads": torch.get_num_threads(),
     }
@@ -807,6 +825,9 @@ def _parse(argv: list[str] | None):
     p.add_argument("--budget", default="{}", help="JSON of TrainBudget fields (steps, global_batch, micro_batch, ...)")
     p.add_argument("--train-data", default="alpaca")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="alpaca",
+                   help="instruction format: alpaca (the paper's template), chat (the tokenizer's chat template), "
+                        "auto (chat when the tokenizer has one)")
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--no-resume", action="store_true")
@@ -836,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("parity %s: %s", args.parity_solve, sol)
     rec = run_pipeline(args.model, make_pipeline(names, margs), budget, args.train_data, args.out,
                        data_dir=args.data_dir, checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
-                       on_bad_checkpoint=args.on_bad_checkpoint)
+                       on_bad_checkpoint=args.on_bad_checkpoint, prompt_format=args.prompt_format)
     rec.pop("_model", None)
     if rec.get("status") == "success" or int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: rec.get(k) for k in ("status", "steps_done", "final_loss", "trainable_params",

@@ -111,3 +111,31 @@ def test_smollm2_tokenizer_labels():
         assert labels[n_prompt:] == ids[n_prompt:] and len(ids) <= 256
     full = [i for i, ids in enumerate(d.input_ids) if len(ids) < 256]
     assert full and all(d.input_ids[i][-1] == tok.eos_token_id for i in full)
+
+
+def test_format_is_recorded_and_a_bad_value_names_the_field(tmp_path):
+    path = write_alpaca(tmp_path / "a.jsonl", n=4)
+    d = load_instruction_data(str(path), CharTokenizer(), 512)
+    assert d.record["prompt_format"] == "alpaca" and d.record["template"] == "alpaca"  # the harness default
+    d = load_instruction_data(str(path), CharTokenizer(), 512, prompt_format="auto")  # no chat template: alpaca
+    assert d.record["prompt_format"] == "auto" and d.record["template"] == "alpaca"
+    with pytest.raises(ValueError, match=r"prompt_format = 'chatml': expected one of 'auto', 'chat', 'alpaca'"):
+        load_instruction_data(str(path), CharTokenizer(), 512, prompt_format="chatml")
+    with pytest.raises(ValueError, match="prompt_format = 'chat': the tokenizer has no chat template"):
+        load_instruction_data(str(path), CharTokenizer(), 512, prompt_format="chat")
+
+
+@pytest.mark.slow
+def test_smollm2_chat_format_from_the_data_dir(smollm2):
+    """``auto`` trains SmolLM2-Instruct in its own template: every prompt is apply_chat_template's, the labelled
+    tokens end in <|im_end|> wherever the example was not cut."""
+    _, tok = smollm2
+    d = load_instruction_data("alpaca", tok, 256, subset_size=8, seed=0, prompt_format="auto")
+    assert d.record["template"] == "chat"
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    for ids, labels in zip(d.input_ids, d.labels):
+        n_prompt = next(i for i, v in enumerate(labels) if v != IGNORE_INDEX)
+        assert tok.decode(ids[:n_prompt]).endswith("<|im_end|>\n<|im_start|>assistant\n")
+        trained = [v for v in labels if v != IGNORE_INDEX]
+        if len(ids) < 256:
+            assert trained[-1] == end and labels[-1] == IGNORE_INDEX  # the "\n" after <|im_end|> is not trained

@@ -224,3 +224,28 @@ def test_old_section_names_fail_naming_the_new_ones():
     d["grid"][0]["method_args"] = {"lora": {"rank": 2}}
     with pytest.raises(SuiteError, match=r"grid\[0\]: method_args was renamed to stage_args"):
         parse_suite(d)
+
+
+def test_prompt_format_is_pinned_by_every_shipped_suite_and_keeps_recorded_specs():
+    from bench.harness import suites
+    from pat.prompts import PROMPT_FORMATS
+
+    assert suites.PROMPT_FORMATS == PROMPT_FORMATS  # suites.py keeps a torch-free copy
+    for path in sorted(SUITES_DIR.glob("*.toml")):
+        assert 'prompt_format = "alpaca"' in path.read_text(), path.name  # pinned in the file, not defaulted
+        runs = expand(load_suite(path))
+        assert {r.prompt_format for r in runs} == {"alpaca"}
+        # the spec of an Alpaca run is the spec every recorded result has (no new key): finished runs stay finished
+        assert all("prompt_format" not in r.to_dict() for r in runs)
+    d = _suite()
+    d["suite"]["prompt_format"] = "chat"
+    runs = expand(parse_suite(d))
+    assert {r.prompt_format for r in runs} == {"chat"} and all(r.to_dict()["prompt_format"] == "chat" for r in runs)
+
+
+@pytest.mark.parametrize("bad", ["chatml", 1, ""])
+def test_bad_prompt_format_names_the_field(bad):
+    d = _suite()
+    d["suite"]["prompt_format"] = bad
+    with pytest.raises(SuiteError, match=r"\[suite\].prompt_format = .*expected one of 'auto', 'chat', 'alpaca'"):
+        parse_suite(d)
