@@ -711,6 +711,8 @@ def _parse(argv: list[str] | None):
     p.add_argument("--parity-solve", default=None,
                    help="solve PAT's hio_rank/lora_rank to match this reference (lora-64)")
     p.add_argument("--budget", default="{}", help="JSON of TrainBudget fields (steps, global_batch, micro_batch, ...)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="TrainBudget.precision (overrides --budget's): bf16 = autocast, on CPU AMX-BF16 / AVX512-BF16")
     p.add_argument("--train-data", default="alpaca")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True)
@@ -731,7 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    budget = TrainBudget.from_dict(json.loads(args.budget))
+    budget = TrainBudget.from_dict({**json.loads(args.budget),
+                                    **({"precision": args.precision} if args.precision else {})})
     names = [n.strip() for n in args.pipeline.split(",") if n.strip()]
     margs = json.loads(args.stage_args)
     if args.parity_solve:
