@@ -172,11 +172,36 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return out
 
 
+def _output_head(model: nn.Module) -> nn.Module | None:
+    """The output embedding (LM head) of a causal LM, also under a DDP / FSDP1 (``.module``) or peft wrapper."""
+    inner = getattr(model, "module", model)
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, nn.Module) else None
+
+
 def _lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token cross-entropy over response tokens. Shapes: input_ids/labels (b, t) -> scalar."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    """Summed next-token cross-entropy over response tokens. Shapes: input_ids/labels (b, t) -> scalar.
+
+    The LM head runs only on the positions whose next token is a response token: a forward pre-hook on the output
+    embedding gathers those hidden states, (b, t, d) -> (n, d), so the head's matmul, its backward and the
+    softmax cover n positions instead of b * t (prompt and padding positions carry no loss). Loss and gradients are
+    those of the full logits up to float rounding (tests/bench/harness/test_train_speed.py). A model whose head is
+    not reached through ``get_output_embeddings()`` gets the full logits, selected afterwards.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX  # (b, t-1): position i predicts token i + 1
+    head = _output_head(model)
+    handle = head.register_forward_pre_hook(lambda _m, args: (args[0][:, :-1][keep], *args[1:])) \
+        if head is not None else None
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        if handle is not None:
+            handle.remove()
+    if logits.dim() == 3:  # the hook did not run: full (b, t, V) logits
+        logits = logits[:, :-1][keep]
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
 # ------------------------------------------------------------------------------------------- checkpoints

@@ -1,0 +1,69 @@
+"""The training step's speed-ups keep results equal: the LM head on response positions only (issue 18)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.harness.data import IGNORE_INDEX
+from bench.harness.train import _lm_loss_sum, _output_head
+from pat.lora import LoRAConfig, apply_lora
+from tests.tiny import VOCAB, tiny_model
+
+
+def _batch(b: int = 3, t: int = 20) -> dict[str, torch.Tensor]:
+    """Right-padded rows of different lengths, prompts masked with -100 in the labels (as ``collate`` builds them)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCAB, (b, t), generator=g)
+    labels, att = ids.clone(), torch.ones_like(ids)
+    for r, (prompt, n) in enumerate([(5, t), (9, t - 6), (3, t - 11)][:b]):
+        labels[r, :prompt] = IGNORE_INDEX
+        labels[r, n:] = IGNORE_INDEX
+        att[r, n:] = 0
+        ids[r, n:] = 0
+    return {"input_ids": ids, "labels": labels, "attention_mask": att}
+
+
+def _full_logits_loss(model, batch) -> torch.Tensor:
+    """The previous formulation: logits at every position, -100 targets ignored."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def _loss_and_grads(fn, model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = fn(model, batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-tied", "qwen2"])
+def test_head_on_response_positions_equals_full_logits(name):
+    model = apply_lora(tiny_model(name), LoRAConfig(rank=4, alpha=8, dropout=0.0)).train()
+    batch = _batch()
+    head = _output_head(model)
+    rows = []
+    probe = head.register_forward_hook(lambda _m, args, _o: rows.append(args[0].shape[:-1].numel()))
+    loss, grads = _loss_and_grads(_lm_loss_sum, model, batch)
+    probe.remove()
+    ref, ref_grads = _loss_and_grads(_full_logits_loss, model, batch)
+    n_resp = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert rows == [n_resp] and n_resp < batch["input_ids"].numel() // 2  # the head saw the response rows only
+    assert not head._forward_pre_hooks  # and the hook is gone afterwards
+    # fp32 GEMM over a subset of rows may block its reductions differently: each logit moves by at most about
+    # k * 2^-24 relative with k = hidden size (48), i.e. ~3e-6; a sum of positive NLL terms keeps that relative bound
+    # (rel 1e-5: 3x margin); gradients sum the same per-position terms, so the same relative bound holds per tensor
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for n, g in ref_grads.items():
+        assert torch.allclose(grads[n], g, rtol=1e-4, atol=1e-5 * g.abs().max().item()), n
+
+
+def test_without_reachable_head_the_full_logits_are_selected():
+    model = tiny_model("llama-mha").train()
+    batch = _batch()
+    ref = _full_logits_loss(model, batch)
+    model.get_output_embeddings = lambda: None  # a model that does not expose its head
+    assert _output_head(model) is None
+    assert _lm_loss_sum(model, batch).item() == pytest.approx(ref.item(), rel=1e-6)  # same ops: rounding only
