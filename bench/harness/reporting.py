@@ -814,8 +814,16 @@ def _header(suite: str, records: list[dict], results_dir: Path) -> list[str]:
           f"`{results_dir}` "
           f"({ok} succeeded, {len(records) - ok} failed). Do not edit by hand.", "",
           f"- git: {', '.join(s[:10] for s in shas)}{' (dirty tree)' if dirty else ''}",
-          f"- device: {', '.join(devs)}", ""]
+          f"- device: {', '.join(devs)}", *_precision_line(records), ""]
     return md + _mask_budget_note(records)
+
+
+def _precision_line(records: list[dict]) -> list[str]:
+    """Header line (issue 18, speed branch): the training precision(s) of the budgets and the evaluation's."""
+    train = sorted({str(r["spec"]["budget"].get("precision", "fp32")) for r in records
+                    if (r.get("spec") or {}).get("budget")})
+    ev = sorted({str(((r.get("protocol") or {}).get("eval") or {}).get("precision", "fp32")) for r in records})
+    return [f"- precision: training {', '.join(train) or '-'}; evaluation {', '.join(ev) or '-'}"]
 
 
 FEW_MASK_STEPS = 1000  # milestone s0 below this: the paper's mask has not been shown to learn (the paper: ~10 k)

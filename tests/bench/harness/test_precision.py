@@ -69,3 +69,12 @@ def test_suite_eval_precision_is_checked():
     assert load_suite("cpu", ["eval.precision=bf16"]).eval["precision"] == "bf16"
     with pytest.raises(SuiteError, match="eval.precision = 'fp16' is invalid"):
         load_suite("cpu", ["eval.precision=fp16"])
+
+
+def test_report_header_names_the_precisions():
+    from bench.harness.reporting import _precision_line
+
+    recs = [{"spec": {"budget": {"precision": "bf16"}}, "protocol": {"eval": {"precision": "bf16"}}},
+            {"spec": {"budget": {}}, "protocol": {"eval": {}}},  # an untrained run of an older record: fp32 eval
+            {"spec": {"budget": {"precision": "fp32"}}, "protocol": {"eval": {"precision": "bf16"}}}]
+    assert _precision_line(recs) == ["- precision: training bf16, fp32; evaluation bf16, fp32"]
