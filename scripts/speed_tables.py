@@ -1,0 +1,103 @@
+"""Markdown tables of docs/findings/2026-12-04-*speed* from the result files in results/speed (never typed by hand).
+
+Usage: ``PYTHONPATH=$PWD python scripts/speed_tables.py [results/speed]`` prints every table it has files for.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+GOALS = {"lora/bare fp32": 1.15, "pat/lora fp32": 1.25, "lora bf16/fp32": 0.70, "eval bf16/fp32": 0.60}
+
+
+def _table(head: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def ratios(path: Path) -> str:
+    d = json.loads(path.read_text())
+    tr = d["train"]
+    r = dict(tr["ratios"], **{"eval bf16/fp32": d["eval"]["ratio"]})
+    rows = [[k, f"{v:.3f}", GOALS.get(k, "–"), ("met" if v <= GOALS[k] else "missed") if k in GOALS else ""]
+            for k, v in r.items()]
+    med = [[a, f"{s:.2f}", " ".join(f"{x:.2f}" for x in tr["times"][a]), f"{tr['trainable'][a]:,}"]
+           for a, s in tr["median_s"].items()]
+    mem = [[a, m["rss_before_steps_mib"], m["rss_peak_mib"], round(m["rss_peak_mib"] - m["rss_before_steps_mib"], 1)]
+           for a, m in tr["memory"].items()]
+    ev = d["eval"]
+    fp32, bf16 = (" ".join(f"{x:.1f}" for x in ev["times"][k]) for k in ("fp32", "bf16"))
+    return "\n\n".join([
+        f"Ratios ({path.name}; {d['threads']} thread(s), {d['rounds']} rounds, load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in d['load_average'])}): median over rounds of the per-round ratio",
+        _table(["ratio", "median", "goal", ""], rows),
+        "Step seconds per arm (median; every round)",
+        _table(["arm", "median s", "rounds", "trainable"], med),
+        f"Evaluation ({ev['limit']} documents per task x 7 tasks), seconds per round: fp32 {fp32}, bf16 {bf16}",
+        "Resident memory of each worker process (MiB): before the timed steps, peak during them (sampled every 5 ms)",
+        _table(["arm", "RSS before steps", "peak RSS during steps", "increment"], mem),
+    ])
+
+
+def profile(paths: list[Path], top: int = 12) -> str:
+    blocks = []
+    for p in paths:
+        d = json.loads(p.read_text())
+        rows = [[o["op"][:60], f"{o['self_cpu_s']:.3f}", f"{100 * o['share']:.1f}", f"{o['calls']:.0f}"]
+                for o in d["ops"][:top]]
+        steps = " ".join(f"{s:.2f}" for s in d["step_seconds"])
+        blocks.append(f"**{d['pipeline']} {d['precision']}** ({p.name}; {d['threads']} thread(s), step seconds "
+                      f"{steps}; profiled self CPU {d['profiled_self_cpu_s_per_step']:.2f} s a step)\n\n"
+                      + _table(["op", "self s / step", "%", "calls / step"], rows))
+    return "\n\n".join(blocks)
+
+
+def paired(path: Path) -> str:
+    d = json.loads(path.read_text())
+    a = d["acc_diff_bf16_minus_fp32"]
+    rows = [["mean accuracy over 7 tasks, bf16 - fp32 (points)", f"{100 * a['estimate']:+.2f}",
+             f"[{100 * a['lo']:+.2f}, {100 * a['hi']:+.2f}]", f"{a['n_items']} documents"],
+            ["documents whose chosen answer differs", d["choice_flips"], "", f"of {d['documents']}"]]
+    for k, v in d.items():
+        if k.startswith("ppl_"):
+            rows.append([f"perplexity {k[4:]}, bf16 / fp32", f"{v['ratio']:.5f}",
+                         f"[{v['ratio_interval'][0]:.5f}, {v['ratio_interval'][1]:.5f}]",
+                         f"fp32 {v['fp32']:.3f}, bf16 {v['bf16']:.3f}; max per-window mean-NLL diff "
+                         f"{v['max_abs_window_mean_nll_diff']:.4f}"])
+    per = [[t, f"{100 * m['acc_fp32']:.1f}", f"{100 * m['acc_bf16']:.1f}", m["choice_flips"], m["n"]]
+           for t, m in d["per_task"].items()]
+    secs = d["eval_seconds"]
+    return "\n\n".join([
+        f"Paired fp32 vs bf16 ({path.name}); 95 % paired bootstrap intervals (`bench.harness.stats.bootstrap`, "
+        f"2000 replicates); lm-eval seconds fp32 {secs['fp32']}, bf16 {secs['bf16']} (sequential, loaded host)",
+        _table(["quantity", "estimate", "95 % CI", "n"], rows),
+        _table(["task", "acc fp32 %", "acc bf16 %", "choice flips", "n"], per)])
+
+
+def curve(path: Path) -> str:
+    d = json.loads(path.read_text())
+    a, b = d["fp32"]["losses"], d["bf16"]["losses"]
+    rows = [[i + 1, f"{x:.4f}", f"{y:.4f}", f"{y - x:+.4f}"] for i, (x, y) in enumerate(zip(a, b))]
+    return (f"Training loss per step ({path.name}: {d['config']}); mean |bf16 - fp32| {d['mean_abs_diff']:.4f}; "
+            f"train seconds fp32 {d['fp32']['train_seconds']:.0f}, bf16 {d['bf16']['train_seconds']:.0f}\n\n"
+            + _table(["step", "fp32", "bf16", "bf16 - fp32"], rows))
+
+
+def main(root: str = "results/speed") -> None:
+    r = Path(root)
+    for p in sorted(r.glob("ratios-*.json")):
+        print(ratios(p), end="\n\n")
+    profs = sorted(r.glob("profile-*.json"))
+    if profs:
+        print(profile(profs), end="\n\n")
+    for p in sorted(r.glob("*-paired.json")):
+        print(paired(p), end="\n\n")
+    for p in sorted(r.glob("train-curve*.json")):
+        print(curve(p), end="\n\n")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
