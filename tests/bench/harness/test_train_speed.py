@@ -67,3 +67,40 @@ def test_without_reachable_head_the_full_logits_are_selected():
     model.get_output_embeddings = lambda: None  # a model that does not expose its head
     assert _output_head(model) is None
     assert _lm_loss_sum(model, batch).item() == pytest.approx(ref.item(), rel=1e-6)  # same ops: rounding only
+
+
+def test_hsm_mask_and_scale_folded_equal_the_two_products():
+    """``h * (M * s)`` (one pass) against ``(h * M) * s`` (the formula): output and every gradient."""
+    from pat.modules import HybridSparsifier, SharedMask
+
+    torch.manual_seed(0)
+    d, r = 48, 6
+    mask = SharedMask(d, s0=10)
+    with torch.no_grad():
+        mask.proxy.copy_(torch.randn(d))
+    hsm = HybridSparsifier(torch.nn.Identity(), mask, rank=r, scale=True, diag=False)
+    with torch.no_grad():
+        hsm.L1.copy_(0.1 * torch.randn(d, r))
+        hsm.s.copy_(1 + 0.1 * torch.randn(d))
+    x = torch.randn(2, 5, d)
+    go = torch.randn(2, 5, d)
+    params = [mask.proxy, hsm.L0, hsm.L1, hsm.s]
+
+    def run(f):
+        for p in params:
+            p.grad = None
+        mask.clear()
+        out = f()
+        out.backward(go)
+        return out.detach(), [p.grad.clone() for p in params]
+
+    def formula():
+        h = x + (x @ hsm.L0.t()) @ hsm.L1.t()
+        return (h * mask.gate()) * hsm.s
+
+    got, g_got = run(lambda: hsm(x))
+    ref, g_ref = run(formula)
+    # the two orders differ by one float32 rounding per product (2^-24 relative each): rtol 1e-6 is ~8 roundings
+    assert torch.allclose(got, ref, rtol=1e-6, atol=0)
+    for a, b in zip(g_got, g_ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())  # sums of such terms over 10 rows
