@@ -6,10 +6,12 @@ Usage: ``PYTHONPATH=$PWD python scripts/speed_tables.py [results/speed]`` prints
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
-GOALS = {"lora/bare fp32": 1.15, "pat/lora fp32": 1.25, "lora bf16/fp32": 0.70, "eval bf16/fp32": 0.60}
+GOALS = {"lora-fp32 / bare-fp32": 1.15, "pat-fp32 / lora-fp32": 1.25, "lora-bf16 / lora-fp32": 0.70,
+         "eval bf16/fp32": 0.60}
 
 
 def _table(head: list[str], rows: list[list]) -> str:
@@ -24,8 +26,8 @@ def ratios(path: Path) -> str:
     r = dict(tr["ratios"], **{"eval bf16/fp32": d["eval"]["ratio"]})
     rows = [[k, f"{v:.3f}", GOALS.get(k, "–"), ("met" if v <= GOALS[k] else "missed") if k in GOALS else ""]
             for k, v in r.items()]
-    med = [[a, f"{s:.2f}", " ".join(f"{x:.2f}" for x in tr["times"][a]), f"{tr['trainable'][a]:,}"]
-           for a, s in tr["median_s"].items()]
+    med = [[f"{name}: {a}", f"{statistics.median(t):.2f}", " ".join(f"{x:.2f}" for x in t),
+            f"{tr['trainable'][a]:,}"] for name, times in tr["pairs"].items() for a, t in times.items()]
     mem = [[a, m["rss_before_steps_mib"], m["rss_peak_mib"], round(m["rss_peak_mib"] - m["rss_before_steps_mib"], 1)]
            for a, m in tr["memory"].items()]
     ev = d["eval"]
