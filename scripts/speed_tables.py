@@ -23,22 +23,26 @@ def _table(head: list[str], rows: list[list]) -> str:
 def ratios(path: Path) -> str:
     d = json.loads(path.read_text())
     tr = d["train"]
-    r = dict(tr["ratios"], **{"eval bf16/fp32": d["eval"]["ratio"]})
+    r = dict(tr["ratios"], **({"eval bf16/fp32": d["eval"]["ratio"]} if "eval" in d else {}))
     rows = [[k, f"{v:.3f}", GOALS.get(k, "–"), ("met" if v <= GOALS[k] else "missed") if k in GOALS else ""]
             for k, v in r.items()]
     med = [[f"{name}: {a}", f"{statistics.median(t):.2f}", " ".join(f"{x:.2f}" for x in t),
             f"{tr['trainable'][a]:,}"] for name, times in tr["pairs"].items() for a, t in times.items()]
     mem = [[a, m["rss_before_steps_mib"], m["rss_peak_mib"], round(m["rss_peak_mib"] - m["rss_before_steps_mib"], 1)]
            for a, m in tr["memory"].items()]
-    ev = d["eval"]
-    fp32, bf16 = (" ".join(f"{x:.1f}" for x in ev["times"][k]) for k in ("fp32", "bf16"))
+    ev = d.get("eval")
+    if ev:
+        fp32, bf16 = (" ".join(f"{x:.1f}" for x in ev["times"][k]) for k in ("fp32", "bf16"))
+        ev_line = f"Evaluation ({ev['limit']} documents per task x 7 tasks), seconds a round: fp32 {fp32}, bf16 {bf16}"
+    else:
+        ev_line = "(no evaluation arms in this file)"
     return "\n\n".join([
         f"Ratios ({path.name}; {d['threads']} thread(s), {d['rounds']} rounds, load average at the end "
         f"{', '.join(f'{x:.1f}' for x in d['load_average'])}): median over rounds of the per-round ratio",
         _table(["ratio", "median", "goal", ""], rows),
         "Step seconds per arm (median; every round)",
         _table(["arm", "median s", "rounds", "trainable"], med),
-        f"Evaluation ({ev['limit']} documents per task x 7 tasks), seconds per round: fp32 {fp32}, bf16 {bf16}",
+        ev_line,
         "Resident memory of each worker process (MiB): before the timed steps, peak during them (sampled every 5 ms)",
         _table(["arm", "RSS before steps", "peak RSS during steps", "increment"], mem),
     ])

@@ -124,8 +124,48 @@ class BareArm:
         self.opt.zero_grad(set_to_none=True)
 
 
+def _previous_step() -> None:
+    """The harness step before issue 18 (for the before/after ratio): logits at every position, and the HSM's mask
+    and scale as two products over (B, T, d)."""
+    import torch.nn.functional as F
+
+    from bench.harness import train
+    from bench.harness.data import IGNORE_INDEX
+    from pat.modules import HybridSparsifier
+
+    def full_logits_loss(model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+
+    def hsm_forward(self, *args, **kwargs):
+        import torch
+
+        y = self.inner(*args, **kwargs)
+        if self.identity_form is not None and self.L0 is not None and torch.is_grad_enabled():
+            self._stash_identity_term()
+        dtype = y.dtype
+        h = y.to(torch.promote_types(y.dtype, torch.float32))
+        if self.L0 is not None:
+            z = h @ self.L0.t().to(h.dtype)
+            if self.v is not None:
+                z = z * self.v.to(h.dtype)
+            h = h + z @ self.L1.t().to(h.dtype)
+        h = h * self.mask.gate().to(h.dtype)
+        if self.s is not None:
+            h = h * self.s.to(h.dtype)
+        return h.to(dtype)
+
+    train._lm_loss_sum = full_logits_loss
+    HybridSparsifier.forward = hsm_forward
+
+
 def make_arm(arm: str):
+    """``bare-P``, ``lora-P``, ``pat-P`` (P = fp32 / bf16); ``loraprev-P``, ``patprev-P``: the step before issue 18."""
     kind, precision = arm.split("-")
+    if kind.endswith("prev"):
+        _previous_step()
+        kind = kind[:-len("prev")]
     return BareArm(precision) if kind == "bare" else HarnessArm(kind, precision)
 
 
@@ -273,10 +313,13 @@ def test_step_and_eval_ratios(benchmark):
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "worker":
         worker(sys.argv[2])
-    else:  # python tests/benchmarks/test_step_ratios.py [OUT.json]: the measurement without pytest
-        out = {"train": train_ratios(), "eval": eval_ratio(), "threads": THREADS, "rounds": ROUNDS,
-               "load_average": os.getloadavg()}
+    else:  # python tests/benchmarks/test_step_ratios.py [OUT.json [A/B,C/D [no-eval]]]: the measurement, no pytest
+        pairs = tuple(tuple(p.split("/")) for p in sys.argv[2].split(",")) if len(sys.argv) > 2 else PAIRS
+        out = {"train": train_ratios(pairs), "threads": THREADS, "rounds": ROUNDS}
+        if "no-eval" not in sys.argv:
+            out["eval"] = eval_ratio()
+        out["load_average"] = os.getloadavg()
         text = json.dumps(out, indent=1)
         print(text)
-        if len(sys.argv) == 2:
+        if len(sys.argv) > 1:
             Path(sys.argv[1]).write_text(text + "\n")
