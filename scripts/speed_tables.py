@@ -92,6 +92,43 @@ def curve(path: Path) -> str:
             + _table(["step", "fp32", "bf16", "bf16 - fp32"], rows))
 
 
+def projection(cpu_dir: Path, prev: Path, main: Path) -> str:
+    """Projected `tox -e reproduce` wall time from the cpu suite's run records (results/cpu: per-run train, eval
+    and perplexity seconds) and the measured ratios: each run's training seconds x its step ratio, evaluation and
+    perplexity seconds x the evaluation ratio, the rest unchanged; wall = 120.4 min x (new job time / old job time)
+    (the two shards keep their balance), plus environment and report (1.1 min)."""
+    rp, rm = json.loads(prev.read_text())["train"]["ratios"], json.loads(main.read_text())
+    new = {"lora": rp["lora-fp32 / loraprev-fp32"], "pat": rp["pat-fp32 / patprev-fp32"]}
+    tr_ratios = rm["train"]["ratios"]
+    bf16 = {"lora": tr_ratios["lora-bf16 / lora-fp32"], "pat": tr_ratios["pat-bf16 / pat-fp32"]}
+    ev = rm["eval"]["ratio"] if "eval" in rm else 1.0
+    rows, tot = [], {"old": 0.0, "fp32": 0.0, "bf16": 0.0}
+    parts = {"train": 0.0, "eval+ppl": 0.0, "other": 0.0}
+    for f in sorted(cpu_dir.glob("*--*.json")):
+        r = json.loads(f.read_text())
+        tr = (r.get("train") or {}).get("train_seconds") or 0.0
+        m = r.get("metrics") or {}
+        evs = (m.get("eval_seconds") or 0.0) + sum(p.get("seconds", 0.0) for p in (m.get("perplexity") or {}).values())
+        other = r["seconds"] - tr - evs
+        kind = "pat" if r["spec"]["pipeline"] and r["spec"]["pipeline"][0].startswith("pat") else "lora"
+        tot["old"] += r["seconds"]
+        tot["fp32"] += tr * new[kind] + evs + other
+        tot["bf16"] += tr * new[kind] * bf16[kind] + evs * ev + other
+        parts["train"] += tr
+        parts["eval+ppl"] += evs
+        parts["other"] += other
+    wall = {k: 120.4 * v / tot["old"] + 1.1 for k, v in tot.items()}
+    rows = [["measured (fp32, before issue 18)", f"{tot['old'] / 60:.1f}", f"{wall['old']:.1f}"],
+            ["fp32, this branch (projected)", f"{tot['fp32'] / 60:.1f}", f"{wall['fp32']:.1f}"],
+            ["bf16 training + evaluation (projected)", f"{tot['bf16'] / 60:.1f}", f"{wall['bf16']:.1f}"]]
+    return (f"Job time of the 29 runs: training {parts['train'] / 60:.1f} min, evaluation + perplexity "
+            f"{parts['eval+ppl'] / 60:.1f} min, the rest (pruning, calibration, loading, throughput) "
+            f"{parts['other'] / 60:.1f} min. Step ratios new/old: LoRA-type runs {new['lora']:.3f}, PAT runs "
+            f"{new['pat']:.3f} ({prev.name}); bf16/fp32: LoRA {bf16['lora']:.3f}, PAT {bf16['pat']:.3f}, "
+            f"evaluation {ev:.3f} ({main.name}; perplexity assumed to scale as the evaluation)\n\n"
+            + _table(["`tox -e reproduce`", "job min", "wall min"], rows))
+
+
 def main(root: str = "results/speed") -> None:
     r = Path(root)
     for p in sorted(r.glob("ratios-*.json")):
@@ -103,6 +140,10 @@ def main(root: str = "results/speed") -> None:
         print(paired(p), end="\n\n")
     for p in sorted(r.glob("train-curve*.json")):
         print(curve(p), end="\n\n")
+    prev = sorted(r.glob("ratios-prev-*.json"))
+    mains = [p for p in sorted(r.glob("ratios-*.json")) if "prev" not in p.name]
+    if prev and mains:
+        print(projection(Path("results/cpu"), prev[-1], mains[-1]), end="\n\n")
 
 
 if __name__ == "__main__":
