@@ -130,7 +130,7 @@ def make_optimizer(groups: list[dict], budget: TrainBudget) -> torch.optim.Optim
 
     AdamW uses torch's fused kernel when every parameter is a plain CPU tensor (torch's CPU default is the
     single-tensor loop, one small kernel per tensor per update): the same update up to float rounding, ~3x less
-    optimizer time (docs/findings/2026-12-04-speed.md). Elsewhere torch's own default stays.
+    optimizer time (docs/findings/2026-12-04-step-profile.md). Elsewhere torch's own default stays.
     """
     groups = [dict(g, weight_decay=g.get("weight_decay", budget.weight_decay)) for g in groups]
     if budget.optimizer == "sgd":
