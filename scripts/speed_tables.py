@@ -92,41 +92,49 @@ def curve(path: Path) -> str:
             + _table(["step", "fp32", "bf16", "bf16 - fp32"], rows))
 
 
-def projection(cpu_dir: Path, prev: Path, main: Path) -> str:
+def projection(cpu_dir: Path, prev: Path, main: Path, paired: Path | None = None) -> str:
     """Projected `tox -e reproduce` wall time from the cpu suite's run records (results/cpu: per-run train, eval
     and perplexity seconds) and the measured ratios: each run's training seconds x its step ratio, evaluation and
-    perplexity seconds x the evaluation ratio, the rest unchanged; wall = 120.4 min x (new job time / old job time)
-    (the two shards keep their balance), plus environment and report (1.1 min)."""
+    perplexity seconds x an evaluation ratio, the rest unchanged; wall = 120.4 min x (new job time / old job time)
+    (the two shards keep their balance), plus environment and report (1.1 min). bf16 evaluation ratios: 1.0 (no
+    gain), the interleaved benchmark's, and the sequential full runs' (``paired``: tasks and perplexity)."""
     rp, rm = json.loads(prev.read_text())["train"]["ratios"], json.loads(main.read_text())
     new = {"lora": rp["lora-fp32 / loraprev-fp32"], "pat": rp["pat-fp32 / patprev-fp32"]}
     tr_ratios = rm["train"]["ratios"]
     bf16 = {"lora": tr_ratios["lora-bf16 / lora-fp32"], "pat": tr_ratios["pat-bf16 / pat-fp32"]}
-    ev = rm["eval"]["ratio"] if "eval" in rm else 1.0
-    rows, tot = [], {"old": 0.0, "fp32": 0.0, "bf16": 0.0}
+    evs_ratio = {"bf16, evaluation ratio 1.0": (1.0, 1.0)}
+    if "eval" in rm:
+        evs_ratio[f"bf16, benchmark's evaluation ratio {rm['eval']['ratio']:.2f}"] = (rm["eval"]["ratio"],) * 2
+    if paired is not None:
+        a, b = (json.loads(paired.with_name(f"dense-{p}.json").read_text()) for p in ("fp32", "bf16"))
+        rt = b["seconds"] / a["seconds"]
+        rpp = b["perplexity"]["wikitext2"]["seconds"] / a["perplexity"]["wikitext2"]["seconds"]
+        evs_ratio[f"bf16, sequential full runs' ratios (tasks {rt:.2f}, perplexity {rpp:.2f})"] = (rt, rpp)
+    tot = {"old": 0.0, "fp32": 0.0, **{k: 0.0 for k in evs_ratio}}
     parts = {"train": 0.0, "eval+ppl": 0.0, "other": 0.0}
     for f in sorted(cpu_dir.glob("*--*.json")):
         r = json.loads(f.read_text())
         tr = (r.get("train") or {}).get("train_seconds") or 0.0
         m = r.get("metrics") or {}
-        evs = (m.get("eval_seconds") or 0.0) + sum(p.get("seconds", 0.0) for p in (m.get("perplexity") or {}).values())
-        other = r["seconds"] - tr - evs
+        ev = m.get("eval_seconds") or 0.0
+        pp = sum(p.get("seconds", 0.0) for p in (m.get("perplexity") or {}).values())
+        other = r["seconds"] - tr - ev - pp
         kind = "pat" if r["spec"]["pipeline"] and r["spec"]["pipeline"][0].startswith("pat") else "lora"
         tot["old"] += r["seconds"]
-        tot["fp32"] += tr * new[kind] + evs + other
-        tot["bf16"] += tr * new[kind] * bf16[kind] + evs * ev + other
+        tot["fp32"] += tr * new[kind] + ev + pp + other
+        for k, (re, rpp) in evs_ratio.items():
+            tot[k] += tr * new[kind] * bf16[kind] + ev * re + pp * rpp + other
         parts["train"] += tr
-        parts["eval+ppl"] += evs
+        parts["eval+ppl"] += ev + pp
         parts["other"] += other
     wall = {k: 120.4 * v / tot["old"] + 1.1 for k, v in tot.items()}
-    rows = [["measured (fp32, before issue 18)", f"{tot['old'] / 60:.1f}", f"{wall['old']:.1f}"],
-            ["fp32, this branch (projected)", f"{tot['fp32'] / 60:.1f}", f"{wall['fp32']:.1f}"],
-            ["bf16 training + evaluation (projected)", f"{tot['bf16'] / 60:.1f}", f"{wall['bf16']:.1f}"]]
+    names = {"old": "measured (fp32, before issue 18)", "fp32": "fp32, this branch (projected)"}
+    rows = [[names.get(k, k + " (projected)"), f"{v / 60:.1f}", f"{wall[k]:.1f}"] for k, v in tot.items()]
     return (f"Job time of the 29 runs: training {parts['train'] / 60:.1f} min, evaluation + perplexity "
             f"{parts['eval+ppl'] / 60:.1f} min, the rest (pruning, calibration, loading, throughput) "
             f"{parts['other'] / 60:.1f} min. Step ratios new/old: LoRA-type runs {new['lora']:.3f}, PAT runs "
-            f"{new['pat']:.3f} ({prev.name}); bf16/fp32: LoRA {bf16['lora']:.3f}, PAT {bf16['pat']:.3f}, "
-            f"evaluation {ev:.3f} ({main.name}; perplexity assumed to scale as the evaluation)\n\n"
-            + _table(["`tox -e reproduce`", "job min", "wall min"], rows))
+            f"{new['pat']:.3f} ({prev.name}); bf16/fp32 steps: LoRA {bf16['lora']:.3f}, PAT {bf16['pat']:.3f} "
+            f"({main.name})\n\n" + _table(["`tox -e reproduce`", "job min", "wall min"], rows))
 
 
 def main(root: str = "results/speed") -> None:
@@ -141,9 +149,11 @@ def main(root: str = "results/speed") -> None:
     for p in sorted(r.glob("train-curve*.json")):
         print(curve(p), end="\n\n")
     prev = sorted(r.glob("ratios-prev-*.json"))
-    mains = [p for p in sorted(r.glob("ratios-*.json")) if "prev" not in p.name]
+    mains = [p for p in sorted(r.glob("ratios-*.json")) if "prev" not in p.name and "patlora" not in p.name]
     if prev and mains:
-        print(projection(Path("results/cpu"), prev[-1], mains[-1]), end="\n\n")
+        paired_file = r / "dense-paired.json"
+        print(projection(Path("results/cpu"), prev[-1], mains[-1], paired_file if paired_file.exists() else None),
+              end="\n\n")
 
 
 if __name__ == "__main__":
