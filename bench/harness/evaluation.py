@@ -288,6 +288,7 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
     files = resolve_task_files(tasks, data_dir)
     shas = {base_task(t): dataset_sha256(base_task(t), data_dir) if files[t] else None for t in tasks}
     import lm_eval
+    import torch
     from lm_eval.models.huggingface import HFLM
 
     with tempfile.TemporaryDirectory(prefix="pat-bench-tasks-") as tmp:
@@ -295,7 +296,10 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         task_objs = tm.load(tasks)["tasks"]
         n_docs = {t: len(task_objs[t].eval_docs) for t in tasks}
         doc_ids = {t: sample_ids(n_docs[t], limit, seed) for t in tasks}
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # HFLM wraps every forward in its own autocast context, disabled unless mixed_precision_dtype is given (it
+        # would switch an outer autocast off): bf16 passes it; fp32 keeps HFLM's stock arguments
+        amp = {"mixed_precision_dtype": torch.bfloat16, "softmax_dtype": torch.float32} if precision == "bf16" else {}
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **amp)
         t0 = time.perf_counter()
         with eval_precision(model, precision):
             res = lm_eval.simple_evaluate(

@@ -78,3 +78,19 @@ def test_report_header_names_the_precisions():
             {"spec": {"budget": {}}, "protocol": {"eval": {}}},  # an untrained run of an older record: fp32 eval
             {"spec": {"budget": {"precision": "fp32"}}, "protocol": {"eval": {"precision": "bf16"}}}]
     assert _precision_line(recs) == ["- precision: training bf16, fp32; evaluation bf16, fp32"]
+
+
+@needs_data
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_lm_eval_forwards_run_at_the_precision(precision, dtype):
+    """lm-eval's HFLM wraps each forward in its own autocast context (off unless told): bf16 must reach the model."""
+    from bench.harness.evaluation import evaluate_tasks
+
+    model, tok = tiny_lm(), byte_tokenizer()
+    seen = []
+    layer = model.model.layers[0].mlp.down_proj
+    h = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    r = evaluate_tasks(model, tok, ["piqa"], limit=2, seed=7, batch_size=4, precision=precision)
+    h.remove()
+    assert seen and set(seen) == {dtype}
+    assert r["precision"] == precision
