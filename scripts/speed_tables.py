@@ -23,7 +23,7 @@ def _table(head: list[str], rows: list[list]) -> str:
 def ratios(path: Path) -> str:
     d = json.loads(path.read_text())
     tr = d["train"]
-    r = dict(tr["ratios"], **({"eval bf16/fp32": d["eval"]["ratio"]} if "eval" in d else {}))
+    r = dict(tr["ratios"])
     rows = [[k, f"{v:.3f}", GOALS.get(k, "–"), ("met" if v <= GOALS[k] else "missed") if k in GOALS else ""]
             for k, v in r.items()]
     med = [[f"{name}: {a}", f"{statistics.median(t):.2f}", " ".join(f"{x:.2f}" for x in t),
@@ -33,7 +33,9 @@ def ratios(path: Path) -> str:
     ev = d.get("eval")
     if ev:
         fp32, bf16 = (" ".join(f"{x:.1f}" for x in ev["times"][k]) for k in ("fp32", "bf16"))
-        ev_line = f"Evaluation ({ev['limit']} documents per task x 7 tasks), seconds a round: fp32 {fp32}, bf16 {bf16}"
+        ev_line = (f"Evaluation arm ({ev['limit']} documents per task x 7 tasks), ratio {ev['ratio']:.3f}, seconds a "
+                   f"round: fp32 {fp32}, bf16 {bf16}. Not a bf16 measurement: before dfd22a5 lm-eval's own "
+                   "autocast context switched bf16 off, so both arms ran in fp32 (superseded by eval-ratio-*.json)")
     else:
         ev_line = "(no evaluation arms in this file)"
     return "\n\n".join([
@@ -92,7 +94,7 @@ def curve(path: Path) -> str:
             + _table(["step", "fp32", "bf16", "bf16 - fp32"], rows))
 
 
-def projection(cpu_dir: Path, prev: Path, main: Path, paired: Path | None = None) -> str:
+def projection(cpu_dir: Path, prev: Path, main: Path, paired: Path | None = None, evr: Path | None = None) -> str:
     """Projected `tox -e reproduce` wall time from the cpu suite's run records (results/cpu: per-run train, eval
     and perplexity seconds) and the measured ratios: each run's training seconds x its step ratio, evaluation and
     perplexity seconds x an evaluation ratio, the rest unchanged; wall = 120.4 min x (new job time / old job time)
@@ -103,8 +105,9 @@ def projection(cpu_dir: Path, prev: Path, main: Path, paired: Path | None = None
     tr_ratios = rm["train"]["ratios"]
     bf16 = {"lora": tr_ratios["lora-bf16 / lora-fp32"], "pat": tr_ratios["pat-bf16 / pat-fp32"]}
     evs_ratio = {"bf16, evaluation ratio 1.0": (1.0, 1.0)}
-    if "eval" in rm:
-        evs_ratio[f"bf16, benchmark's evaluation ratio {rm['eval']['ratio']:.2f}"] = (rm["eval"]["ratio"],) * 2
+    if evr is not None:  # the main file's evaluation arm predates the HFLM fix (its tasks ran in fp32)
+        e = json.loads(evr.read_text())["eval"]["ratio"]
+        evs_ratio[f"bf16, benchmark's evaluation ratio {e:.2f}"] = (e, e)
     if paired is not None:
         a, b = (json.loads(paired.with_name(f"dense-{p}.json").read_text()) for p in ("fp32", "bf16"))
         rt = b["seconds"] / a["seconds"]
@@ -141,10 +144,17 @@ def main(root: str = "results/speed") -> None:
     r = Path(root)
     for p in sorted(r.glob("ratios-*.json")):
         print(ratios(p), end="\n\n")
+    for p in sorted(r.glob("eval-ratio-*.json")):
+        e = json.loads(p.read_text())
+        t = e["eval"]["times"]
+        print(f"Evaluation bf16 / fp32 ({p.name}; {e['eval']['limit']} documents per task x 7 tasks, "
+              f"{len(t['fp32'])} rounds alternating, {e['threads']} thread(s)): median ratio "
+              f"{e['eval']['ratio']:.3f}; seconds fp32 {' '.join(f'{x:.1f}' for x in t['fp32'])}, bf16 "
+              f"{' '.join(f'{x:.1f}' for x in t['bf16'])}", end="\n\n")
     profs = sorted(r.glob("profile-*.json"))
     if profs:
         print(profile(profs), end="\n\n")
-    for p in sorted(r.glob("*-paired.json")):
+    for p in sorted(r.glob("dense-paired.json")):
         print(paired(p), end="\n\n")
     for p in sorted(r.glob("train-curve*.json")):
         print(curve(p), end="\n\n")
@@ -152,8 +162,9 @@ def main(root: str = "results/speed") -> None:
     mains = [p for p in sorted(r.glob("ratios-*.json")) if "prev" not in p.name and "patlora" not in p.name]
     if prev and mains:
         paired_file = r / "dense-paired.json"
-        print(projection(Path("results/cpu"), prev[-1], mains[-1], paired_file if paired_file.exists() else None),
-              end="\n\n")
+        evr = sorted(r.glob("eval-ratio-*.json"))
+        print(projection(Path("results/cpu"), prev[-1], mains[-1], paired_file if paired_file.exists() else None,
+                         evr[-1] if evr else None), end="\n\n")
 
 
 if __name__ == "__main__":
