@@ -50,6 +50,43 @@ def ratios(path: Path) -> str:
     ])
 
 
+CATEGORIES = (  # (category, op-name substrings), first match wins
+    ("matmul (mm, addmm, bmm)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    ("attention (SDPA, forward + backward)", ("scaled_dot_product",)),
+    ("dropout masks (bernoulli_)", ("bernoulli",)),
+    ("log-softmax / cross-entropy", ("log_softmax", "nll_loss", "cross_entropy")),
+    ("casts and copies (copy_, to, clone)", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::to")),
+    ("elementwise (mul, add, div, pow, silu, rsqrt, ...)", ("aten::mul", "aten::add", "aten::div", "aten::pow",
+                                                           "aten::silu", "aten::rsqrt", "aten::sub", "aten::neg",
+                                                           "aten::cat", "aten::sum", "aten::mean", "aten::sqrt",
+                                                           "aten::fill_", "aten::where", "aten::zero", "aten::lerp",
+                                                           "aten::addcdiv", "aten::addcmul", "_foreach", "_fused",
+                                                           "aten::sigmoid", "aten::abs", "aten::norm",
+                                                           "aten::linalg_vector_norm", "aten::clamp")),
+)
+
+
+def categories(paths: list[Path]) -> str:
+    """Share of the profiled self CPU time by kind of op, per profile (from the 60 largest ops of each file)."""
+    heads, cols = [], []
+    for p in paths:
+        d = json.loads(p.read_text())
+        total = d["profiled_self_cpu_s_per_step"]
+        shares = {c: 0.0 for c, _ in CATEGORIES}
+        rest = total
+        for o in d["ops"]:
+            for c, keys in CATEGORIES:
+                if any(k in o["op"] for k in keys):
+                    shares[c] += o["self_cpu_s"]
+                    rest -= o["self_cpu_s"]
+                    break
+        shares["everything else"] = rest
+        heads.append(f"{d['pipeline']} {d['precision']}")
+        cols.append({c: 100 * v / total for c, v in shares.items()})
+    rows = [[c] + [f"{col[c]:.1f}" for col in cols] for c in cols[0]]
+    return _table(["% of profiled self CPU time"] + heads, rows)
+
+
 def profile(paths: list[Path], top: int = 12) -> str:
     blocks = []
     for p in paths:
@@ -153,6 +190,7 @@ def main(root: str = "results/speed") -> None:
               f"{' '.join(f'{x:.1f}' for x in t['bf16'])}", end="\n\n")
     profs = sorted(r.glob("profile-*.json"))
     if profs:
+        print(categories(profs), end="\n\n")
         print(profile(profs), end="\n\n")
     for p in sorted(r.glob("dense-paired.json")):
         print(paired(p), end="\n\n")
