@@ -14,6 +14,7 @@ import torch
 
 from bench.harness.datadir import DataError
 from bench.harness.evaluation import VALID_TASKS, check_inputs, evaluate
+from bench.harness.precision import EVAL_PRECISIONS
 from pat.models import ModelNotFoundError, resolve
 
 
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=_positive("--stride"), default=None, help="window step (default: --seq-len)")
     p.add_argument("--max-tokens", type=_positive("--max-tokens"), default=None, help="first N test tokens only")
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=8)
+    p.add_argument("--precision", choices=EVAL_PRECISIONS, default="fp32",
+                   help="forward precision: fp32 (stock lm-eval, default) or bf16 (autocast, fp32 logits)")
     p.add_argument("--threads", type=_positive("--threads"), default=None,
                    help="torch CPU threads (1 is fastest on a busy machine; default: torch's choice)")
     return p
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rec = evaluate(args.model, args.tasks, args.limit, ppl=args.ppl, seq_len=args.seq_len, stride=args.stride,
                    max_tokens=args.max_tokens, out=args.out, data_dir=args.data_dir, batch_size=args.batch_size,
-                   seed=args.seed)
+                   seed=args.seed, precision=args.precision)
     summary = {t: round(m["acc"], 4) if m["acc"] is not None else None for t, m in rec.get("tasks", {}).items()}
     summary.update({f"ppl_{k}": round(v["ppl"], 3) for k, v in rec["perplexity"].items()})
     print(json.dumps(summary))

@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                     help="override a suite value before validation, e.g. --set budget.gpu.steps=2 --set eval.limit=5 "
                          "(dotted TOML path, '*' = every table at that level, VALUE in TOML syntax; repeatable)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"],
+                    help="every budget's training precision and the evaluation's forward precision (shorthand for "
+                         "--set 'budget.*.precision=...' --set eval.precision=...); bf16 = autocast (CPU AMX-BF16)")
     ap.add_argument("--train-data",
                     help="override the suite's train_data (a data-directory name, a local .jsonl or a hub id)")
     ap.add_argument("--work-dir", help="checkpoints and finalized models (default $PAT_WORK_DIR or runs/bench)")
@@ -82,7 +85,10 @@ def list_suites() -> int:
 
 def _selection(args: argparse.Namespace):
     """``(suite, all runs, selected runs, model paths)``; raises ``SuiteError`` naming the bad option or field."""
-    suite = load_suite(args.suite, args.overrides)
+    overrides = list(args.overrides)
+    if args.precision:
+        overrides += [f"budget.*.precision={args.precision}", f"eval.precision={args.precision}"]
+    suite = load_suite(args.suite, overrides)
     if args.train_data:
         suite = dataclasses.replace(suite, train_data=args.train_data)
     all_runs = validate(suite)

@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--checkpoint-every", type=int, default=25)
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="training mixed precision (TrainBudget.precision): fp32 (default) or bf16 autocast (CPU AMX); "
+                        "fp16 needs CUDA")
     t.add_argument("--on-bad-checkpoint", choices=ON_BAD_CHECKPOINT, default="stop",
                    help="a checkpoint in OUT/run that cannot be read safely: stop naming the file (default), or move "
                         "it aside and start over")
@@ -138,8 +141,8 @@ def tune(a: argparse.Namespace) -> dict:
                     mask_init=a.mask_init, mask_init_scale=a.mask_init_scale)
     warmup = a.warmup_steps if a.warmup_steps is not None else max(1, a.max_steps // 20)
     budget = TrainBudget(steps=a.max_steps, global_batch=a.global_batch, micro_batch=a.micro_batch, seq_len=a.seq_len,
-                         lr=a.lr, warmup_steps=warmup, seed=a.seed, distill_weight=a.distill_weight,
-                         distill_temperature=a.distill_temperature)
+                         lr=a.lr, warmup_steps=warmup, seed=a.seed, precision=a.precision,
+                         distill_weight=a.distill_weight, distill_temperature=a.distill_temperature)
     out = Path(a.out)
     stage = PATStage(cfg)
     # training state (checkpoints, run.json, method_state/) lives in OUT/run; the model files go to OUT itself

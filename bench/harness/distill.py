@@ -36,8 +36,13 @@ def kd_loss_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labe
     j + 1, as in the LM loss. Computed in fp32.
     """
     keep = labels[:, 1:] != IGNORE_INDEX
-    s = student_logits[:, :-1][keep].float() / temperature
-    t = teacher_logits[:, :-1][keep].float() / temperature
+    return kd_sum(student_logits[:, :-1][keep], teacher_logits[:, :-1][keep], temperature)
+
+
+def kd_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * sum KL(p_teacher || p_student)`` over the rows of already selected logits (n, V); fp32."""
+    s = student_logits.float() / temperature
+    t = teacher_logits.float() / temperature
     kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="sum")
     return kl * temperature ** 2
 
@@ -57,8 +62,14 @@ class Teacher:
 
     @torch.no_grad()
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Full logits (b, t, V) of the teacher on ``batch``."""
+        return self.timed(lambda m, b: m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, batch)
+
+    @torch.no_grad()
+    def timed(self, fn, batch: dict[str, torch.Tensor]):
+        """``fn(teacher model, batch)`` without gradient, its seconds and the batch's tokens counted."""
         t0 = time.perf_counter()
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out = fn(self.model, batch)
         self.forward_seconds += time.perf_counter() - t0
         self.forward_tokens += int(batch["attention_mask"].sum())
         return out

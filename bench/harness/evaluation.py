@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from bench.harness.datadir import dataset_path, dataset_sha256
+from bench.harness.precision import check_precision, eval_precision
 from bench.harness.results import package_versions
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ def item_outcomes(task: str, samples: list[dict]) -> dict:
 
 
 def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, seed: int = 1234,
-                   batch_size: int = 8, data_dir=None) -> dict:
+                   batch_size: int = 8, data_dir=None, precision: str = "fp32") -> dict:
     """Evaluate an in-memory causal LM on our zero-shot tasks.
 
     Args:
@@ -270,6 +271,8 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         seed: seed of the subset.
         batch_size: lm-eval batch size (requests are sorted by length, so padding stays small).
         data_dir: data directory (default ``$PAT_DATA_DIR``).
+        precision: ``fp32`` (stock lm-eval, exact) or ``bf16`` (autocast forwards, fp32 logits;
+            ``bench.harness.precision``).
     Returns:
         ``{"tasks": {name: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "protocol", "doc_ids",
         "sha256", "items", ...}}, "mean": {...}, "means": {protocol: {...}}, "protocols": [...], "data_sha256": {...},
@@ -281,9 +284,11 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         raise ValueError(f"limit: expected a positive integer or None, got {limit!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    check_precision(precision)
     files = resolve_task_files(tasks, data_dir)
     shas = {base_task(t): dataset_sha256(base_task(t), data_dir) if files[t] else None for t in tasks}
     import lm_eval
+    import torch
     from lm_eval.models.huggingface import HFLM
 
     with tempfile.TemporaryDirectory(prefix="pat-bench-tasks-") as tmp:
@@ -291,15 +296,19 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
         task_objs = tm.load(tasks)["tasks"]
         n_docs = {t: len(task_objs[t].eval_docs) for t in tasks}
         doc_ids = {t: sample_ids(n_docs[t], limit, seed) for t in tasks}
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # HFLM wraps every forward in its own autocast context, disabled unless mixed_precision_dtype is given (it
+        # would switch an outer autocast off): bf16 passes it; fp32 keeps HFLM's stock arguments
+        amp = {"mixed_precision_dtype": torch.bfloat16, "softmax_dtype": torch.float32} if precision == "bf16" else {}
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **amp)
         t0 = time.perf_counter()
-        res = lm_eval.simple_evaluate(
-            # pass our TaskManager: without one lm-eval indexes all ~14k stock YAMLs (9 s of every call)
-            model=lm, tasks=[task_objs[t] for t in tasks], num_fewshot=0, task_manager=tm, samples=doc_ids,
-            log_samples=True,
-            bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
+        with eval_precision(model, precision):
+            res = lm_eval.simple_evaluate(
+                # pass our TaskManager: without one lm-eval indexes all ~14k stock YAMLs (9 s of every call)
+                model=lm, tasks=[task_objs[t] for t in tasks], num_fewshot=0, task_manager=tm, samples=doc_ids,
+                log_samples=True,
+                bootstrap_iters=1000, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
         seconds = time.perf_counter() - t0
     per_task = {}
     for t in tasks:
@@ -318,7 +327,8 @@ def evaluate_tasks(model, tokenizer, tasks: list[str], limit: int | None = None,
     return {
         "tasks": per_task, "mean": mean, "means": by_proto,
         "protocols": sorted({protocol_of(t) for t in tasks}),
-        "data_sha256": shas, "limit": limit, "seed": seed, "batch_size": batch_size, "seconds": round(seconds, 2),
+        "data_sha256": shas, "limit": limit, "seed": seed, "batch_size": batch_size, "precision": precision,
+        "seconds": round(seconds, 2),
     }
 
 
@@ -351,7 +361,7 @@ def check_inputs(tasks, ppl, data_dir=None) -> tuple[list[str], list[str]]:
 
 def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_len: int = 2048,
              stride: int | None = None, max_tokens: int | None = None, out=None, data_dir=None,
-             batch_size: int = 8, seed: int = 1234, tokenizer=None) -> dict:
+             batch_size: int = 8, seed: int = 1234, tokenizer=None, precision: str = "fp32") -> dict:
     """Evaluate a model on zero-shot tasks and perplexity and (optionally) write the full JSON record.
 
     Args:
@@ -362,6 +372,7 @@ def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_le
         ppl: perplexity datasets (``wikitext2``, ``ptb``; list or comma-separated), or None.
         seq_len, stride, max_tokens: perplexity windowing, see ``bench.harness.perplexity``.
         out: JSON file to write atomically, or None.
+        precision: ``fp32`` or ``bf16`` forwards (``bench.harness.precision``), tasks and perplexity alike.
     Returns:
         ``{"model", "n_params", "tasks", "mean", "means", "protocols", "perplexity", "data_sha256", "versions",
         "config", ...}``.
@@ -373,6 +384,7 @@ def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_le
     from pat.io import write_json_atomic
 
     tasks, ppl = check_inputs(tasks, ppl, data_dir)
+    check_precision(precision)
     if isinstance(model_or_name, (str, os.PathLike)):
         name = str(model_or_name)
         model, tokenizer = load_model(name)
@@ -384,9 +396,10 @@ def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_le
     record: dict = {"model": name, "n_params": count_params(model)}
     if tasks:
         record.update(evaluate_tasks(model, tokenizer, tasks, limit=limit, seed=seed, batch_size=batch_size,
-                                     data_dir=data_dir))
+                                     data_dir=data_dir, precision=precision))
     record["perplexity"] = {
-        p: perplexity(model, tokenizer, p, seq_len=seq_len, stride=stride, max_tokens=max_tokens, data_dir=data_dir)
+        p: perplexity(model, tokenizer, p, seq_len=seq_len, stride=stride, max_tokens=max_tokens, data_dir=data_dir,
+                      precision=precision)
         for p in ppl
     }
     sha = dict(record.get("data_sha256", {}))
@@ -398,7 +411,8 @@ def evaluate(model_or_name, tasks, limit: int | None = None, *, ppl=None, seq_le
                           "pat_bench": versions["pat-bench"]}
     record["config"] = {"tasks": tasks, "limit": limit, "seed": seed, "batch_size": batch_size, "ppl": ppl,
                         "seq_len": seq_len, "stride": stride, "max_tokens": max_tokens,
-                        "torch_threads": torch.get_num_threads(), "dtype": str(next(model.parameters()).dtype)}
+                        "torch_threads": torch.get_num_threads(), "dtype": str(next(model.parameters()).dtype),
+                        "precision": precision}
     record["total_seconds"] = round(time.perf_counter() - t0, 2)
     if out is not None:
         write_json_atomic(out, record, indent=1)

@@ -31,6 +31,7 @@ import time
 import torch
 
 from bench.harness.datadir import dataset_path, dataset_sha256
+from bench.harness.precision import check_precision, eval_precision
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def perplexity(
     max_tokens: int | None = None,
     batch_size: int = 1,
     data_dir=None,
+    precision: str = "fp32",
 ) -> dict:
     """Token perplexity of ``model`` on the test split of ``dataset``.
 
@@ -125,6 +127,7 @@ def perplexity(
         max_tokens: use only the first ``max_tokens`` tokens of the test text (bounds CPU cost).
         batch_size: windows per forward pass.
         data_dir: data directory (default: ``$PAT_DATA_DIR``).
+        precision: ``fp32`` or ``bf16`` (autocast forwards, fp32 logits; ``bench.harness.precision``).
     Returns:
         ``{"dataset", "ppl", "seq_len", "stride", "n_tokens", "max_tokens", "sha256", ...}``; ``n_tokens`` is the
         number of tokens inside the evaluated windows, ``n_scored`` the number of predicted (scored) tokens,
@@ -141,6 +144,7 @@ def perplexity(
         raise ValueError(f"max_tokens: expected an integer >= seq_len ({seq_len}) or None, got {max_tokens!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    check_precision(precision)
     text = load_text(dataset, data_dir)
     sha = dataset_sha256(dataset, data_dir)
     ids, total_tokens = _tokenize(tokenizer, text, max_tokens)
@@ -153,10 +157,11 @@ def perplexity(
     t0 = time.perf_counter()
     window_nll: list[float] = []
     try:
-        for b in range(0, len(windows), batch_size):
-            chunk = windows[b:b + batch_size]
-            batch = torch.stack([ids[s:s + seq_len] for s, _ in chunk]).to(device)
-            window_nll += _window_nll(model, batch, [k for _, k in chunk])
+        with eval_precision(model, precision):
+            for b in range(0, len(windows), batch_size):
+                chunk = windows[b:b + batch_size]
+                batch = torch.stack([ids[s:s + seq_len] for s, _ in chunk]).to(device)
+                window_nll += _window_nll(model, batch, [k for _, k in chunk])
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - t0
@@ -177,6 +182,7 @@ def perplexity(
         "sha256": sha,
         "windows": {"nll": [round(x, 6) for x in window_nll], "tokens": window_tokens},
         "convention": "non-overlapping windows (LLM-Pruner/SliceGPT)" if stride == seq_len else "sliding windows (HF)",
+        "precision": precision,
         "seconds": round(seconds, 3),
     }
     log.info("%s ppl %.4f (seq_len %d, stride %d, %d tokens, %.1fs)", dataset, result["ppl"], seq_len, stride,

@@ -252,14 +252,16 @@ def _evaluate(model, tok, suite: Suite, spec: RunSpec, opts: RunnerOptions) -> d
     ev = suite.eval
     if ev.get("tasks"):
         out = evaluate_tasks(model, tok, list(ev["tasks"]), limit=ev.get("limit") or None, seed=ev.get("seed", 1234),
-                             batch_size=ev.get("batch_size", 8), data_dir=opts.data_dir)
+                             batch_size=ev.get("batch_size", 8), data_dir=opts.data_dir,
+                             precision=ev.get("precision", "fp32"))
         metrics.update(tasks=out["tasks"], means=out.get("means", {}), mean=out.get("mean"),
                        eval_seconds=out.get("seconds"), eval_data_sha256=out.get("data_sha256", {}))
     pp = suite.perplexity
     if pp.get("datasets"):
         metrics["perplexity"] = {
             d: perplexity(model, tok, d, seq_len=pp.get("seq_len", 128), stride=pp.get("stride") or None,
-                          max_tokens=pp.get("max_tokens") or None, data_dir=opts.data_dir)
+                          max_tokens=pp.get("max_tokens") or None, data_dir=opts.data_dir,
+                          precision=ev.get("precision", "fp32"))
             for d in pp["datasets"]}
     return metrics
 

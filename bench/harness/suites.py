@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 from bench.harness.budget import TrainBudget
 from bench.harness.evaluation import VALID_TASKS
+from bench.harness.precision import EVAL_PRECISIONS
 from bench.harness.registry import STAGES
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
@@ -38,7 +39,7 @@ TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 
 SUITE_KEYS = {"name", "description", "seeds", "train_data", "prompt_format", "reuse_prefix", "main_metric",
               "runs_here", "mask_probe"}
-EVAL_KEYS = {"tasks", "limit", "seed", "batch_size"}
+EVAL_KEYS = {"tasks", "limit", "seed", "batch_size", "precision"}  # precision: bench.harness.precision
 PPL_KEYS = {"datasets", "seq_len", "stride", "max_tokens"}
 THROUGHPUT_KEYS = {"enabled", "batch_sizes", "context", "decode_tokens", "repeats", "warmup", "threads"}
 MODEL_KEYS = {"registered", "hub", "path", "env", "random", "size"}
@@ -199,6 +200,9 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
         raise SuiteError(f"{where}: [suite].mask_probe = {head['mask_probe']!r}: expected true or false")
     for key, allowed in (("eval", EVAL_KEYS), ("perplexity", PPL_KEYS), ("throughput", THROUGHPUT_KEYS)):
         _check_keys(data.get(key, {}), allowed, f"[{key}]", where)
+    prec = data.get("eval", {}).get("precision", "fp32")
+    if prec not in EVAL_PRECISIONS:
+        raise SuiteError(f"{where}: eval.precision = {prec!r} is invalid; expected one of {EVAL_PRECISIONS}")
     models = {}
     for mname, spec in data.get("models", {}).items():
         if isinstance(spec, str):

@@ -67,7 +67,7 @@ from bench.harness.calibration import calibration_sampler
 from bench.harness.data import (
     IGNORE_INDEX, InstructionData, check_prompt_format, global_batch_indices, load_instruction_data,
 )
-from bench.harness.distill import Teacher, kd_loss_sum
+from bench.harness.distill import Teacher, kd_sum
 from bench.harness.registry import make_pipeline
 from bench.harness.results import package_versions
 from pat.arch import count_params
@@ -144,10 +144,19 @@ def make_scheduler(optimizer: torch.optim.Optimizer, budget: TrainBudget):
 
 
 def make_optimizer(groups: list[dict], budget: TrainBudget) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9) or AdamW (betas 0.9 / 0.999, eps 1e-8: the authors' paged_adamw_32bit's settings).
+
+    AdamW uses torch's fused kernel when every parameter is a plain CPU tensor (torch's CPU default is the
+    single-tensor loop, one small kernel per tensor per update): the same update up to float rounding, ~3x less
+    optimizer time (docs/findings/2026-12-04-step-profile.md). Elsewhere torch's own default stays.
+    """
     groups = [dict(g, weight_decay=g.get("weight_decay", budget.weight_decay)) for g in groups]
     if budget.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=budget.lr, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=budget.lr, betas=(0.9, 0.999), eps=1e-8)
+    params = [p for g in groups for p in g["params"]]
+    cpu = bool(params) and all(type(p) is nn.Parameter and p.device.type == "cpu" and p.dtype.is_floating_point
+                               for p in params)
+    return torch.optim.AdamW(groups, lr=budget.lr, betas=(0.9, 0.999), eps=1e-8, **({"fused": True} if cpu else {}))
 
 
 def collect_trainable(model: nn.Module, stages: Sequence[Stage],
@@ -190,26 +199,56 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return out
 
 
+def _output_head(model: nn.Module) -> nn.Module | None:
+    """The output embedding (LM head) of a causal LM, also under a DDP / FSDP1 (``.module``) or peft wrapper."""
+    inner = getattr(model, "module", model)
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, nn.Module) else None
+
+
+def _response_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (n, V), targets (n,))`` at the n positions whose next token is a response token.
+
+    The LM head runs only on those positions: a forward pre-hook on the output embedding gathers their hidden
+    states, (b, t, d) -> (n, d), so the head's matmul, its backward and the softmax cover n positions instead of
+    b * t (prompt and padding positions carry no loss). Loss and gradients are those of the full logits up to float
+    rounding (tests/bench/harness/test_train_speed.py). A model whose head is not reached through
+    ``get_output_embeddings()`` gets the full logits, selected afterwards.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX  # (b, t-1): position i predicts token i + 1
+    head = _output_head(model)
+    handle = head.register_forward_pre_hook(lambda _m, args: (args[0][:, :-1][keep], *args[1:])) \
+        if head is not None else None
+    try:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        if handle is not None:
+            handle.remove()
+    if logits.dim() == 3:  # the hook did not run: full (b, t, V) logits
+        logits = logits[:, :-1][keep]
+    return logits, targets[keep]
+
+
 def _lm_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed next-token cross-entropy over response tokens. Shapes: input_ids/labels (b, t) -> scalar."""
-    return _ce_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch)
-
-
-def _ce_sum(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    logits, targets = _response_logits(model, batch)
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
 
 
 def _objective(run: TrainRun, batch: dict[str, torch.Tensor], n_resp: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(objective, LM loss)`` of a micro-batch, each a sum over response tokens / ``n_resp``. Without a teacher
-    the objective is the LM loss; with one, ``(1 - w) LM + w KD`` (``bench.harness.distill``)."""
+    the objective is the LM loss; with one, ``(1 - w) LM + w KD`` (``bench.harness.distill``), student and teacher
+    logits both taken at the response positions only."""
     if run.teacher is None:
         lm = _lm_loss_sum(run.engine_model, batch) / max(1, n_resp)
         return lm, lm
-    logits = run.engine_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    lm = _ce_sum(logits, batch) / max(1, n_resp)
+    logits, targets = _response_logits(run.engine_model, batch)
+    lm = F.cross_entropy(logits.float(), targets, reduction="sum") / max(1, n_resp)
     b = run.budget
-    kd = kd_loss_sum(logits, run.teacher.logits(batch), batch["labels"], b.distill_temperature) / max(1, n_resp)
+    teacher_logits = run.teacher.timed(_response_logits, batch)[0]
+    kd = kd_sum(logits, teacher_logits, b.distill_temperature) / max(1, n_resp)
     run.kd_sum = kd.detach() if run.kd_sum is None else run.kd_sum + kd.detach()
     return (1 - b.distill_weight) * lm + b.distill_weight * kd, lm
 
@@ -823,6 +862,8 @@ def _parse(argv: list[str] | None):
     p.add_argument("--parity-solve", default=None,
                    help="solve PAT's hio_rank/lora_rank to match this reference (lora-64)")
     p.add_argument("--budget", default="{}", help="JSON of TrainBudget fields (steps, global_batch, micro_batch, ...)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="TrainBudget.precision (overrides --budget's): bf16 = autocast, on CPU AMX-BF16 / AVX512-BF16")
     p.add_argument("--train-data", default="alpaca")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="alpaca",
@@ -846,7 +887,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    budget = TrainBudget.from_dict(json.loads(args.budget))
+    budget = TrainBudget.from_dict({**json.loads(args.budget),
+                                    **({"precision": args.precision} if args.precision else {})})
     names = [n.strip() for n in args.pipeline.split(",") if n.strip()]
     margs = json.loads(args.stage_args)
     if args.parity_solve:

@@ -22,7 +22,7 @@ claims, delta vs LoRA, per-task accuracy, perplexity and parameters, throughput 
 dense model), failed runs, and the plots.
 """
 
-from bench.harness.reporting.build import FEW_MASK_STEPS, build_report
+from bench.harness.reporting.build import FEW_MASK_STEPS, _precision_line, build_report  # noqa: F401
 from bench.harness.reporting.chance import CHANCE_ALPHA, CHANCE_DIR, chance_tasks, recorded_chance
 from bench.harness.reporting.claims import ALPHA, claims_table, primary_table
 from bench.harness.reporting.frames import (

@@ -39,6 +39,14 @@ from bench.harness.results import load_results
 from bench.harness.suites import SuiteError, load_suite, suite_path
 from pat.io import write_text_atomic
 
+def _precision_line(records: list[dict]) -> list[str]:
+    """Header line (issue 18): the training precision(s) of the budgets and the evaluation's."""
+    train = sorted({str(r["spec"]["budget"].get("precision", "fp32")) for r in records
+                    if (r.get("spec") or {}).get("budget")})
+    ev = sorted({str(((r.get("protocol") or {}).get("eval") or {}).get("precision", "fp32")) for r in records})
+    return [f"- precision: training {', '.join(train) or '-'}; evaluation {', '.join(ev) or '-'}"]
+
+
 def _header(suite: str, records: list[dict], results_dir: Path) -> list[str]:
     ok = sum(r["status"] == "success" for r in records)
     shas = sorted({(r["provenance"].get("git") or {}).get("sha") or "?" for r in records})
@@ -50,7 +58,7 @@ def _header(suite: str, records: list[dict], results_dir: Path) -> list[str]:
           f"`{results_dir}` "
           f"({ok} succeeded, {len(records) - ok} failed). Do not edit by hand.", "",
           f"- git: {', '.join(s[:10] for s in shas)}{' (dirty tree)' if dirty else ''}",
-          f"- device: {', '.join(devs)}", ""]
+          f"- device: {', '.join(devs)}", *_precision_line(records), ""]
     return md + _mask_budget_note(records)
 
 

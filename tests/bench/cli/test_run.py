@@ -58,3 +58,15 @@ def test_run_without_suite_or_list_is_a_usage_error(capsys):
 def test_unknown_command_names_the_commands(capsys):
     assert pat_bench(["nope"]) == 2
     assert "expected one of run, report, evaluate" in capsys.readouterr().err
+
+
+def test_precision_sets_every_budget_and_the_evaluation():
+    from bench.cli.run import _selection, parse_args
+
+    suite, _, runs, _ = _selection(parse_args(["--suite", "cpu", "--precision", "bf16", "--only", "*lora--r0.00--s0"]))
+    assert suite.eval["precision"] == "bf16"
+    assert {b["precision"] for b in suite.budgets.values()} == {"bf16"}
+    assert runs and all(r.budget["precision"] == "bf16" for r in runs)
+    suite, _, _, _ = _selection(parse_args(["--suite", "cpu"]))
+    assert suite.eval.get("precision", "fp32") == "fp32"
+    assert {b["precision"] for b in suite.budgets.values()} == {"fp32"}
