@@ -241,7 +241,7 @@ class HybridSparsifier(nn.Module):
             if self.v is not None:
                 z = z * self.v.to(h.dtype)
             h = h + z @ self.L1.t().to(h.dtype)
-        h = h * self.mask.gate().to(h.dtype)
+        h = h * self.mask.gate().to(h.device, h.dtype)  # the mask lives on the first layer's device
         if self.s is not None:
             h = h * self.s.to(h.dtype)
         return h.to(dtype)
@@ -250,7 +250,8 @@ class HybridSparsifier(nn.Module):
     def operator(self) -> torch.Tensor:
         """``diag(s) (I + L1 diag(v) L0)`` as a (d, d) fp64 matrix (the mask is applied separately)."""
         d = self.mask.proxy.numel()
-        D = torch.eye(d, dtype=torch.float64)
+        own = next((p for p in (self.L0, self.s) if p is not None), self.mask.proxy)
+        D = torch.eye(d, dtype=torch.float64, device=own.device)  # on this HSM's device, beside L0/L1/s
         if self.L0 is not None:
             l1 = self.L1.double() * (self.v.double() if self.v is not None else 1.0)
             D = D + l1 @ self.L0.double()
