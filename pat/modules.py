@@ -235,15 +235,19 @@ class HybridSparsifier(nn.Module):
         if self.identity_form is not None and self.L0 is not None and torch.is_grad_enabled():
             self._stash_identity_term()
         dtype = y.dtype
-        h = y.to(torch.promote_types(y.dtype, torch.float32))  # fp32 math for bf16/fp16 models
-        if self.L0 is not None:
-            z = h @ self.L0.t().to(h.dtype)  # (B, T, r)
-            if self.v is not None:
-                z = z * self.v.to(h.dtype)
-            h = h + z @ self.L1.t().to(h.dtype)
-        h = h * self.mask.gate().to(h.device, h.dtype)  # the mask lives on the first layer's device
-        if self.s is not None:
-            h = h * self.s.to(h.dtype)
+        # fp32 math for bf16/fp16 models and under autocast (which would run the two matmuls in bf16): the HSM is
+        # small (rank r << d), so fp32 costs little, and the merge folds exactly this fp32 (fp64) operator, so the
+        # trained model and the finalized one differ only by the model's own rounding
+        with torch.autocast(y.device.type, enabled=False):
+            h = y.to(torch.promote_types(y.dtype, torch.float32))
+            if self.L0 is not None:
+                z = h @ self.L0.t().to(h.dtype)  # (B, T, r)
+                if self.v is not None:
+                    z = z * self.v.to(h.dtype)
+                h = h + z @ self.L1.t().to(h.dtype)
+            h = h * self.mask.gate().to(h.device, h.dtype)  # the mask lives on the first layer's device
+            if self.s is not None:
+                h = h * self.s.to(h.dtype)
         return h.to(dtype)
 
     @torch.no_grad()

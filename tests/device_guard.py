@@ -33,7 +33,6 @@ from torch.overrides import TorchFunctionMode
 FOREIGN = torch.device("meta")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_OURS = tuple(os.path.join(_ROOT, p) + os.sep for p in ("pat", "baselines", "bench"))
 _TORCH = os.path.dirname(torch.__file__) + os.sep
 
 _FACTORIES = {
@@ -51,12 +50,12 @@ class DeviceMismatch(RuntimeError):
     """An op received tensors on two devices (model device and the foreign stand-in for the CPU)."""
 
 
-def _ours_called(depth: int = 2) -> str | None:
-    """The file of the first caller outside torch and this module, when it is in our packages."""
+def _ours_called(ours: tuple[str, ...], depth: int = 2) -> str | None:
+    """The file of the first caller outside torch and this module, when it is in ``ours``."""
     f = sys._getframe(depth)
     while f is not None and (f.f_code.co_filename.startswith(_TORCH) or f.f_code.co_filename == __file__):
         f = f.f_back
-    if f is not None and f.f_code.co_filename.startswith(_OURS):
+    if f is not None and f.f_code.co_filename.startswith(ours):
         return f"{os.path.relpath(f.f_code.co_filename, _ROOT)}:{f.f_lineno} ({f.f_code.co_name})"
     return None
 
@@ -76,14 +75,15 @@ def _tensors(x, out: list) -> list:
 class ForeignDefaultDevice(TorchFunctionMode):
     """See the module docstring. ``injected`` lists the call sites that got the foreign device."""
 
-    def __init__(self):
+    def __init__(self, roots: tuple[str, ...] = ("pat", "baselines", "bench")):
         super().__init__()
+        self.ours = tuple(os.path.join(_ROOT, p) + os.sep for p in roots)
         self.injected: list[str] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         if func in _FACTORIES and kwargs.get("device") is None:
-            site = _ours_called()
+            site = _ours_called(self.ours)
             if site is not None:
                 kwargs["device"] = FOREIGN
                 self.injected.append(site)
@@ -92,6 +92,6 @@ class ForeignDefaultDevice(TorchFunctionMode):
             if name not in _EXEMPT:
                 devs = {t.device for t in _tensors((args, kwargs), []) if t.dim() > 0}
                 if len(devs) > 1:
-                    site = _ours_called() or "outside pat/baselines/bench"
+                    site = _ours_called(self.ours) or "outside our packages"
                     raise DeviceMismatch(f"{name}: tensors on {sorted(map(str, devs))}, called from {site}")
         return func(*args, **kwargs)

@@ -13,11 +13,9 @@ import os
 import pytest
 import torch
 
-from baselines.lora import LoRAStage
 from bench.harness.budget import TrainBudget
 from bench.harness.train import run_pipeline
 from pat.attach import get_mask
-from pat.lora import LoRAConfig
 from pat.hf import PATCallback
 from pat.method import PATStage
 from tests.bench.harness.test_hf_callback import pat_kwargs, trainer_args
@@ -64,8 +62,9 @@ def test_pat_callback_trains_and_finalizes(tmp_path):
         cb = PATCallback(**pat_kwargs())
         model = cb.prepare(tiny_model("llama-gqa-tied"), total_steps=6)
         args = trainer_args(tmp_path, max_steps=6, logging_steps=100)
+        opt = cb.create_optimizer(model, args)
         trainer = Trainer(model=model, args=args, train_dataset=list(range(len(data))) * 2,
-                          data_collator=data.collate, callbacks=[cb], optimizers=(cb.create_optimizer(model, args), None))
+                          data_collator=data.collate, callbacks=[cb], optimizers=(opt, None))
         trainer.train()
         small = cb.finalize(model, heldout_ids=heldout)
     assert int(get_mask(model).active().sum()) == small.config.hidden_size == 36
@@ -90,3 +89,26 @@ def test_baseline_prune_then_lora(pruner, tmp_path):
         logits = small(input_ids=torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))).logits
     assert rec["completed"] and rec["total_params_after"] < rec["total_params_before"]
     assert torch.isfinite(logits).all()
+
+
+@needs_data
+def test_evaluation_and_perplexity():
+    from bench.harness import evaluation as ev
+    from bench.harness.perplexity import perplexity
+    from tests.bench.harness.test_perplexity import byte_tokenizer, tiny_lm
+
+    model, tok = tiny_lm("qwen2"), byte_tokenizer()
+    with ForeignDefaultDevice():
+        r = ev.evaluate_tasks(model, tok, ["piqa", "paper_winogrande"], limit=3, seed=7, batch_size=2)
+        p = perplexity(model, tok, "wikitext2", seq_len=32, stride=16, max_tokens=96, batch_size=2)
+    assert r["tasks"]["piqa"]["n"] == r["tasks"]["paper_winogrande"]["n"] == 3
+    assert 100 < p["ppl"] < 1000  # a random byte model is near-uniform over its 260 logits
+
+
+def test_throughput():
+    from bench.harness.throughput import measure
+
+    small = tiny_model("llama-mha")
+    with ForeignDefaultDevice():
+        rec = measure(small, batch_sizes=[1, 2], context=16, decode_tokens=2, repeats=1, warmup=0)
+    assert [p["batch_size"] for p in rec["prefill"]] == [1, 2] and rec["decode"]
