@@ -205,22 +205,33 @@ def test_smollm2_llm_pruner_ratio_and_slicegpt_invariance(smollm2):
         _, rep = llm_pruner.prune(copy.deepcopy(model), target, None, importance="random")
         assert abs(rep["achieved_ratio"] - target) <= 0.01, rep["achieved_ratio"]
         assert rep["layer_range"] == [4, 28]
-    # SmolLM2 (30 layers, logits up to ~35) sits at the fp32 noise floor: the dense fp32 model itself differs from
-    # its fp64 copy by ~5e-5..7e-5 max abs logit. Folding alone stays within 1e-4. Slicing at 0 % rotates residual
-    # channels of magnitude ~23 000 into all channels; with fp32 skip-path products that measured 2.9e-4 (C4 text)
-    # and 4.5e-4 (these tokens), with fp64 ones 9.3e-5 and 8.7e-5 (docs/baselines.md).
+    # SmolLM2 (30 layers, logits up to ~35) sits at the fp32 noise floor, and that floor depends on the CPU's kernel
+    # path (AVX2 here: the dense fp32 model differs from its fp64 copy by ~5e-5..7e-5 max abs logit; a fresh clone
+    # on an AMX Xeon measured err64 = 1.0e-4 against a fixed 1e-4). So the floor is measured here, on this machine's
+    # kernels: ``floor`` = dense fp32 vs dense fp64 on the same tokens. Each check compares two fp32 evaluations,
+    # each within ~floor of the fp64 truth, so an exact transformation gives <= 2 floor:
+    # - folding: bound 4 floor (measured 1.0-1.4 floor);
+    # - slicing at 0 % with fp64 skip-path products: bound 4 floor (measured 8.7e-5 and 9.3e-5, 1.3-1.9 floor);
+    # - slicing with fp32 skip-path products rotates residual channels of magnitude ~23 000 into all channels:
+    #   measured 2.9e-4 (C4 text) and 4.5e-4 (these tokens), ~6.5 floor (docs/baselines.md); bound 20 floor.
+    # A real bug (a wrong rotation, a lost channel, an unfolded gain) moves logits by >= 1e-2, > 30 floor.
     ids = tiny_batch(2, 32, seed=7) + 1000
     calib = tiny_batch(8, 32, seed=8) + 1000
     with torch.no_grad():
         ref = model(ids).logits
+        floor = float((copy.deepcopy(model).double()(ids).logits - ref.double()).abs().max())
         folded = slicegpt.fold_norms(copy.deepcopy(model))
-        assert (folded(ids).logits - ref).abs().max() < 1e-4
+        err_fold = float((folded(ids).logits - ref).abs().max())
         sliced, _ = slicegpt.prune(copy.deepcopy(folded), 0.0, calib)
-        err = (sliced(ids).logits - ref).abs().max()
+        err = float((sliced(ids).logits - ref).abs().max())
         precise, _ = slicegpt.prune(folded, 0.0, calib, fp64_shortcut=True)
-        err64 = (precise(ids).logits - ref).abs().max()
-    assert err < 1e-3 and err / ref.abs().max() < 2e-5
-    assert err64 < 1e-4
+        err64 = float((precise(ids).logits - ref).abs().max())
+    print(f"floor {floor:.2e}  fold {err_fold:.2e}  sliced {err:.2e}  sliced fp64 shortcut {err64:.2e}")
+    assert 0 < floor < 1e-3, floor  # fp32 rounding on |logit| ~ 35 over 30 layers, not a broken model
+    assert err_fold <= 4 * floor
+    assert err <= 20 * floor
+    assert err64 <= 4 * floor
+
 
 def test_wanda_sp_layer_range_leaves_other_layers_alone():
     m, rep = wanda_sp.prune(tiny_model("llama-mha", num_hidden_layers=4), 0.2, CALIB, layer_start=1, layer_end=3)
