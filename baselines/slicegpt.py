@@ -76,8 +76,9 @@ class ShortcutDecoderLayer(nn.Module):
 
     @classmethod
     def from_manifest(cls, layer: nn.Module, arch: ArchSpec, entry: dict, dtype: torch.dtype) -> ShortcutDecoderLayer:
-        attn_q = torch.zeros(entry["attn_shortcut_Q"], dtype=dtype)
-        return cls(layer, arch, attn_q, torch.zeros(entry["mlp_shortcut_Q"], dtype=dtype),
+        # placeholders filled by the checkpoint's tensors: a pruned model is loaded on the CPU, then moved
+        attn_q = torch.zeros(entry["attn_shortcut_Q"], dtype=dtype, device="cpu")
+        return cls(layer, arch, attn_q, torch.zeros(entry["mlp_shortcut_Q"], dtype=dtype, device="cpu"),
                    bool(entry.get("fp64_shortcut", False)))
 
 
