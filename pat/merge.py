@@ -148,7 +148,9 @@ def _build(plan: _Plan, sd: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.M
     new_cfg.head_dim = head_dim(config)
     new_cfg.tie_word_embeddings = plan.keep_tied
     new_cfg.rms_norm_eps = config.rms_norm_eps * plan.d / plan.d2
-    new = AutoModelForCausalLM.from_config(new_cfg, dtype=dtype)
+    device = next(plan.base.parameters()).device
+    with torch.device(device):  # built where the weights are: no host round trip of the whole model
+        new = AutoModelForCausalLM.from_config(new_cfg, dtype=dtype)
     expected = new.state_dict()
     missing = [k for k in expected if k not in sd]
     if missing:
@@ -231,9 +233,7 @@ def finalize(model: nn.Module) -> nn.Module:
     lm_src = _fold_writers(plan, sd)
     _slice_readers(plan, sd, lm_src)
     _rescale_norms(plan, sd)
-    new = _build(plan, sd, dtype)
-    new.to(next(base.parameters()).device)
-    return new.eval()
+    return _build(plan, sd, dtype).eval()
 
 
 @torch.no_grad()
