@@ -51,13 +51,13 @@ def attn_module_path(arch: ArchSpec) -> str:
 
 def group_q_rows(groups: torch.Tensor, geom: AttnGeom) -> torch.Tensor:
     """Rows of ``q_proj`` (= columns of ``o_proj``) of the KV groups ``groups`` (sorted), shape (k*g*hd,)."""
-    heads = (groups[:, None] * geom.group + torch.arange(geom.group)[None, :]).reshape(-1)
-    return (heads[:, None] * geom.hd + torch.arange(geom.hd)[None, :]).reshape(-1)
+    heads = (groups[:, None] * geom.group + torch.arange(geom.group, device=groups.device)[None, :]).reshape(-1)
+    return (heads[:, None] * geom.hd + torch.arange(geom.hd, device=groups.device)[None, :]).reshape(-1)
 
 
 def group_kv_rows(groups: torch.Tensor, geom: AttnGeom) -> torch.Tensor:
     """Row indices of ``k_proj``/``v_proj`` belonging to KV groups ``groups``, shape (k*hd,)."""
-    return (groups[:, None] * geom.hd + torch.arange(geom.hd)[None, :]).reshape(-1)
+    return (groups[:, None] * geom.hd + torch.arange(geom.hd, device=groups.device)[None, :]).reshape(-1)
 
 
 def slice_linear(lin: nn.Linear, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> nn.Linear:
@@ -78,7 +78,7 @@ def slice_linear(lin: nn.Linear, out_idx: torch.Tensor | None = None, in_idx: to
 def prune_attention_groups(layer: nn.Module, arch: ArchSpec, config, keep: torch.Tensor) -> None:
     """Keep only KV groups ``keep`` (with their query heads) in ``layer``; updates the attention module's counts."""
     geom = attn_geom(layer, arch, config)
-    keep = torch.sort(keep.to(torch.long).cpu()).values
+    keep = torch.sort(keep.to(torch.long).cpu()).values  # index math on the CPU on purpose; slice_linear moves it
     if keep.numel() == 0:
         raise ValueError("prune_attention_groups: keep must retain at least one KV group (got none)")
     q_rows, kv_rows = group_q_rows(keep, geom), group_kv_rows(keep, geom)
@@ -295,6 +295,7 @@ def prune_layer(layer: nn.Module, arch: ArchSpec, config, keep_groups: torch.Ten
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` highest scores (ties broken by index, deterministic)."""
+    # selection on the CPU on purpose: a deterministic stable sort whatever the device; slice_linear moves indices
     order = torch.argsort(scores.detach().double().cpu(), descending=True, stable=True)
     return order[:k]
 

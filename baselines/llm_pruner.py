@@ -145,8 +145,9 @@ def random_scores(model: nn.Module, layers: list[int], seed: int = 0) -> tuple[l
     """Seeded random importance (LLM-Pruner's ``--pruner_type random``)."""
     gen = torch.Generator().manual_seed(seed)
     costs = layer_costs(model, layers)
-    return ([torch.rand(c.n_kv, generator=gen, dtype=torch.float64) for c in costs],
-            [torch.rand(c.n_channels, generator=gen, dtype=torch.float64) for c in costs])
+    # scores live on the CPU on purpose (all selection math does, see common.top_k); same draws on every device
+    return ([torch.rand(c.n_kv, generator=gen, dtype=torch.float64, device="cpu") for c in costs],
+            [torch.rand(c.n_channels, generator=gen, dtype=torch.float64, device="cpu") for c in costs])
 
 
 def prune(model: nn.Module, ratio: float, calibration, importance: str = "first", mode: str = "element",

@@ -188,7 +188,8 @@ def load_pruned(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     head_hidden = int(manifest.get("head_hidden", manifest["hidden_size"]))
     if head_hidden != int(manifest["hidden_size"]):  # SliceGPT's unsliced head path: final norm and head stay wide
         norm, head = get_module(model, arch.final_norm), get_module(model, arch.lm_head)
-        norm.weight = nn.Parameter(torch.zeros(head_hidden, dtype=dtype))
+        # loaded on the CPU on purpose (then moved by the caller); the checkpoint fills it
+        norm.weight = nn.Parameter(torch.zeros(head_hidden, dtype=dtype, device="cpu"))
         set_module(model, arch.lm_head, nn.Linear(head_hidden, head.out_features, bias=head.bias is not None,
                                                   dtype=dtype))
     if manifest.get("tie_word_embeddings"):

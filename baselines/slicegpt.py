@@ -76,8 +76,9 @@ class ShortcutDecoderLayer(nn.Module):
 
     @classmethod
     def from_manifest(cls, layer: nn.Module, arch: ArchSpec, entry: dict, dtype: torch.dtype) -> ShortcutDecoderLayer:
-        attn_q = torch.zeros(entry["attn_shortcut_Q"], dtype=dtype)
-        return cls(layer, arch, attn_q, torch.zeros(entry["mlp_shortcut_Q"], dtype=dtype),
+        # placeholders filled by the checkpoint's tensors: a pruned model is loaded on the CPU, then moved
+        attn_q = torch.zeros(entry["attn_shortcut_Q"], dtype=dtype, device="cpu")
+        return cls(layer, arch, attn_q, torch.zeros(entry["mlp_shortcut_Q"], dtype=dtype, device="cpu"),
                    bool(entry.get("fp64_shortcut", False)))
 
 
@@ -131,7 +132,7 @@ def pca_basis(xs: list[torch.Tensor]) -> torch.Tensor:
     for x in xs:
         x = x.reshape(-1, x.shape[-1]).double()
         H = x.T @ x if H is None else H + x.T @ x
-    idx = torch.arange(H.shape[0])
+    idx = torch.arange(H.shape[0], device=H.device)
     H[idx, idx] += 0.01 * H.diagonal().mean()
     vals, vecs = torch.linalg.eigh(H)
     return vecs[:, torch.argsort(vals, descending=True)]
@@ -267,7 +268,7 @@ def _slice_layer(layer: nn.Module, arch: ArchSpec, Q: torch.Tensor, xs: list, kw
     mlp = get_module(layer, arch.mlp_out.rpartition(".")[0])
     m = _run(layer, xm, lambda x, j: mlp(get_module(layer, arch.mlp_norm)(x)))
     out = [x @ Qm.T + y for x, y in zip(xm, m)]
-    Qn = torch.eye(out[0].shape[-1], dtype=torch.float64) if full_out else pca_basis(out)[:, :dn]
+    Qn = torch.eye(out[0].shape[-1], dtype=torch.float64, device=out[0].device) if full_out else pca_basis(out)[:, :dn]
     _rot_out(get_module(layer, arch.mlp_out), Qn)
     dtype = get_module(layer, arch.mlp_out).weight.dtype
     wrapped = ShortcutDecoderLayer(layer, arch, attn_q.to(dtype), (Qm.T @ Qn).to(dtype), fp64_shortcut)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Iterator
 
+import torch
 import torch.nn as nn
 
 from .arch import base_model, get_arch, get_module, set_module
@@ -45,7 +46,10 @@ def attach(model: nn.Module, cfg: PATConfig, total_steps: int) -> SharedMask:
     keep = cfg.target_keep(d, c.num_attention_heads)
     rank = cfg.rank_for(d)
     s0 = cfg.milestone(total_steps)
-    mask = SharedMask(d, s0, cfg.mask_freeze_frac, inclusive=cfg.keep_threshold == "ge0")
+    # PAT's tensors are created on the CPU on purpose, then moved to the model's device: the same init values (and
+    # random draws) on every device, so a CPU and a GPU run start from the same HSMs
+    with torch.device("cpu"):
+        mask = SharedMask(d, s0, cfg.mask_freeze_frac, inclusive=cfg.keep_threshold == "ge0")
     mask.target = keep
     mask.cfg = cfg
     mask.steps_done = 0  # optimizer steps done, as set_step last saw them (the gate's own step is mask.step)
@@ -60,8 +64,9 @@ def attach(model: nn.Module, cfg: PATConfig, total_steps: int) -> SharedMask:
     for i, path in enumerate(writer_paths(base)):
         inner = get_module(base, path)
         embed_mask_only = i == 0 and mask.embed_mode == "mask_only"
-        hsm = HybridSparsifier(inner, mask, 0 if embed_mask_only else rank, scale and not embed_mask_only, diag)
-        hsm.to(device=ref.device)
+        with torch.device("cpu"):
+            hsm = HybridSparsifier(inner, mask, 0 if embed_mask_only else rank, scale and not embed_mask_only, diag)
+        hsm.to(device=next(inner.parameters(), ref).device)  # beside its writer (a model split over devices)
         set_module(base, path, hsm)
 
     if cfg.identity_loss != "none" and cfg.identity_weight != 0:

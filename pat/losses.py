@@ -77,14 +77,15 @@ def identity_loss(hsms: Iterable[HybridSparsifier], form: str = "official") -> t
     Each HSM's term is the one its last forward computed (``HybridSparsifier.take_identity_term``, consumed here) when
     there is one, else it is computed from the weights now: the same operations, so the same value and gradients.
     """
-    total = None
+    total, device = None, None
     for h in hsms:
+        device = h.mask.proxy.device
         if h.L0 is None:
             continue
         term = h.take_identity_term(form)
         if term is None:
             term = h.identity_term(form)
         total = term if total is None else total + term
-    if total is None:
-        return torch.zeros(())
+    if total is None:  # no HSM has factors (hio_rank 0): a zero on the mask's device
+        return torch.zeros((), device=device)
     return total

@@ -96,17 +96,18 @@ def _fold_writers(plan: _Plan, sd: dict[str, torch.Tensor]) -> torch.Tensor:
     arch, keep = plan.arch, plan.keep
     E = sd[f"{arch.embed}.weight"]
     lm_src = sd.get(f"{arch.lm_head}.weight", E)  # tied models may carry no lm_head key
-    emb_op = _operator(plan, plan.paths[arch.embed])
-    sd[f"{arch.embed}.weight"] = ((E.double() @ emb_op.t())[:, keep] * plan.embed_comp).to(E.dtype)
+    # every product runs on the weight's own device (D is built beside its HSM, which sits beside its writer)
+    emb_op = _operator(plan, plan.paths[arch.embed]).to(E.device)
+    sd[f"{arch.embed}.weight"] = ((E.double() @ emb_op.t())[:, keep.to(E.device)] * plan.embed_comp).to(E.dtype)
     for path, h in plan.paths.items():
         if path == arch.embed:
             continue
-        D = _operator(plan, h)
         W = sd[f"{path}.weight"]
-        sd[f"{path}.weight"] = (D @ W.double())[keep].to(W.dtype)
+        D, k = _operator(plan, h).to(W.device), keep.to(W.device)
+        sd[f"{path}.weight"] = (D @ W.double())[k].to(W.dtype)
         if f"{path}.bias" in sd:
             b = sd[f"{path}.bias"]
-            sd[f"{path}.bias"] = (D @ b.double())[keep].to(b.dtype)
+            sd[f"{path}.bias"] = (D @ b.double())[k].to(b.dtype)
     return lm_src
 
 
@@ -116,11 +117,12 @@ def _slice_readers(plan: _Plan, sd: dict[str, torch.Tensor], lm_src: torch.Tenso
     n_layers = len(get_module(plan.base, arch.layers))
     readers = [f"{arch.layers}.{i}.{r}" for i in range(n_layers) for r in (*arch.attn_in, *arch.mlp_in)]
     for path in readers:
-        sd[f"{path}.weight"] = sd[f"{path}.weight"][:, keep].contiguous()
+        w = sd[f"{path}.weight"]
+        sd[f"{path}.weight"] = w[:, keep.to(w.device)].contiguous()
     if plan.keep_tied:
         sd[f"{arch.lm_head}.weight"] = sd[f"{arch.embed}.weight"]
     else:
-        sd[f"{arch.lm_head}.weight"] = lm_src[:, keep].contiguous()
+        sd[f"{arch.lm_head}.weight"] = lm_src[:, keep.to(lm_src.device)].contiguous()
 
 
 def _rescale_norms(plan: _Plan, sd: dict[str, torch.Tensor]) -> None:
@@ -135,7 +137,7 @@ def _rescale_norms(plan: _Plan, sd: dict[str, torch.Tensor]) -> None:
             factor = rms / plan.embed_comp  # the tied LM head absorbed the embedding's compensation
         w = sd[f"{path}.weight"]
         off = arch.norm_offset
-        sd[f"{path}.weight"] = ((off + w.double()[plan.keep]) * factor - off).to(w.dtype)
+        sd[f"{path}.weight"] = ((off + w.double()[plan.keep.to(w.device)]) * factor - off).to(w.dtype)
 
 
 def _build(plan: _Plan, sd: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
@@ -146,7 +148,9 @@ def _build(plan: _Plan, sd: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.M
     new_cfg.head_dim = head_dim(config)
     new_cfg.tie_word_embeddings = plan.keep_tied
     new_cfg.rms_norm_eps = config.rms_norm_eps * plan.d / plan.d2
-    new = AutoModelForCausalLM.from_config(new_cfg, dtype=dtype)
+    device = next(plan.base.parameters()).device
+    with torch.device(device):  # built where the weights are: no host round trip of the whole model
+        new = AutoModelForCausalLM.from_config(new_cfg, dtype=dtype)
     expected = new.state_dict()
     missing = [k for k in expected if k not in sd]
     if missing:
@@ -229,17 +233,15 @@ def finalize(model: nn.Module) -> nn.Module:
     lm_src = _fold_writers(plan, sd)
     _slice_readers(plan, sd, lm_src)
     _rescale_norms(plan, sd)
-    new = _build(plan, sd, dtype)
-    new.to(next(base.parameters()).device)
-    return new.eval()
+    return _build(plan, sd, dtype).eval()
 
 
 @torch.no_grad()
 def merge_check(pat_model: nn.Module, finalized: nn.Module, input_ids: torch.Tensor) -> float:
     """Max abs logit difference between ``pat_model`` with its hard mask and ``finalized`` on ``input_ids``."""
     set_hard(pat_model, True)
-    try:
-        a = pat_model(input_ids=input_ids).logits.double()
+    try:  # each model gets the ids on its own device (the FSDP path merges on the CPU, the training model is on GPU)
+        a = pat_model(input_ids=input_ids.to(get_mask(pat_model).proxy.device)).logits.double()
     finally:
         set_hard(pat_model, False)
     b = finalized(input_ids=input_ids.to(next(finalized.parameters()).device)).logits.double()

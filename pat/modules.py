@@ -235,22 +235,28 @@ class HybridSparsifier(nn.Module):
         if self.identity_form is not None and self.L0 is not None and torch.is_grad_enabled():
             self._stash_identity_term()
         dtype = y.dtype
-        h = y.to(torch.promote_types(y.dtype, torch.float32))  # fp32 math for bf16/fp16 models
-        if self.L0 is not None:
-            z = h @ self.L0.t().to(h.dtype)  # (B, T, r)
-            if self.v is not None:
-                z = z * self.v.to(h.dtype)
-            h = h + z @ self.L1.t().to(h.dtype)
-        m = self.mask.gate().to(h.dtype)
-        if self.s is not None:  # s * (M * h) as one (d,) factor: one pass over (B, T, d) forward, two fewer backward
-            m = m * self.s.to(h.dtype)
-        return (h * m).to(dtype)
+        # fp32 math for bf16/fp16 models and under autocast (which would run the two matmuls in bf16): the HSM is
+        # small (rank r << d), so fp32 costs little, and the merge folds exactly this fp32 (fp64) operator, so the
+        # trained model and the finalized one differ only by the model's own rounding
+        with torch.autocast(y.device.type, enabled=False):
+            h = y.to(torch.promote_types(y.dtype, torch.float32))
+            if self.L0 is not None:
+                z = h @ self.L0.t().to(h.dtype)  # (B, T, r)
+                if self.v is not None:
+                    z = z * self.v.to(h.dtype)
+                h = h + z @ self.L1.t().to(h.dtype)
+            m = self.mask.gate().to(h.device, h.dtype)  # the mask lives on the first layer's device
+            if self.s is not None:  # s * (M * h) as one (d,) factor: one pass over (B, T, d) forward, two fewer back
+                m = m * self.s.to(h.device, h.dtype)
+            h = h * m
+        return h.to(dtype)
 
     @torch.no_grad()
     def operator(self) -> torch.Tensor:
         """``diag(s) (I + L1 diag(v) L0)`` as a (d, d) fp64 matrix (the mask is applied separately)."""
         d = self.mask.proxy.numel()
-        D = torch.eye(d, dtype=torch.float64)
+        own = next((p for p in (self.L0, self.s) if p is not None), self.mask.proxy)
+        D = torch.eye(d, dtype=torch.float64, device=own.device)  # on this HSM's device, beside L0/L1/s
         if self.L0 is not None:
             l1 = self.L1.double() * (self.v.double() if self.v is not None else 1.0)
             D = D + l1 @ self.L0.double()

@@ -78,6 +78,7 @@ def write_json(path: Path, obj: dict) -> None:
 @torch.no_grad()
 def forward_seconds(model, ids: torch.Tensor, reps: int) -> float:
     """Median wall time of one forward pass over ``ids`` (B, L)."""
+    ids = ids.to(next(model.parameters()).device)
     model(input_ids=ids, use_cache=False)  # warm-up
     times = []
     for _ in range(reps):

@@ -66,18 +66,18 @@ def load_calibration(
     path, sha = _source_file(source, data_dir)
     with open(path, encoding="utf-8") as fh:
         texts = [json.loads(line).get("text", "") for line in fh if line.strip()]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the sampling runs on the CPU on purpose: same windows on any device
     windows: list[list[int]] = []
     rest: list[int] = []
     leftover: list[int] = []
-    for i in torch.randperm(len(texts), generator=gen).tolist():
+    for i in torch.randperm(len(texts), generator=gen, device="cpu").tolist():
         if len(windows) >= n:
             break
         if not texts[i].strip():
             continue
         ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"]
         if len(ids) > seq_len:
-            start = int(torch.randint(0, len(ids) - seq_len + 1, (1,), generator=gen))
+            start = int(torch.randint(0, len(ids) - seq_len + 1, (1,), generator=gen, device="cpu"))
             windows.append(ids[start:start + seq_len])
             leftover += ids[:start] + ids[start + seq_len:]
         else:
@@ -91,7 +91,7 @@ def load_calibration(
     if len(windows) < n:
         raise ValueError(f"calibration source '{source}' gives only {len(windows)} windows of {seq_len} tokens; "
                          f"need n={n}")
-    tokens = torch.tensor(windows[:n], dtype=torch.long)
+    tokens = torch.tensor(windows[:n], dtype=torch.long, device="cpu")  # the stages move it to the model's device
     return tokens, {"source": source, "sha256": sha, "n": n, "seq_len": seq_len, "seed": seed}
 
 

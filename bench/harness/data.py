@@ -100,13 +100,14 @@ class InstructionData:
     def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
         """Right-padded batch of examples ``idx``: ``input_ids``, ``labels``, ``attention_mask``, each (b, t)."""
         t = max(len(self.input_ids[i]) for i in idx)
-        ids = torch.full((len(idx), t), self.pad_id, dtype=torch.long)
-        lab = torch.full((len(idx), t), IGNORE_INDEX, dtype=torch.long)
-        att = torch.zeros((len(idx), t), dtype=torch.long)
+        cpu = torch.device("cpu")  # built on the CPU on purpose, like a DataLoader's collate; the loop moves it
+        ids = torch.full((len(idx), t), self.pad_id, dtype=torch.long, device=cpu)
+        lab = torch.full((len(idx), t), IGNORE_INDEX, dtype=torch.long, device=cpu)
+        att = torch.zeros((len(idx), t), dtype=torch.long, device=cpu)
         for r, i in enumerate(idx):
             n = len(self.input_ids[i])
-            ids[r, :n] = torch.tensor(self.input_ids[i])
-            lab[r, :n] = torch.tensor(self.labels[i])
+            ids[r, :n] = torch.tensor(self.input_ids[i], device=cpu)
+            lab[r, :n] = torch.tensor(self.labels[i], device=cpu)
             att[r, :n] = 1
         return {"input_ids": ids, "labels": lab, "attention_mask": att}
 
@@ -135,7 +136,8 @@ def load_instruction_data(
         raise DataError(f"train_data '{train_data}' has no rows")
     if subset_size is not None and subset_size > len(rows):
         raise ValueError(f"subset_size = {subset_size} is larger than the {len(rows)} rows of '{train_data}'")
-    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    # seeded selection on the CPU on purpose: the same examples on every device
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed), device="cpu").tolist()
     chosen = order[: subset_size or len(rows)]
     ids, labels, dropped = [], [], 0
     for i in chosen:
@@ -160,7 +162,7 @@ def load_instruction_data(
 @lru_cache(maxsize=8)
 def _epoch_perm(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
-    return tuple(torch.randperm(n, generator=g).tolist())
+    return tuple(torch.randperm(n, generator=g, device="cpu").tolist())  # CPU on purpose: same order on any device
 
 
 def global_batch_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]:

@@ -66,7 +66,7 @@ def measure(model_name: str = "smollm2-135m", ratio: float = 0.25, batches: int 
     for b in range(batches):
         idx = global_batch_indices(len(data), b, budget.global_batch, budget.data_seed)[: budget.micro_batch]
         n_resp = sum(sum(v != -100 for v in data.labels[i][1:]) for i in idx)
-        batch = data.collate(idx)
+        batch = {k: v.to(mask.proxy.device) for k, v in data.collate(idx).items()}  # collated on the CPU
         lm = _lm_loss_sum(model, batch) / max(1, n_resp)
         task.append(torch.autograd.grad(lm, mask.proxy)[0].detach())
     seconds = time.perf_counter() - t0

@@ -99,8 +99,8 @@ def prefill_latency(model: nn.Module, batch: int, context: int, repeats: int, wa
                                                                                                                   Any]:
     """Median seconds to the first token's logits for ``(batch, context)`` random token ids."""
     device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (batch, context), generator=g).to(device)
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU on purpose (the same ids on every device), then moved
+    ids = torch.randint(0, model.config.vocab_size, (batch, context), generator=g, device="cpu").to(device)
     times = _timed(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), device, repeats, warmup)
     med = statistics.median(times)
     return {"batch_size": batch, "context": context, "median_s": med, "min_s": min(times), "times_s": times,
@@ -112,8 +112,8 @@ def decode_speed(model: nn.Module, batch: int, context: int, new_tokens: int, re
                  seed: int = 0) -> dict[str, Any]:
     """Greedy decode tokens/s with the KV cache: ``new_tokens`` single-token steps after a ``context`` prefill."""
     device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (batch, context), generator=g).to(device)
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU on purpose (the same ids on every device), then moved
+    ids = torch.randint(0, model.config.vocab_size, (batch, context), generator=g, device="cpu").to(device)
 
     # transformers 5.x renamed past_key_values -> cache; support both
     key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

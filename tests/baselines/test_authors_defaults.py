@@ -24,6 +24,7 @@ def test_slicegpt_full_width_head_is_invariant_at_zero_slicing(name):
         ref = m(X).logits
         sliced, rep = slicegpt.prune(copy.deepcopy(m), 0.0, CALIB)
         assert rep["slice_head"] is False and rep["head_hidden"] == m.config.hidden_size
+        # the tiny-model invariance bound of test_baselines.test_slicegpt_computational_invariance (derived there)
         assert (sliced(X).logits - ref).abs().max() <= 1e-4
 
 
@@ -98,6 +99,8 @@ def test_flap_squared_attention_metric_equals_the_authors_formula(name):
     stats = flap.flap_stats(m, CALIB)
     groups, _ = flap.wifv_scores(m, stats)
     for g, w in zip(groups, want):
+        # both fp64 over the same fp32 statistics, in another order: relative ~1e-15; rtol 1e-6 leaves room for an
+        # fp32 step in either path (eps 1.2e-7). Unsquared vs squared metrics differ by O(1) (asserted below)
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-9)
     plain, chans_plain = flap.wifv_scores(m, stats, square_attn=False)
     _, chans = flap.wifv_scores(m, stats)
@@ -111,6 +114,8 @@ def test_sequential_wanda_sp_sees_the_pruned_earlier_layers():
     m = tiny_model("llama-mha", num_hidden_layers=3)
     one_g, one_c = wanda_sp.wanda_scores(copy.deepcopy(m), CALIB)
     seq_g, seq_c, widths = wanda_sp.prune_sequential(copy.deepcopy(m), CALIB, [0, 1, 2], 0.25, 0.25)
+    # layer 0 sees the same (unpruned) inputs through the same fp64 code: equal up to fp64 reassociation (~1e-15);
+    # pruned inputs would differ at O(1e-2)
     torch.testing.assert_close(seq_g[0], one_g[0], rtol=1e-9, atol=0)  # layer 0: the same (unpruned) inputs
     torch.testing.assert_close(seq_c[0], one_c[0], rtol=1e-9, atol=0)
     for i in (1, 2):  # later layers read the outputs of pruned layers

@@ -79,6 +79,8 @@ def test_removing_a_group_equals_zeroing_its_output_columns(name):
         get_module(ref_layer, arch.mlp_out).weight[:, :10] = 0
     prune_attention_groups(layer, arch, m.config, torch.arange(1, g.n_kv))
     prune_mlp_channels(layer, arch, torch.arange(10, 96))
+    # the same sums minus exact zeros: only reassociation, measured 6e-8 (1 and 2 threads); a wrong group or row
+    # index gives O(0.1)
     torch.testing.assert_close(m(X).logits, ref(X).logits, atol=1e-5, rtol=0)
 
 
@@ -96,6 +98,8 @@ def test_taylor_first_order_matches_manual_gradient():
     q, kv = group_q_rows(torch.tensor([1]), g), torch.arange(g.hd, 2 * g.hd)
     want = (s[arch.attn_in[0]][q].sum() + s[arch.attn_in[1]][kv].sum() + s[arch.attn_in[2]][kv].sum()
             + s[arch.attn_out][:, q].sum())
+    # the same fp32 products |w * grad|, summed in another order (fp64 in the scorer, fp32 here): relative error
+    # <= eps 1.2e-7 x sqrt(terms <= 48 x 12) ~ 3e-6; a wrong row or column set changes the score by O(1) relative
     torch.testing.assert_close(groups[0][1], want.double(), rtol=1e-5, atol=0)
     want_c = s[arch.mlp_in[0]][5].sum() + s[arch.mlp_in[1]][5].sum() + s[arch.mlp_out][:, 5].sum()
     torch.testing.assert_close(chans[0][5], want_c.double(), rtol=1e-5, atol=0)
@@ -115,6 +119,9 @@ def test_ratio_solver_hits_smollm2_like_targets():
 def test_slicegpt_computational_invariance(name):
     m = tiny_model(name)
     ref = m(X).logits
+    # exact transformations in fp32 on the tiny models: |logit| <= 1.2 x eps 1.2e-7 x sqrt(48) x 9 stages ~ 9e-6
+    # worst case; measured <= 2.7e-7 (fold, sliced, fp64 shortcut) on every architecture, 1 and 2 threads. A wrong
+    # rotation or an unfolded norm gain gives >= 1e-2
     folded = slicegpt.fold_norms(copy.deepcopy(m))
     assert (folded(X).logits - ref).abs().max() < 1e-4
     sliced, rep = slicegpt.prune(copy.deepcopy(m), 0.0, CALIB)
@@ -143,6 +150,8 @@ def test_flap_bias_compensation_is_exact_for_constant_inputs():
     flap._compensate(lin, x.double().mean(0), torch.tensor([1, 4]))
     kept = torch.tensor([0, 2, 3, 5])
     got = x[:, kept] @ lin.weight[:, kept].T + lin.bias
+    # exact algebra in fp32 (the test is unseeded: any draw): |y| <= 3 x eps 1.2e-7 ~ 4e-7 per rounding; measured
+    # worst 2.4e-7 over 2000 seeds. Compensating with the wrong mean (or none) gives ~0.5
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
@@ -205,22 +214,32 @@ def test_smollm2_llm_pruner_ratio_and_slicegpt_invariance(smollm2):
         _, rep = llm_pruner.prune(copy.deepcopy(model), target, None, importance="random")
         assert abs(rep["achieved_ratio"] - target) <= 0.01, rep["achieved_ratio"]
         assert rep["layer_range"] == [4, 28]
-    # SmolLM2 (30 layers, logits up to ~35) sits at the fp32 noise floor: the dense fp32 model itself differs from
-    # its fp64 copy by ~5e-5..7e-5 max abs logit. Folding alone stays within 1e-4. Slicing at 0 % rotates residual
-    # channels of magnitude ~23 000 into all channels; with fp32 skip-path products that measured 2.9e-4 (C4 text)
-    # and 4.5e-4 (these tokens), with fp64 ones 9.3e-5 and 8.7e-5 (docs/baselines.md).
+    # SmolLM2 (30 layers, logits up to ~35) sits at the fp32 noise floor, and that floor depends on the CPU's kernel
+    # path (a fresh clone on an AMX Xeon measured err64 = 1.0e-4 against the old fixed bound 1e-4). So the floor is
+    # measured here, on this machine's kernels: ``floor`` = dense fp32 vs its fp64 copy on the same tokens (AVX2,
+    # 1 and 2 threads: 7.6e-5 and 6.2e-5). Measured in units of that floor, 1 thread / 2 threads:
+    # - folding: 0.86 / 1.1 -> bound 4 floor;
+    # - slicing at 0 % with fp64 skip-path products: 2.26 / 2.15 -> bound 7 floor;
+    # - slicing with fp32 skip-path products, which rotate residual channels of magnitude ~23 000 into all channels:
+    #   6.7 / 9.1 -> bound 30 floor (docs/baselines.md: 2.9e-4 on C4 text, 4.5e-4 on these tokens).
+    # A real bug (a wrong rotation, a lost channel, an unfolded gain) moves logits by >= 1e-2, > 130 floor.
     ids = tiny_batch(2, 32, seed=7) + 1000
     calib = tiny_batch(8, 32, seed=8) + 1000
     with torch.no_grad():
         ref = model(ids).logits
+        floor = float((copy.deepcopy(model).double()(ids).logits - ref.double()).abs().max())
         folded = slicegpt.fold_norms(copy.deepcopy(model))
-        assert (folded(ids).logits - ref).abs().max() < 1e-4
+        err_fold = float((folded(ids).logits - ref).abs().max())
         sliced, _ = slicegpt.prune(copy.deepcopy(folded), 0.0, calib)
-        err = (sliced(ids).logits - ref).abs().max()
+        err = float((sliced(ids).logits - ref).abs().max())
         precise, _ = slicegpt.prune(folded, 0.0, calib, fp64_shortcut=True)
-        err64 = (precise(ids).logits - ref).abs().max()
-    assert err < 1e-3 and err / ref.abs().max() < 2e-5
-    assert err64 < 1e-4
+        err64 = float((precise(ids).logits - ref).abs().max())
+    print(f"floor {floor:.2e}  fold {err_fold:.2e}  sliced {err:.2e}  sliced fp64 shortcut {err64:.2e}")
+    assert 0 < floor < 1e-3, floor  # fp32 rounding on |logit| ~ 35 over 30 layers, not a broken model
+    assert err_fold <= 4 * floor
+    assert err <= 30 * floor
+    assert err64 <= 7 * floor
+
 
 def test_wanda_sp_layer_range_leaves_other_layers_alone():
     m, rep = wanda_sp.prune(tiny_model("llama-mha", num_hidden_layers=4), 0.2, CALIB, layer_start=1, layer_end=3)

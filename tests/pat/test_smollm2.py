@@ -3,7 +3,7 @@
 On SmolLM2 with a *random* 25 % mask, two fp32 evaluations of the same function differ by ~1e-4 in the logits
 (measured: perturbing every weight by a relative 1e-7, i.e. about one fp32 ulp, moves the logits by 3e-4 to 5e-4).
 So the merge is checked twice: exactly in fp64 (with the RMSNorm computed in fp64, since LlamaRMSNorm always computes
-in fp32), and in fp32 against 1e-4 or, where the model's own rounding noise floor is higher, twice that floor.
+in fp32), and in fp32 against 1e-4 or, where the model's own rounding noise floor is higher, four times that floor.
 """
 
 import copy
@@ -54,7 +54,11 @@ def finalized(smollm2, tmp_path_factory):
 
 def test_merge_equivalence_on_smollm2_fp32(finalized):
     report, *_, floor = finalized
-    assert report["merge_max_abs_logit_diff"] <= max(1e-4, 2 * floor), (report["merge_max_abs_logit_diff"], floor)
+    # floor: this machine's fp32 rounding scale (weights moved by one relative ulp), measured in the test (1.1e-3
+    # with 1 and with 2 threads). The merge's fp32 difference measured 0.62 floor (1 thread) and 1.24 floor
+    # (2 threads): bound 4 floor (>= 3x the worst measured). The merge itself is checked exactly in fp64 below
+    # (<= 1e-9); a fold bug (a dropped scale s, a wrong kept channel) moves these logits by >= 0.1, ~100 floor
+    assert report["merge_max_abs_logit_diff"] <= max(1e-4, 4 * floor), (report["merge_max_abs_logit_diff"], floor)
 
 
 def test_merge_is_exact_in_fp64(smollm2, monkeypatch):
