@@ -136,9 +136,10 @@ def ranked_proxy(scores: torch.Tensor, keep: int, scale: float) -> torch.Tensor:
     d = scores.numel()
     if not 0 < keep < d:
         raise ValueError(f"ranked_proxy: keep={keep}; expected 0 < keep < {d}")
-    order = torch.argsort(scores.detach().float().cpu(), descending=True, stable=True)  # index math on the CPU
-    rank = torch.empty(d, dtype=torch.float32)
-    rank[order] = torch.arange(d, dtype=torch.float32)
+    # index math on the CPU on purpose (a stable sort, the same ranking on every device); the result follows scores
+    order = torch.argsort(scores.detach().float().cpu(), descending=True, stable=True)
+    rank = torch.empty(d, dtype=torch.float32, device="cpu")
+    rank[order] = torch.arange(d, dtype=torch.float32, device="cpu")
     half = max(keep - 0.5, d - keep - 0.5)
     return (scale * (keep - 0.5 - rank) / half).to(scores.device)
 

@@ -228,9 +228,11 @@ class PATStage:
         The trainable tensors (proxy, HSMs, LoRA) are the loop's to save."""
         mask = get_mask(model)
         out = {f"pat_mask.{k}": getattr(mask, k).detach().clone() for k in ("step",) + self._BUFFERS}
-        out["pat_stage.steps_done"] = torch.tensor(self._steps_done, dtype=torch.long)
+        # host-side counters: on the CPU on purpose (read back with int(); saved as they are)
+        out["pat_stage.steps_done"] = torch.tensor(self._steps_done, dtype=torch.long, device="cpu")
         out["pat_stage.active_at_s0"] = torch.tensor(
-            [self._report.get("active_at_s0", -1), self._report.get("active_at_s0_step", -1)], dtype=torch.long)
+            [self._report.get("active_at_s0", -1), self._report.get("active_at_s0_step", -1)], dtype=torch.long,
+            device="cpu")
         return out
 
     def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -112,3 +112,23 @@ def test_throughput():
     with ForeignDefaultDevice():
         rec = measure(small, batch_sizes=[1, 2], context=16, decode_tokens=2, repeats=1, warmup=0)
     assert [p["batch_size"] for p in rec["prefill"]] == [1, 2] and rec["decode"]
+
+
+@needs_data  # the importance init scores C4 calibration windows (the run's calibration sampler)
+@pytest.mark.parametrize("by", ["taylor", "flap"])
+def test_pat_importance_init_distillation_and_mask_probe(by, tmp_path):
+    """The short-budget options (ours): the importance init of the mask, distillation from the unpruned model and
+    the mask probe, through the pipeline under the guard."""
+    from bench.harness.mask_probe import MaskProbe
+
+    data = write_alpaca(tmp_path / "a.jsonl")
+    heldout = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(4))
+    stage = PATStage(**{**pat_kwargs(), "mask_init": by, "mask_init_samples": 4})
+    with ForeignDefaultDevice():
+        rec = run_pipeline(tiny_model("llama-gqa-tied"), [stage], budget(distill_weight=0.5), str(data),
+                           tmp_path / "run", tokenizer=CharTokenizer(), progress=False, checkpoint_every=0,
+                           extra={"heldout_ids": heldout}, probes=[MaskProbe(heldout, [1, 2])])
+    rep = rec["stages"]["0-pat"]
+    assert rec["completed"] and rep["mask_init"]["by"] == by and rec["probes"]
+    assert len(rec["distill"]["kd_losses"]) == 6
+    assert rep["merge_max_abs_logit_diff"] <= 1e-4  # the tiny-model merge bound of tests/pat/test_core.py
