@@ -22,13 +22,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 8
 
 
-def _train(name: str, identity: str = "official", autocast: bool = False, **kw):
-    """A PAT model trained STEPS steps (the mask snaps at its freeze point on the way), and its stage."""
-    stage = PATStage(PATConfig(hio_rank=4, lora_rank=4, lora_dropout=0.0, identity_loss=identity, **kw))
-    model = stage.prepare(tiny_model(name), RunContext(total_steps=STEPS))
-    opt = torch.optim.AdamW(stage.param_groups(model, 1e-2))
-    x = tiny_batch(4, 12, seed=2)
-    for step in range(STEPS):
+def _steps(stage, model, x: torch.Tensor, steps: int, lr: float, autocast: bool) -> None:
+    """``steps`` plain training steps of a prepared PAT model on ``x`` (optionally under bf16 autocast)."""
+    opt = torch.optim.AdamW(stage.param_groups(model, lr))
+    for step in range(steps):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = model(input_ids=x, labels=x).loss
         (loss.float() + stage.extra_loss(model)).backward()
@@ -36,6 +33,13 @@ def _train(name: str, identity: str = "official", autocast: bool = False, **kw):
         opt.zero_grad()
         for p in stage.on_optimizer_step(model, step + 1) or []:
             opt.state.pop(p, None)
+
+
+def _train(name: str, identity: str = "official", autocast: bool = False, **kw):
+    """A PAT model trained STEPS steps (the mask snaps at its freeze point on the way), and its stage."""
+    stage = PATStage(PATConfig(hio_rank=4, lora_rank=4, lora_dropout=0.0, identity_loss=identity, **kw))
+    model = stage.prepare(tiny_model(name), RunContext(total_steps=STEPS))
+    _steps(stage, model, tiny_batch(4, 12, seed=2), STEPS, 1e-2, autocast)
     return stage, model
 
 
@@ -117,16 +121,8 @@ def test_smollm2_bf16_autocast_training_snaps_finalizes_and_merges(smollm2):
     stage = PATStage(PATConfig(prune_ratio=0.25, hio_rank=8, lora_rank=4, lora_dropout=0.0))
     torch.manual_seed(0)
     model = stage.prepare(copy.deepcopy(smollm2[0]), RunContext(total_steps=4))
-    opt = torch.optim.AdamW(stage.param_groups(model, 1e-3))
     x = torch.randint(0, 49152, (2, 32), generator=torch.Generator().manual_seed(1))
-    for step in range(4):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=x, labels=x).loss
-        (loss.float() + stage.extra_loss(model)).backward()
-        opt.step()
-        opt.zero_grad()
-        for p in stage.on_optimizer_step(model, step + 1) or []:
-            opt.state.pop(p, None)
+    _steps(stage, model, x, 4, 1e-3, autocast=True)
     assert bool(get_mask(model).snapped)
     merged = merge_lora(model)
     small = finalize(merged)
