@@ -192,7 +192,7 @@ class PATCallback(TrainerCallback):
         if hasattr(self.stage, "state_dict"):
             tensors.update({f"stage.{k}": v for k, v in self.stage.state_dict(unwrapped).items()})
         s0 = getattr(self._mask(unwrapped), "s0", -1)
-        tensors["callback.counters"] = torch.tensor([self.dropped_state, self.total_steps or -1, s0])
+        tensors["callback.counters"] = torch.tensor([self.dropped_state, self.total_steps or -1, s0], device="cpu")
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         return write_atomic(path, lambda tmp: save_file(tensors, tmp))
 
