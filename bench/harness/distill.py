@@ -13,7 +13,8 @@ The teacher is the model as loaded, before any stage's ``prepare`` (so before pr
 frozen copy in eval mode on the training device, under the same autocast. Under DDP or FSDP every process holds a
 whole replica of it (it is not handed to accelerate, so it is neither wrapped nor sharded): its memory is one more
 copy of the dense weights per process. Its cost is counted: forward seconds and forward FLOPs (``2 * params *
-tokens``) go into the run record's ``distill`` entry, so distilled arms are compared with their extra compute stated.
+tokens``, an upper bound: the teacher's LM head runs at the response positions only, as the student's) go into the
+run record's ``distill`` entry, so distilled arms are compared with their extra compute stated.
 """
 
 from __future__ import annotations
