@@ -247,7 +247,7 @@ class PATStage:
             steps = int(state["pat_stage.steps_done"])
         else:  # a checkpoint from before gate_step_lag: its gate step was the number of steps done
             steps = int(state["pat_mask.step"])
-        at_s0, at_step = (int(v) for v in state.get("pat_stage.active_at_s0", torch.tensor([-1, -1])))
+        at_s0, at_step = (int(v) for v in state.get("pat_stage.active_at_s0", (-1, -1)))
         if at_s0 >= 0:
             self._report.update(active_at_s0=at_s0, active_at_s0_step=at_step)
         was_snapped = bool(mask.snapped)
