@@ -38,14 +38,15 @@ SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 
 SUITE_KEYS = {"name", "description", "seeds", "train_data", "prompt_format", "reuse_prefix", "main_metric",
-              "runs_here", "mask_probe"}
+              "runs_here", "mask_probe", "budget_in_id"}
 EVAL_KEYS = {"tasks", "limit", "seed", "batch_size", "precision"}  # precision: bench.harness.precision
 PPL_KEYS = {"datasets", "seq_len", "stride", "max_tokens"}
 THROUGHPUT_KEYS = {"enabled", "batch_sizes", "context", "decode_tokens", "repeats", "warmup", "threads"}
 MODEL_KEYS = {"registered", "hub", "path", "env", "random", "size"}
 GRID_KEYS = {"models", "ratios", "pipelines", "seeds", "budget", "stage_args"}
 # [[claims]]: the suite's pre-registered primary claims (bench.harness.reporting.claims; docs/statistics.md)
-CLAIM_KEYS = {"name", "a", "b", "ratio", "b_ratio", "metric", "direction"}
+CLAIM_KEYS = {"name", "a", "b", "ratio", "b_ratio", "metric", "direction", "steps"}
+# steps (optional; budget sweeps, [suite] budget_in_id): compare the two sides' runs whose budget has this many steps
 CLAIM_METRICS = ("ppl", "acc_above_chance", "acc")  # ppl: the suite's first [perplexity] dataset
 CLAIM_DIRECTIONS = ("a_better", "b_better")
 # keys of earlier suite files, with their new names
@@ -115,6 +116,7 @@ class RunSpec:
     stage_args: dict[str, dict[str, Any]]
     train_data: str
     prompt_format: str = DEFAULT_PROMPT_FORMAT
+    budget_in_id: bool = False  # [suite] budget_in_id: the same pipeline at several budgets (a budget sweep)
 
     @property
     def pipeline_id(self) -> str:
@@ -122,6 +124,10 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
+        """``model--pipeline--rRATIO--sSEED``; in a suite with ``budget_in_id`` a trained run also names its budget
+        (``model--pipeline--rRATIO--BUDGET--sSEED``), so one pipeline can run at several budgets."""
+        if self.budget_in_id and self.pipeline:
+            return f"{self.model}--{self.pipeline_id}--r{self.ratio:.2f}--{self.budget_name}--s{self.seed}"
         return f"{self.model}--{self.pipeline_id}--r{self.ratio:.2f}--s{self.seed}"
 
     @property
@@ -167,6 +173,7 @@ class Suite:
     prompt_format: str = DEFAULT_PROMPT_FORMAT
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     claims: tuple[dict[str, Any], ...] = ()
+    budget_in_id: bool = False
 
 
 def _where(path: Path | None, name: str) -> str:
@@ -196,8 +203,9 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
     _check_keys(data, {"suite", "eval", "perplexity", "throughput", "budget", "models", "stages", "grid", "claims"},
                 "the top level", where)
     _check_keys(head, SUITE_KEYS, "[suite]", where)
-    if not isinstance(head.get("mask_probe", False), bool):
-        raise SuiteError(f"{where}: [suite].mask_probe = {head['mask_probe']!r}: expected true or false")
+    for key in ("mask_probe", "budget_in_id"):
+        if not isinstance(head.get(key, False), bool):
+            raise SuiteError(f"{where}: [suite].{key} = {head[key]!r}: expected true or false")
     for key, allowed in (("eval", EVAL_KEYS), ("perplexity", PPL_KEYS), ("throughput", THROUGHPUT_KEYS)):
         _check_keys(data.get(key, {}), allowed, f"[{key}]", where)
     prec = data.get("eval", {}).get("precision", "fp32")
@@ -235,7 +243,7 @@ def parse_suite(data: dict[str, Any], path: Path | None = None) -> Suite:
         stage_args={k: dict(v) for k, v in data.get("stages", {}).items()}, grid=tuple(grid),
         main_metric=head.get("main_metric", "acc"), reuse_prefix=bool(head.get("reuse_prefix", False)),
         runs_here=head.get("runs_here", "cpu"), prompt_format=prompt_format, raw=data,
-        claims=parse_claims(data.get("claims", []), where),
+        claims=parse_claims(data.get("claims", []), where), budget_in_id=bool(head.get("budget_in_id", False)),
     )
 
 
@@ -266,6 +274,9 @@ def parse_claims(items: Any, where: str) -> tuple[dict[str, Any], ...]:
         if c["direction"] not in CLAIM_DIRECTIONS:
             raise SuiteError(f"{where}: claims[{i}].direction: {c['direction']!r}; expected one of "
                              f"{list(CLAIM_DIRECTIONS)}")
+        if "steps" in c and (isinstance(c["steps"], bool) or not isinstance(c["steps"], int) or c["steps"] < 1):
+            raise SuiteError(f"{where}: claims[{i}].steps: {c['steps']!r}; expected a positive number of training "
+                             "steps (a budget's `steps`)")
         if "name" in c and not isinstance(c["name"], str):
             raise SuiteError(f"{where}: claims[{i}].name: expected a string, got {c['name']!r}")
         c = {**c, "ratio": float(c["ratio"]), "b_ratio": float(c.get("b_ratio", c["ratio"]))}
@@ -383,7 +394,7 @@ def expand(suite: Suite) -> list[RunSpec]:
                         if pipe and seed:  # ... and the data: seed s draws subset and order with data_seed + s
                             resolved["data_seed"] = int(budget.get("data_seed", DEFAULT_DATA_SEED)) + seed
                         spec = RunSpec(suite.name, model, ratio, tuple(pipe), seed, budget_name, resolved, used,
-                                       suite.train_data, suite.prompt_format)
+                                       suite.train_data, suite.prompt_format, suite.budget_in_id)
                         if spec.run_id in seen:
                             raise SuiteError(f"{where}: run {spec.run_id} appears twice (grid[{seen[spec.run_id]}] "
                                              f"and grid[{i}])")
