@@ -33,7 +33,7 @@ HEADER = '''\
 # stopped. Report: `python -m bench.harness.reporting.budget results/budget`.
 [suite]
 name = "budget"
-description = "Budget sweep at 25 % on SmolLM2-135M: PAT's learned selection (1x/10x/100x mask LR) vs Taylor snap and importance P->FT, s0 = 16..512"
+description = "Budget sweep, SmolLM2-135M at 25 %: learned selection (mask LR x1/10/100) vs Taylor snap, P->FT"
 seeds = [0]
 train_data = "alpaca"
 prompt_format = "alpaca"   # pinned, as in the cpu suite

@@ -2,7 +2,8 @@
 
 ``python -m bench.report`` is the same command.
 
-Writes ``TABLES.md``, CSVs and PNG plots next to the JSONs (default ``results/<suite>/``).
+Writes ``TABLES.md``, CSVs and PNG plots next to the JSONs (default ``results/<suite>/``). A budget sweep
+(``[suite] budget_in_id``, e.g. ``budget``) gets the sweep's report (``bench.harness.reporting.budget``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,16 @@ import sys
 from pathlib import Path
 
 from bench.harness.reporting import build_report
+from bench.harness.reporting.budget import build_budget_report
+from bench.harness.suites import SuiteError, load_suite, suite_path
+
+
+def _is_sweep(suite: str) -> bool:
+    """A budget sweep (``[suite] budget_in_id``) gets its own report (``bench.harness.reporting.budget``)."""
+    try:
+        return load_suite(suite_path(suite)).budget_in_id
+    except SuiteError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     results = Path(args.results) if args.results else Path("results") / args.suite  # relative to the working directory
     try:
-        path = build_report(results, args.suite, args.out)
+        build = build_budget_report if _is_sweep(args.suite) else build_report
+        path = build(results, args.suite, args.out)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -144,9 +144,12 @@ def claims_table(runs: pd.DataFrame, tp: pd.DataFrame, value: str = "acc", recor
 
 
 
-def _side(records: list[dict], model: str, pipeline: list[str], ratio: float) -> list[dict]:
+def _side(records: list[dict], model: str, pipeline: list[str], ratio: float, steps: int | None = None) -> list[dict]:
+    """The seeds of one side of a claim; ``steps`` (a budget sweep's claim): only runs whose budget has that many
+    steps."""
     return [r for r in records if r["status"] == "success" and r["spec"]["model"] == model
-            and list(r["spec"]["pipeline"]) == list(pipeline) and abs(float(r["spec"]["ratio"]) - ratio) < 1e-9]
+            and list(r["spec"]["pipeline"]) == list(pipeline) and abs(float(r["spec"]["ratio"]) - ratio) < 1e-9
+            and (steps is None or (r["spec"].get("budget") or {}).get("steps") == steps)]
 
 
 def _side_name(recs: list[dict], pipeline: list[str], ratio: float) -> str:
@@ -193,9 +196,11 @@ def primary_table(claims: list[dict] | tuple, records: list[dict[str, Any]], run
     rows, ivs = [], []
     for c in claims:
         for model in sorted(runs["model"].unique()):
-            a = _side(records, model, c["a"], c["ratio"])
-            b = _side(records, model, c["b"], c["b_ratio"])
+            a = _side(records, model, c["a"], c["ratio"], c.get("steps"))
+            b = _side(records, model, c["b"], c["b_ratio"], c.get("steps"))
             na, nb = _side_name(a, c["a"], c["ratio"]), _side_name(b, c["b"], c["b_ratio"])
+            if c.get("steps"):
+                nb += f", {c['steps']} steps"
             row = {"claim": c.get("name") or f"A: {na}, B: {nb}", "metric": METRIC_LABEL[c["metric"]],
                    "hypothesis": {"a_better": "A better", "b_better": "B better"}[c["direction"]], "model": model,
                    "seeds": _seeds_note(a, b, seeds)}
