@@ -2,7 +2,8 @@
 
 ``eval`` mode: evaluates ``--model`` (a registered name or a finalized run's ``model/`` directory) with the `cpu`
 suite's ``[eval]`` and ``[perplexity]`` settings at ``--precision``; writes the record to ``--out``.
-``compare`` mode: paired bootstrap intervals (``bench.harness.stats.bootstrap``) of bf16 - fp32 from two records:
+``compare`` mode (either file may be an ``eval`` record or a suite's run record): paired bootstrap intervals
+(``bench.harness.stats.bootstrap``) of bf16 - fp32 from two records:
 accuracy (strata = tasks, per-document 0/1), and log perplexity (per-window mean NLL, token weights); plus the
 count of documents whose predicted choice differs.
 
@@ -37,10 +38,21 @@ def run_eval(model: str, precision: str, out: str, threads: int) -> None:
              seed=ev["seed"], precision=precision)
 
 
+def _results(path: str) -> dict:
+    """``{"tasks", "perplexity", "seconds"}`` of an ``evaluate`` record or of a suite's run record (``metrics``)."""
+    with open(path) as fh:
+        r = json.load(fh)
+    if "metrics" in r:  # a run record of `pat-bench run`
+        m = r["metrics"]
+        return {"tasks": m["tasks"], "perplexity": m.get("perplexity") or {}, "seconds": m.get("eval_seconds"),
+                "curves": (r.get("train") or {}).get("curves")}
+    return r
+
+
 def compare(fp32_path: str, bf16_path: str) -> dict:
     from bench.harness.stats import bootstrap
 
-    a, b = json.load(open(fp32_path)), json.load(open(bf16_path))
+    a, b = _results(fp32_path), _results(bf16_path)
     xs, ys, strata, flips, n = [], [], [], 0, 0
     per_task = {}
     for t, ma in a["tasks"].items():
@@ -62,12 +74,23 @@ def compare(fp32_path: str, bf16_path: str) -> dict:
         wa, wb = pa["windows"], pb["windows"]
         tok = np.asarray(wa["tokens"], float)
         mean_a, mean_b = np.asarray(wa["nll"]) / tok, np.asarray(wb["nll"]) / tok
-        iv = bootstrap(mean_b, mean_a, weights=tok, n_boot=2000, seed=0)  # log(ppl_bf16 / ppl_fp32)
+        # log(ppl_bf16 / ppl_fp32); windows in circular blocks as in the reports (consecutive windows correlate)
+        iv = bootstrap(mean_b, mean_a, weights=tok, n_boot=2000, seed=0, block="auto")
         out[f"log_ppl_ratio_{d}"] = iv.__dict__
         out[f"ppl_{d}"] = {"fp32": pa["ppl"], "bf16": pb["ppl"], "ratio": pb["ppl"] / pa["ppl"],
                            "ratio_interval": [math.exp(iv.lo), math.exp(iv.hi)],
                            "max_abs_window_mean_nll_diff": float(np.abs(mean_b - mean_a).max()),
                            "seconds": {"fp32": pa["seconds"], "bf16": pb["seconds"]}}
+    ca, cb = a.get("curves"), b.get("curves")
+    if ca and cb:  # two trainings of the same cell (fp32 and bf16 budgets): their per-step LM loss
+        la = np.array([c["lm_loss"] for c in ca], float)
+        lb = np.array([c["lm_loss"] for c in cb], float)
+        k = min(len(la), len(lb))
+        d = lb[:k] - la[:k]
+        out["train_lm_loss"] = {"steps": k, "mean_diff_bf16_minus_fp32": float(d.mean()),
+                                "mean_abs_diff": float(np.abs(d).mean()), "max_abs_diff": float(np.abs(d).max()),
+                                "last10_fp32": float(la[k - 10:k].mean()), "last10_bf16": float(lb[k - 10:k].mean()),
+                                "fp32": la[:k].tolist(), "bf16": lb[:k].tolist()}
     return out
 
 
