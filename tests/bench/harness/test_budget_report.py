@@ -138,6 +138,15 @@ def test_primary_claims_take_the_side_at_their_budget(sweep, built):
     assert at48["verdict"] == "behind"
 
 
+def test_selection_overlap_between_pat_arms(sweep, built):
+    o = pd.read_csv(sweep / "selection_overlap.csv")
+    assert set(o["steps"]) == {48, 80} and set(zip(o["A"], o["B"])) == {("pat", "pat_taylor")}
+    a = json.loads((CPU / "smollm2-135m--pat--r0.25--s0.json").read_text())
+    t = json.loads((CPU / "smollm2-135m--pat_taylor--r0.25--s0.json").read_text())
+    ka, kt = (set(next(iter(r["train"]["stages"].values()))["kept_channels"]) for r in (a, t))
+    assert o["jaccard"].iloc[0] == pytest.approx(len(ka & kt) / len(ka | kt))
+
+
 def test_probe_table_and_plots(sweep, built):
     pr = pd.read_csv(sweep / "probes.csv")
     assert list(pr["step"]) == [1, 2, 4, 8, 16] and (pr["s0"] == 48).all()
