@@ -3,7 +3,8 @@
     PYTHONPATH=$PWD python scripts/budget_selection.py [--results results/budget] [--out results/budget/selection.json]
 
 1. The massive-activation channels of the dense model: the hidden channels with the largest max |h| over the
-   residual stream (the output of every layer but the last, whose HF hidden state is normed) on 8 C4 calibration windows of 128 tokens (C4, never WikiText-2 test).
+   residual stream (the output of every layer but the last, whose HF hidden state is normed) on 8 C4 calibration
+   windows of 128 tokens (C4, never WikiText-2 test).
 2. Per budget, for each PAT arm: which of those channels it keeps, its perplexity, and how its selection overlaps
    with the mask-LR x1 arm at each probe step (``train.probes[].proxy_topn``) and at the end (kept channels).
    Under Adam the proxies' updates are scale-free in the gradient, and the gate is sigmoid(tau * W) + beta, so a
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
     for r in recs:
         by.setdefault(r["spec"]["budget"]["steps"], {})[r["spec"]["pipeline"][0]] = r
     rows, probes = [], []
-    print("| steps | arm | ppl | keeps " + " | keeps ".join(map(str, chans)) + " | J(final, x1) | J(final, Taylor snap) |")
+    keeps = " | keeps ".join(map(str, chans))
+    print(f"| steps | arm | ppl | keeps {keeps} | J(final, x1) | J(final, Taylor snap) |")
     print("|---|---|---|" + "---|" * len(chans) + "---|---|")
     for steps in sorted(by):
         arms = by[steps]
