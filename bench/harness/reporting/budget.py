@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.harness.reporting.chance import CHANCE_DIR, chance_tasks
+from bench.harness.reporting.chance import CHANCE_DIR, chance_tasks, recorded_chance
 from bench.harness.reporting.claims import ALPHA, primary_table
 from bench.harness.reporting.frames import label, runs_frame
 from bench.harness.reporting.pairing import (
@@ -393,7 +393,12 @@ def build_budget_report(results_dir: str | Path, suite: str | None = "budget", o
     suite = suite or records[0]["suite"]
     ppl = next(iter(((records[0].get("protocol") or {}).get("perplexity") or {}).get("datasets") or ["wikitext2"]))
     chance = chance_tasks(records, chance_dir)
-    above = {m: _above_chance(chance, m) for m in {r["spec"]["model"] for r in records}}
+    models = sorted({r["spec"]["model"] for r in records})
+    missing = [m for m in models if chance.empty or m not in set(chance["model"])]
+    if missing:  # no dense run yet (the sweep runs it last): the model's recorded chance set alone
+        chance = pd.concat([chance, pd.DataFrame([row for m in missing for row in recorded_chance(m, chance_dir)])],
+                           ignore_index=True)
+    above = {m: _above_chance(chance, m) for m in models}
     seeds = _seed_model(Path(seed_records) if seed_records else None, above, ppl)
     frame = sweep_frame(records, above, ppl)
     cmp = comparisons(records, frame, seeds, above, ppl)

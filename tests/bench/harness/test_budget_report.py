@@ -189,3 +189,15 @@ def test_the_shipped_sweep_suite_runs_every_arm_at_every_budget():
     assert all(v == {"pat", "pat_m10", "pat_m100", "pat_taylor", "flap+lora", "llm_pruner+lora", "lora"}
                for v in by.values())
     assert all(c.get("steps") == 544 for c in suite.claims) and len(suite.claims) == 6
+
+
+def test_accuracy_above_chance_before_the_dense_run(sweep, tmp_path):
+    """The sweep runs its dense model last: until then the model's recorded chance set decides the tasks."""
+    for p in sweep.glob("*.json"):
+        if "--dense--" not in p.name:
+            (tmp_path / p.name).write_text(p.read_text())
+    B.build_budget_report(tmp_path, "budget", claims=(), seed_records=None)
+    f = pd.read_csv(tmp_path / "sweep.csv")
+    assert "dense" not in set(f["arm"]) and f["acc_above_chance"].notna().all()
+    full = pd.read_csv(sweep / "sweep.csv")
+    assert list(f["acc_above_chance"]) == list(full[full["arm"] != "dense"]["acc_above_chance"])
