@@ -49,6 +49,11 @@ def _results(path: str) -> dict:
     return r
 
 
+def _iv(iv) -> dict:
+    """An interval's fields without its bootstrap replicates."""
+    return {k: v for k, v in iv.__dict__.items() if k != "reps"}
+
+
 def compare(fp32_path: str, bf16_path: str) -> dict:
     from bench.harness.stats import bootstrap
 
@@ -67,7 +72,7 @@ def compare(fp32_path: str, bf16_path: str) -> dict:
         n += len(xa)
         per_task[t] = {"acc_fp32": ma["acc"], "acc_bf16": b["tasks"][t]["acc"], "choice_flips": f, "n": len(xa)}
     acc = bootstrap(xs, ys, strata=strata, n_boot=2000, seed=0)
-    out = {"acc_diff_bf16_minus_fp32": acc.__dict__, "choice_flips": flips, "documents": n, "per_task": per_task,
+    out = {"acc_diff_bf16_minus_fp32": _iv(acc), "choice_flips": flips, "documents": n, "per_task": per_task,
            "eval_seconds": {"fp32": a.get("seconds"), "bf16": b.get("seconds")}}
     for d, pa in a["perplexity"].items():
         pb = b["perplexity"][d]
@@ -76,7 +81,7 @@ def compare(fp32_path: str, bf16_path: str) -> dict:
         mean_a, mean_b = np.asarray(wa["nll"]) / tok, np.asarray(wb["nll"]) / tok
         # log(ppl_bf16 / ppl_fp32); windows in circular blocks as in the reports (consecutive windows correlate)
         iv = bootstrap(mean_b, mean_a, weights=tok, n_boot=2000, seed=0, block="auto")
-        out[f"log_ppl_ratio_{d}"] = iv.__dict__
+        out[f"log_ppl_ratio_{d}"] = _iv(iv)
         out[f"ppl_{d}"] = {"fp32": pa["ppl"], "bf16": pb["ppl"], "ratio": pb["ppl"] / pa["ppl"],
                            "ratio_interval": [math.exp(iv.lo), math.exp(iv.hi)],
                            "max_abs_window_mean_nll_diff": float(np.abs(mean_b - mean_a).max()),
