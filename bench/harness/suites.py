@@ -47,6 +47,7 @@ GRID_KEYS = {"models", "ratios", "pipelines", "seeds", "budget", "stage_args"}
 # [[claims]]: the suite's pre-registered primary claims (bench.harness.reporting.claims; docs/statistics.md)
 CLAIM_KEYS = {"name", "a", "b", "ratio", "b_ratio", "metric", "direction", "steps"}
 # steps (optional; budget sweeps, [suite] budget_in_id): compare the two sides' runs whose budget has this many steps
+# (a dense side, which trains nothing, has no budget and is taken as it is)
 CLAIM_METRICS = ("ppl", "acc_above_chance", "acc")  # ppl: the suite's first [perplexity] dataset
 CLAIM_DIRECTIONS = ("a_better", "b_better")
 # keys of earlier suite files, with their new names
@@ -480,11 +481,15 @@ def validate(suite: Suite, runs: Iterable[RunSpec] | None = None, *, stages: set
         if r.ratio > 0 and not any(s != "lora" for s in r.pipeline):
             raise SuiteError(f"{where}: run {r.run_id}: ratio {r.ratio} needs a pruning stage in its pipeline")
     ran = {(r.pipeline, round(r.ratio, 6)) for r in runs}
+    ran_steps = {(r.pipeline, round(r.ratio, 6), r.budget.get("steps")) for r in runs}
     for i, c in enumerate(suite.claims):
         for side, ratio in (("a", c["ratio"]), ("b", c["b_ratio"])):
             if (tuple(c[side]), round(ratio, 6)) not in ran:
                 raise SuiteError(f"{where}: claims[{i}].{side}: the suite runs no pipeline {c[side]} at ratio "
                                  f"{ratio}; a primary claim must compare runs of its grid")
+            if "steps" in c and c[side] and (tuple(c[side]), round(ratio, 6), c["steps"]) not in ran_steps:
+                raise SuiteError(f"{where}: claims[{i}].steps: the suite runs {c[side]} at ratio {ratio} with no "
+                                 f"budget of {c['steps']} steps")
     return runs
 
 

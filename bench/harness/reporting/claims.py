@@ -146,10 +146,10 @@ def claims_table(runs: pd.DataFrame, tp: pd.DataFrame, value: str = "acc", recor
 
 def _side(records: list[dict], model: str, pipeline: list[str], ratio: float, steps: int | None = None) -> list[dict]:
     """The seeds of one side of a claim; ``steps`` (a budget sweep's claim): only runs whose budget has that many
-    steps."""
+    steps (the dense model trains nothing and is taken as it is)."""
     return [r for r in records if r["status"] == "success" and r["spec"]["model"] == model
             and list(r["spec"]["pipeline"]) == list(pipeline) and abs(float(r["spec"]["ratio"]) - ratio) < 1e-9
-            and (steps is None or (r["spec"].get("budget") or {}).get("steps") == steps)]
+            and (steps is None or not pipeline or (r["spec"].get("budget") or {}).get("steps") == steps)]
 
 
 def _side_name(recs: list[dict], pipeline: list[str], ratio: float) -> str:

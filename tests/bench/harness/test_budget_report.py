@@ -175,6 +175,21 @@ def test_budget_in_id_names_the_budget_and_claim_steps_are_checked():
         parse_suite(bad)
 
 
+def test_a_claim_at_steps_no_budget_has_is_refused():
+    from bench.harness.suites import validate
+
+    data = {"suite": {"name": "t", "budget_in_id": True}, "budget": {"a": {"steps": 2}},
+            "models": {"m": {"random": {"kind": "llama"}}}, "stages": {"lora": {"rank": 2}},
+            "grid": [{"models": ["m"], "ratios": [0.0], "pipelines": [["lora"], []], "budget": "a"}],
+            "claims": [{"a": ["lora"], "b": [], "ratio": 0.0, "metric": "ppl", "direction": "a_better",
+                        "steps": 3}]}
+    with pytest.raises(SuiteError, match=r"claims\[0\].steps: the suite runs \['lora'\] at ratio 0.0 with no budget "
+                                         r"of 3 steps"):
+        validate(parse_suite(data))
+    data["claims"][0]["steps"] = 2  # against the dense model, which has no budget
+    assert validate(parse_suite(data))
+
+
 def test_the_shipped_sweep_suite_runs_every_arm_at_every_budget():
     suite = load_suite("budget")
     runs = expand(suite)
