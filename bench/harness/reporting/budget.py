@@ -304,18 +304,25 @@ def plot_ratio(cmp: pd.DataFrame, path: Path) -> Path | None:
 
 
 def plot_probes(probes: pd.DataFrame, path: Path) -> Path | None:
-    """Learning curves from inside the PAT runs: held-out perplexity of the current top-N, and its overlap with the
-    Taylor selection, against the step; one line per run (mask LR x budget)."""
-    if probes.empty:
+    """Learning curves from inside the learned-selection PAT runs: held-out perplexity of the current top-N, its
+    overlap with the Taylor top-N and with the final selection, against the step; colour: mask LR, line style:
+    budget. (A Taylor-snap run's proxies learn the same way, but its final selection is the Taylor one: left out.)"""
+    d = probes[~probes["arm"].str.contains("taylor")] if not probes.empty else probes
+    if d.empty:
         return None
     plt = _plt()
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 4.0))
-    for (rid, arm, s0), g in probes.groupby(["run_id", "arm", "s0"]):
+    arms = sorted(d["arm"].unique())
+    budgets = sorted(d["s0"].unique())
+    styles = [":", "--", "-.", "-"][-len(budgets):] if len(budgets) <= 4 else ["-"] * len(budgets)
+    colors = {a: f"C{i}" for i, a in enumerate(arms)}
+    for (arm, s0), g in d.groupby(["arm", "s0"]):
         g = g.sort_values("step")
-        lab = f"{arm}, s0={s0}"
-        a1.plot(g["step"], g["heldout_ppl"], "-o", ms=3, label=lab)
-        a2.plot(g["step"], g["jaccard_proxy_taylor"], "-o", ms=3, label=lab)
-        a3.plot(g["step"], g["jaccard_proxy_final"], "-o", ms=3, label=lab)
+        kw = {"color": colors[arm], "ls": styles[budgets.index(s0)], "marker": "o", "ms": 3,
+              "label": f"{arm} (mask LR x{g['mask_lr_scale'].iloc[0]:g}), s0={s0}"}
+        a1.plot(g["step"], g["heldout_ppl"], **kw)
+        a2.plot(g["step"], g["jaccard_proxy_taylor"], **kw)
+        a3.plot(g["step"], g["jaccard_proxy_final"], **kw)
     a1.set_yscale("log")
     a1.set_ylabel("held-out ppl, current top-N hard-selected (log)")
     a2.set_ylabel("Jaccard(current top-N, Taylor top-N)")
@@ -327,7 +334,8 @@ def plot_probes(probes: pd.DataFrame, path: Path) -> Path | None:
     a2.axhline(0.6, color="gray", lw=0.8, ls=":")  # two random 432-of-576 sets: E[J] = 0.6
     a3.axhline(0.6, color="gray", lw=0.8, ls=":")
     a1.legend(fontsize=6)
-    fig.suptitle("PAT's mask inside each run, before the freeze (dotted: two random top-N sets)", fontsize=9)
+    fig.suptitle("PAT's learned mask inside each run, up to the freeze (grey dotted: two random top-N sets)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
