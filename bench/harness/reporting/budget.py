@@ -389,16 +389,9 @@ def build_budget_report(results_dir: str | Path, suite: str | None = "budget", o
     """Write the sweep's ``TABLES.md``, CSVs and PNGs; returns the TABLES.md path. ``claims``: the primary claims
     (default: the suite file's ``[[claims]]``); ``seed_records``: records whose three-seed cells give the pooled
     seed model (default ``results/cpu``; None: intervals without a seed component)."""
-    from bench.harness.reporting.build import _header, _suite_claims  # build imports this module's siblings only
+    from bench.harness.reporting.build import _header, _suite_claims, suite_records  # build: siblings only
 
-    results_dir = Path(results_dir)
-    out = Path(out_dir) if out_dir else results_dir
-    out.mkdir(parents=True, exist_ok=True)
-    records = [r for r in load_results(results_dir) if suite is None or r.get("suite") == suite]
-    if not records:
-        raise FileNotFoundError(f"no run records (*.json) for suite {suite!r} in {results_dir}; run pat-bench run "
-                                f"--suite {suite} first")
-    suite = suite or records[0]["suite"]
+    results_dir, out, suite, records = suite_records(results_dir, suite, out_dir)
     ppl = next(iter(((records[0].get("protocol") or {}).get("perplexity") or {}).get("datasets") or ["wikitext2"]))
     chance = chance_tasks(records, chance_dir)
     models = sorted({r["spec"]["model"] for r in records})

@@ -179,20 +179,27 @@ def _suite_claims(suite: str) -> tuple[dict, ...]:
     return load_suite(path).claims
 
 
+def suite_records(results_dir: str | Path, suite: str | None, out_dir: str | Path | None = None
+                  ) -> tuple[Path, Path, str, list[dict]]:
+    """``(results_dir, out, suite, records)``: a report's records (those of ``suite`` in ``results_dir``) and its
+    output directory (created; default ``results_dir``); raises ``FileNotFoundError`` when there is no record."""
+    results_dir = Path(results_dir)
+    out = Path(out_dir) if out_dir else results_dir
+    out.mkdir(parents=True, exist_ok=True)
+    records = [r for r in load_results(results_dir) if suite is None or r.get("suite") == suite]
+    if not records:
+        raise FileNotFoundError(f"no run records (*.json) for suite {suite!r} in {results_dir}; run pat-bench run "
+                                f"--suite {suite} first")
+    return results_dir, out, suite or records[0]["suite"], records
+
+
 def build_report(results_dir: str | Path, suite: str | None = None, out_dir: str | Path | None = None,
                  claims: list[dict] | tuple | None = None, chance_dir: Path | None = CHANCE_DIR) -> Path:
     """Write ``TABLES.md``, CSVs and PNGs for the run records in ``results_dir``; returns the TABLES.md path.
 
     ``claims``: the primary claims (default: the suite file's ``[[claims]]``); ``chance_dir``: where the recorded
     chance sets live (``chance.recorded_chance``; None: decide on the suite's dense run)."""
-    results_dir = Path(results_dir)
-    out = Path(out_dir) if out_dir else results_dir
-    out.mkdir(parents=True, exist_ok=True)
-    records = [r for r in load_results(results_dir) if suite is None or r.get("suite") == suite]
-    if not records:
-        raise FileNotFoundError(f"no run records (*.json) for suite {suite!r} in {results_dir}; run python -m "
-                                f"bench.run --suite {suite} first")
-    suite = suite or records[0]["suite"]
+    results_dir, out, suite, records = suite_records(results_dir, suite, out_dir)
     runs, tasks, tp = runs_frame(records), tasks_frame(records), throughput_frame(records)
     runs.to_csv(out / "runs.csv", index=False)
     tasks.to_csv(out / "per_task.csv", index=False)
