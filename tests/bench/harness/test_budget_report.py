@@ -216,3 +216,12 @@ def test_accuracy_above_chance_before_the_dense_run(sweep, tmp_path):
     assert "dense" not in set(f["arm"]) and f["acc_above_chance"].notna().all()
     full = pd.read_csv(sweep / "sweep.csv")
     assert list(f["acc_above_chance"]) == list(full[full["arm"] != "dense"]["acc_above_chance"])
+
+
+def test_pat_bench_report_dispatches_a_sweep_to_its_report(sweep, tmp_path, capsys):
+    from bench.cli.report import main
+
+    assert main(["--suite", "budget", "--results", str(sweep), "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "TABLES.md").read_text()
+    assert "## The answer so far" in md and (tmp_path / "sweep.csv").exists()
+    assert main(["--suite", "cpu", "--results", str(tmp_path / "none")]) == 2  # the suite report, no records
