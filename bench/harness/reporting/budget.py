@@ -119,6 +119,21 @@ def sweep_frame(records: list[dict[str, Any]], above: dict[str, list[str] | None
     return df.sort_values(["steps", "kind", "arm"], na_position="first").reset_index(drop=True)
 
 
+def pivot(frame: pd.DataFrame, metric: str = "ppl") -> pd.DataFrame:
+    """``metric`` by arm (rows, with their kind) and budget (columns ``steps (s0 = N)``)."""
+    d = frame.dropna(subset=["steps"]) if not frame.empty else frame
+    if d.empty:
+        return pd.DataFrame()
+    d = d.assign(budget=[f"{int(st)} steps (s0 = {int(s0)})" for st, s0 in zip(d["steps"], d["s0"])],
+                 arm_=[f"{disp} [{kind}]" for disp, kind in zip(d["display"], d["kind"])])
+    order = [f"{int(st)} steps (s0 = {int(s0)})" for st, s0 in sorted(set(zip(d["steps"], d["s0"])))]
+    kinds = {LEARNED: 0, IMPORTANCE: 1, REFERENCE: 2}
+    rows = sorted(set(zip(d["arm_"], d["kind"], d["arm"])), key=lambda t: (kinds[t[1]], t[2]))
+    p = d.pivot_table(index="arm_", columns="budget", values=metric, aggfunc="mean")
+    p = p.reindex(index=[r[0] for r in rows], columns=order)
+    return p.reset_index().rename(columns={"arm_": "arm [kind]"})
+
+
 def _by_id(records: list[dict]) -> dict[str, dict]:
     return {r["run_id"]: r for r in records if r["status"] == "success"}
 
@@ -409,7 +424,11 @@ def build_budget_report(results_dir: str | Path, suite: str | None = "budget", o
     probes.to_csv(out / "probes.csv", index=False)
     overlap.to_csv(out / "selection_overlap.csv", index=False)
     md = _header(suite, records, results_dir)
-    md += ["## The answer so far", "", crossover(cmp), ""]
+    md += ["## The answer so far", "", crossover(cmp), "",
+           f"WikiText-2 perplexity ({ppl}, the primary metric) by arm and budget (one seed; intervals below):", "",
+           to_markdown(pivot(frame, "ppl"), digits=1, signed=False),
+           "Mean accuracy (%) on the tasks above chance for the dense model:", "",
+           to_markdown(pivot(frame, "acc_above_chance"), digits=1, signed=False)]
     registered = tuple(_suite_claims(suite) if claims is None else claims)
     runs = runs_frame(records)
     md += ["## Primary claims (pre-registered; Holm-corrected)", ""]
@@ -435,6 +454,10 @@ def build_budget_report(results_dir: str | Path, suite: str | None = "budget", o
             f"`ppl`: {ppl}; `acc_above_chance`: mean accuracy (%) on the tasks where the dense model is above chance "
             f"({', '.join(next((v for v in above.values() if v), []) or ['none decided'])})."), "",
            to_markdown(show, digits=3, signed=False)]
+    md += ["## Cost", "",
+           ("Seconds per run (training, evaluation and perplexity; `seconds` of the record), by arm and budget, as "
+            "measured on the host that ran it (see the records' `provenance` and `train.torch_threads`):"), "",
+           to_markdown(pivot(frame, "seconds"), digits=0, signed=False)]
     md += ["## Learned selection against the best importance arm and LoRA, per budget (exploratory)", "",
            ("The best importance arm is the one with the lowest perplexity at that budget, chosen after seeing the "
             "results: these rows carry no verdict words. Perplexity ratio A / B (< 1: A lower); Δ accuracy A - B "

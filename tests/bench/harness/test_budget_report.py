@@ -100,6 +100,16 @@ def test_sweep_frame_has_one_row_per_arm_and_budget(sweep, built):
     assert set(trained["tokens"]) == {48 * 8 * 128, 80 * 8 * 128}
 
 
+def test_the_pivot_holds_each_runs_perplexity(sweep, built):
+    f = pd.read_csv(sweep / "sweep.csv")
+    p = B.pivot(B.sweep_frame([json.loads(x.read_text()) for x in sweep.glob("*.json")], {}, "wikitext2"))
+    assert list(p.columns) == ["arm [kind]", "48 steps (s0 = 16)", "80 steps (s0 = 48)"]
+    assert p["arm [kind]"].iloc[0].endswith("[learned]") and p["arm [kind]"].iloc[-1].endswith("[reference]")
+    row = p[p["arm [kind]"].str.startswith("FLAP")].iloc[0]
+    assert row["80 steps (s0 = 48)"] == pytest.approx(f[(f["arm"] == "flap+lora") & (f["steps"] == 80)]["ppl"].iloc[0])
+    assert "## Cost" in built.read_text()
+
+
 def test_learned_arm_against_best_importance_arm_is_the_known_ratio(sweep, built):
     c = pd.read_csv(sweep / "comparisons.csv")
     row = c[(c["steps"] == 80) & (c["vs"] == "best importance arm")].iloc[0]
