@@ -92,3 +92,15 @@ def test_distillation_needs_a_teacher():
 
     with pytest.raises(ValueError, match="TrainBudget.distill_weight = 0.5: needs a teacher"):
         train(tiny_model("llama-mha"), [], budget(distill_weight=0.5), None, "unused")
+
+
+def test_distillation_under_bf16_autocast(tmp_path):
+    """The `short` suite trains with KD in bf16: the teacher runs under the same autocast. Its KD loss starts near 0
+    (student = teacher) within bf16's rounding of the logits and the run's losses stay finite."""
+    b = budget(steps=3, distill_weight=0.5, distill_temperature=1.0, precision="bf16")
+    rec = run(tmp_path, stages=[LoRAStage(LoRAConfig(rank=4, dropout=0.0))], b=b)
+    kd = rec["distill"]["kd_losses"]
+    assert rec["budget"]["precision"] == "bf16" and len(kd) == 3
+    assert all(math.isfinite(v) for v in kd + rec["losses"])
+    # identical models under the same autocast give identical bf16 logits: KL 0 up to the fp32 softmax's rounding
+    assert abs(kd[0]) < 1e-4
