@@ -28,9 +28,11 @@ HEADER = '''\
 # The mask probe records, inside every PAT run, the held-out perplexity of the current top-N hard-selected and its
 # overlap with the Taylor and final selections at log-spaced steps before the freeze (bench.harness.mask_probe).
 # Throughput is off: the arms are size-matched, and the question is quality.
-# Cost (cpu suite per-run costs, measured: ~4 s a training step at 2 threads, evaluation ~3 min a run): ~8 job-h in
-# all, most of it at s0 = 512 (7 x 544 steps). It runs in pieces: each finished run is a file in results/budget,
-# an interrupted run resumes from its checkpoint, and `pat-bench run --suite budget --jobs 2` picks up where it
+# Cost, measured (2026-12-05, two shards of one thread on the 2-core host; results/budget/TABLES.md, "Cost"): a run
+# took 420-810 s at s0 = 16, 560-1,190 s at s0 = 48 (a CI run shared the host), 1,290-1,400 s at s0 = 160 (a PAT
+# step ~6.6 s); s0 = 512 is projected at ~63 min a run, ~4 h of wall time for its 7 runs. It runs in pieces: each
+# finished run is a file in results/budget, an interrupted run resumes from its checkpoint, and
+# `pat-bench run --suite budget --jobs 2` picks up where it
 # stopped. Report: `python -m bench.harness.reporting.budget results/budget`.
 [suite]
 name = "budget"
