@@ -1,6 +1,6 @@
 """Who the paper's mask picks at each budget of the sweep (docs/findings/2026-12-05-budget-sweep.md), from records.
 
-    PYTHONPATH=$PWD python scripts/budget_selection.py [--results results/budget] [--out results/budget/selection.json]
+    PYTHONPATH=$PWD python scripts/budget_selection.py [--results results/budget] [--out results/budget_selection.json]
 
 1. The massive-activation channels of the dense model: the hidden channels with the largest max |h| over the
    residual stream (the output of every layer but the last, whose HF hidden state is normed) on 8 C4 calibration
@@ -19,12 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.harness.mask_probe import jaccard
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def jaccard(a, b) -> float:
-    a, b = set(a), set(b)
-    return len(a & b) / len(a | b) if a | b else 1.0
 
 
 def massive_channels(k: int = 3, n: int = 8) -> list[dict]:

@@ -45,6 +45,7 @@ from bench.harness.reporting.pairing import (
     paired_log_ppl,
     seed_model,
 )
+from bench.harness.reporting.plots import _plt, save
 from bench.harness.reporting.tables import to_markdown
 from bench.harness.results import load_results
 from pat.io import write_text_atomic
@@ -93,7 +94,7 @@ def sweep_frame(records: list[dict[str, Any]], above: dict[str, list[str] | None
         s = r["spec"]
         b = s.get("budget") or {}
         steps = b.get("steps")
-        fam, name, mode = label(s["pipeline"], s.get("method_args"))
+        _, name, mode = label(s["pipeline"], s.get("method_args"))
         bn = str(s.get("budget_name", ""))
         s0 = _milestone(r)
         if s0 is None and bn.startswith("s0_"):
@@ -197,21 +198,22 @@ def crossover(cmp: pd.DataFrame) -> str:
             f"does a learned-selection arm's perplexity interval lie below the best importance-based arm's.{tail}")
 
 
+def _per_step(records: list[dict[str, Any]], key: str):
+    """``(record, entry)`` for every entry of ``train[key]`` (a per-step list: ``probes``, ``curves``) of every
+    successful record."""
+    for r in records:
+        if r["status"] == "success":
+            for x in (r.get("train") or {}).get(key) or []:
+                yield r, x
+
+
 def probe_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """The mask probes of every PAT run: one row per probe step."""
-    rows = []
-    for r in records:
-        if r["status"] != "success":
-            continue
-        for p in (r.get("train") or {}).get("probes") or []:
-            rows.append({"run_id": r["run_id"], "arm": "+".join(r["spec"]["pipeline"]),
-                         "mask_lr_scale": (_pat_args(r) or {}).get("mask_lr_scale"), "s0": _milestone(r),
-                         "steps": (r["spec"].get("budget") or {}).get("steps"), "step": p["step"],
-                         "heldout_ppl": p.get("heldout_ppl"),
-                         "jaccard_proxy_taylor": p.get("jaccard_proxy_taylor"),
-                         "jaccard_proxy_final": p.get("jaccard_proxy_final"),
-                         "jaccard_taylor_final": p.get("jaccard_taylor_final")})
-    return pd.DataFrame(rows)
+    keys = ("heldout_ppl", "jaccard_proxy_taylor", "jaccard_proxy_final", "jaccard_taylor_final")
+    return pd.DataFrame([{"run_id": r["run_id"], "arm": "+".join(r["spec"]["pipeline"]),
+                          "mask_lr_scale": (_pat_args(r) or {}).get("mask_lr_scale"), "s0": _milestone(r),
+                          "steps": (r["spec"].get("budget") or {}).get("steps"), "step": p["step"],
+                          **{k: p.get(k) for k in keys}} for r, p in _per_step(records, "probes")])
 
 
 def _kept(rec: dict) -> list[int] | None:
@@ -242,26 +244,12 @@ def overlap_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def curves_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """The per-step training curves (``train.curves``) of every run."""
-    rows = []
-    for r in records:
-        if r["status"] != "success":
-            continue
-        for c in (r.get("train") or {}).get("curves") or []:
-            rows.append({"run_id": r["run_id"], "arm": "+".join(r["spec"]["pipeline"]),
-                         "steps": (r["spec"].get("budget") or {}).get("steps"), **c})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"run_id": r["run_id"], "arm": "+".join(r["spec"]["pipeline"]),
+                          "steps": (r["spec"].get("budget") or {}).get("steps"), **c}
+                         for r, c in _per_step(records, "curves")])
 
 
 # ---------------------------------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_quality(frame: pd.DataFrame, cmp: pd.DataFrame, path: Path, metric: str = "ppl") -> Path | None:
     """Perplexity (log scale) or accuracy above chance against tuning tokens, one line per arm."""
     d = frame.dropna(subset=["steps", metric])
@@ -286,10 +274,7 @@ def plot_quality(frame: pd.DataFrame, cmp: pd.DataFrame, path: Path, metric: str
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def plot_ratio(cmp: pd.DataFrame, path: Path) -> Path | None:
@@ -312,10 +297,7 @@ def plot_ratio(cmp: pd.DataFrame, path: Path) -> Path | None:
     ax.set_title("Below 1: the learned selection beats the best importance-based arm", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def plot_probes(probes: pd.DataFrame, path: Path) -> Path | None:
@@ -351,10 +333,7 @@ def plot_probes(probes: pd.DataFrame, path: Path) -> Path | None:
     a1.legend(fontsize=6)
     fig.suptitle("PAT's learned mask inside each run, up to the freeze (grey dotted: two random top-N sets)",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 CURVE_KEYS = (("lm_loss", "LM loss"), ("L_active", "count loss"), ("active", "active channels"),
@@ -384,10 +363,7 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path | None:
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"PAT training curves at {int(top)} steps", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------- build

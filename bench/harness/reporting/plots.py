@@ -18,6 +18,15 @@ def _plt():
     return plt
 
 
+def save(fig, path: Path, dpi: int = 110, rect: tuple | None = None) -> Path:
+    """Lay ``fig`` out (``rect``: the area left to the axes), write it to ``path`` as a PNG, close it; returns path."""
+    plt = _plt()
+    fig.tight_layout(**({"rect": rect} if rect is not None else {}))
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_speedup(tp: pd.DataFrame, model: str, path: Path) -> Path | None:
     """Prefill speedup vs batch size (median over seeds), one panel per ratio (its bound 1/(1-r) dotted); colour by
     method and marker / line style by mode, as in the other plots, so no colour stands for two methods."""
@@ -46,10 +55,7 @@ def plot_speedup(tp: pd.DataFrame, model: str, path: Path) -> Path | None:
     fig.suptitle(f"{model}: prefill speedup vs batch size "
                  f"({dev}{'' if dev == 'cuda' else ', not comparable with the paper'})", fontsize=9)
     fig.legend(list(handles.values()), list(handles.keys()), fontsize=7, loc="center right")
-    fig.tight_layout(rect=(0, 0, 1 - 2.5 / (3.2 * len(ratios) + 2.6), 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, rect=(0, 0, 1 - 2.5 / (3.2 * len(ratios) + 2.6), 1))
 
 
 # one colour per method (never reused for another method in a figure), one marker and line style per mode
@@ -129,10 +135,7 @@ def plot_vs_params(cells: pd.DataFrame, model: str, path: Path, metric: str = "a
     ax.set_title(f"{model}: {what} vs achieved parameters, bars: 95 % CI incl. seed variance{note}", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_forest(claims: pd.DataFrame, path: Path) -> Path | None:
@@ -168,10 +171,7 @@ def plot_forest(claims: pd.DataFrame, path: Path) -> Path | None:
         ax2.grid(alpha=0.3, axis="x", which="both")
     fig.suptitle("The paper's claims, exploratory (no verdicts): paired differences, 95 % CI with seed variance "
                  "(hollow: independent s.e., no per-item data)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 
@@ -211,7 +211,4 @@ def plot_primary(primary: pd.DataFrame, path: Path) -> Path | None:
     axes[0][0].set_ylim(-0.6, len(rows) - 0.4)
     fig.suptitle("Primary claims: thick 95 % CI, thin simultaneous CI (Bonferroni); filled: resolved after Holm",
                  fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
