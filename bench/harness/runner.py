@@ -301,7 +301,8 @@ def run_one(spec: RunSpec, suite: Suite, model_dir: str, opts: RunnerOptions, al
     return R.make_record(spec.to_dict(), "success", {**prov, "data_sha256": data}, protocol=suite_protocol(suite),
                          model_source=model_dir,
                          metrics=metrics, params=params, train=train_rec, throughput=tp,
-                         seconds=round(time.perf_counter() - t0, 2))
+                         seconds=round(time.perf_counter() - t0 + (train_rec or {}).get("resumed_wall_seconds", 0.0),
+                                       2))
 
 
 # ---------------------------------------------------------------------------------------------- the grid

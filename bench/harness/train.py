@@ -351,6 +351,8 @@ class TrainRun:
     teacher: Any = None  # bench.harness.distill.Teacher when budget.distill_weight > 0
     kd_sum: Any = None  # this step's KD loss share so far (a tensor; read once per step)
     probes: Sequence[Any] = ()  # callables (model, step) -> dict | None, e.g. bench.harness.mask_probe.MaskProbe
+    t_start: float = field(default_factory=time.perf_counter)  # this process's training run began
+    wall_before: float = 0.0  # seconds earlier processes spent on this run, up to the checkpoint it resumed from
     state: dict[str, Any] = field(default_factory=lambda: {
         "losses": [], "extra_losses": [], "tokens_seen": 0, "response_tokens_seen": 0, "train_seconds": 0.0,
         "optimizer_state_not_reset": []})
@@ -437,6 +439,8 @@ def resume_from_checkpoint(run: TrainRun, out_dir: Path, on_bad_checkpoint: str 
         acc.load_state(str(d), strict=False)
     _load_stage_tensors(run.stages, run.model, stage_tensors)
     run.state, run.start = loop["state"], loop["step"]
+    # checkpoints from before ``wall_seconds`` existed carry only the training time: a lower bound of the wall time
+    run.wall_before = float(run.state.get("wall_seconds", run.state.get("train_seconds", 0.0)))
     after_optimizer_step(run, run.start)  # stages re-derive their schedule position from the step count
     log.info("resumed from %s at step %d/%d", d, run.start, run.budget.total_steps)
     return True
@@ -452,6 +456,7 @@ def save_checkpoint(run: TrainRun, out_dir: Path, step: int) -> Path:
     acc.save_state(str(d), safe_serialization=True)
     if acc.is_main_process:
         _save_state(_stage_tensors(run.stages, run.model), d / "stages.safetensors")
+        run.state["wall_seconds"] = run.wall_before + time.perf_counter() - run.t_start  # a resume adds it back
         write_json_atomic(d / "loop.json", {"step": step, "world_size": run.world, "state": run.state})
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -608,6 +613,7 @@ def _train_record(run: TrainRun) -> dict[str, Any]:
         "losses": st["losses"], "extra_losses": st["extra_losses"],
         "tokens_seen": st["tokens_seen"], "response_tokens_seen": st["response_tokens_seen"],
         "train_seconds": st["train_seconds"],
+        "resumed_wall_seconds": run.wall_before,
         "tokens_per_s": st["tokens_seen"] / st["train_seconds"] if st["train_seconds"] else None,
         "optimizer_state_not_reset": st.get("optimizer_state_not_reset", []),
         "peak_memory": peak_memory(run.accelerator.device),

@@ -75,6 +75,16 @@ def arm_kind(rec: dict) -> str:
     return IMPORTANCE
 
 
+def _run_seconds(r: dict[str, Any]) -> float | None:
+    """A run's seconds over all its processes. Records that carry ``train.resumed_wall_seconds`` already count the
+    processes before a resume; older ones count the last process only, so their earlier training time is added
+    (``train_seconds`` sums every process's training, ``wall_seconds`` is the last process's): a lower bound."""
+    sec, t = r.get("seconds"), r.get("train") or {}
+    if sec is None or "resumed_wall_seconds" in t or t.get("train_seconds") is None or t.get("wall_seconds") is None:
+        return sec
+    return sec + max(0.0, float(t["train_seconds"]) - float(t["wall_seconds"]))
+
+
 def _milestone(rec: dict) -> int | None:
     for st in ((rec.get("train") or {}).get("stages") or {}).values():
         if isinstance(st, dict) and "milestone_step" in st:
@@ -111,7 +121,7 @@ def sweep_frame(records: list[dict[str, Any]], above: dict[str, list[str] | None
                      * int(b.get("seq_len", 0)),
                      "tokens_seen": (r.get("train") or {}).get("tokens_seen"), "ppl": p, "acc_above_chance": acc,
                      "params": (r.get("params") or {}).get("total"),
-                     "train_seconds": (r.get("train") or {}).get("train_seconds"), "seconds": r.get("seconds")})
+                     "train_seconds": (r.get("train") or {}).get("train_seconds"), "seconds": _run_seconds(r)})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -432,7 +442,10 @@ def build_budget_report(results_dir: str | Path, suite: str | None = "budget", o
            to_markdown(show, digits=3, signed=False)]
     md += ["## Cost", "",
            ("Seconds per run (training, evaluation and perplexity; `seconds` of the record), by arm and budget, as "
-            "measured on the host that ran it (see the records' `provenance` and `train.torch_threads`):"), "",
+            "measured on the host that ran it (see the records' `provenance` and `train.torch_threads`). A run "
+            "resumed from a checkpoint counts its earlier processes up to that checkpoint; records written before "
+            "the runner counted them (no `train.resumed_wall_seconds`) add their earlier training seconds instead, "
+            "a lower bound:"), "",
            to_markdown(pivot(frame, "seconds"), digits=0, signed=False)]
     md += ["## Learned selection against the best importance arm and LoRA, per budget (exploratory)", "",
            ("The best importance arm is the one with the lowest perplexity at that budget, chosen after seeing the "

@@ -199,6 +199,24 @@ def _latest_dir(tmp_path, name="cut") -> Path:
     return root / json.loads((root / "latest.json").read_text())["dir"]
 
 
+def test_resumed_run_counts_the_earlier_process_wall_time(tmp_path):
+    """A run cut after step 4 and resumed reports the first process's seconds up to that checkpoint
+    (``resumed_wall_seconds``), so a run's cost is not only its last process's."""
+    first = _cut(tmp_path)
+    saved = json.loads((_latest_dir(tmp_path) / "loop.json").read_text())["state"]
+    assert first["resumed_wall_seconds"] == 0.0
+    assert saved["wall_seconds"] >= saved["train_seconds"] > 0  # the process's time from its start to the save
+    rest = _resume(tmp_path)
+    assert rest["steps_done"] == 8 and rest["resumed_wall_seconds"] == saved["wall_seconds"]
+    _cut(tmp_path, name="old")
+    loop = _latest_dir(tmp_path, "old") / "loop.json"
+    old = json.loads(loop.read_text())
+    del old["state"]["wall_seconds"]  # a checkpoint written before the field existed: its training time instead
+    loop.write_text(json.dumps(old))
+    again = _resume(tmp_path, name="old")
+    assert again["resumed_wall_seconds"] == old["state"]["train_seconds"]
+
+
 @pytest.mark.parametrize("victim", ["optimizer.bin", "model.safetensors", "random_states_0.pkl", "loop.json"])
 def test_truncated_checkpoint_file_stops_naming_it(tmp_path, victim):
     _cut(tmp_path)

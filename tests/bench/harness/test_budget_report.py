@@ -235,3 +235,16 @@ def test_pat_bench_report_dispatches_a_sweep_to_its_report(sweep, tmp_path, caps
     md = (tmp_path / "TABLES.md").read_text()
     assert "## The answer so far" in md and (tmp_path / "sweep.csv").exists()
     assert main(["--suite", "cpu", "--results", str(tmp_path / "none")]) == 2  # the suite report, no records
+
+
+def test_run_seconds_count_the_processes_before_a_resume():
+    """Cost of a resumed run: records with ``resumed_wall_seconds`` already count every process; older ones add the
+    earlier processes' training seconds (``train_seconds`` sums all processes, ``wall_seconds`` is the last one's)."""
+    straight = {"seconds": 100.0, "train": {"train_seconds": 70.0, "wall_seconds": 80.0}}
+    assert B._run_seconds(straight) == 100.0
+    old_resumed = {"seconds": 100.0, "train": {"train_seconds": 170.0, "wall_seconds": 80.0}}
+    assert B._run_seconds(old_resumed) == 190.0  # + 90 s of training in the earlier process
+    new_resumed = {"seconds": 230.0, "train": {"train_seconds": 170.0, "wall_seconds": 80.0,
+                                                "resumed_wall_seconds": 120.0}}
+    assert B._run_seconds(new_resumed) == 230.0  # the runner already added it
+    assert B._run_seconds({"seconds": 5.0}) == 5.0 and B._run_seconds({"seconds": None}) is None
