@@ -1,0 +1,80 @@
+"""scripts/paste_tables.py: a finding's marked blocks are replaced by the named pieces of a generated file, and a
+marker that does not resolve stops without touching the finding."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "paste_tables.py"
+spec = importlib.util.spec_from_file_location("paste_tables", SCRIPT)
+P = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(P)
+
+TABLES = """# Results
+
+## The answer
+
+No crossover within the budgets run.
+
+| arm | ppl |
+|---|---|
+| a | 1.0 |
+
+| arm | acc |
+|---|---|
+| a | 50 |
+
+### A subsection stays in its section
+
+| x |
+|---|
+
+## Cost
+
+| arm | s |
+|---|---|
+| a | 9 |
+"""
+
+
+def _doc(src: str, what: str, body: str = "old\n") -> str:
+    return f"intro\n\n<!-- paste: {src} | ## The answer | {what} -->\n{body}<!-- /paste -->\n\ntail\n"
+
+
+@pytest.fixture
+def tables(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "ROOT", tmp_path)
+    (tmp_path / "T.md").write_text(TABLES)
+    return tmp_path
+
+
+def test_pieces_replace_only_the_marked_body(tables):
+    doc = tables / "f.md"
+    doc.write_text(_doc("T.md", "table 2") + "\n" + _doc("T.md", "text 1").replace("intro\n\n", ""))
+    assert P.main([str(doc)]) == 0
+    got = doc.read_text()
+    assert "| a | 50 |" in got and "| a | 1.0 |" not in got and "old" not in got
+    assert "No crossover within the budgets run." in got and got.startswith("intro\n\n") and got.endswith("tail\n")
+    assert P.main([str(doc), "--check"]) == 0  # pasting again changes nothing
+    assert "| x |" in P.piece(tables / "T.md", "## The answer", "table 3")  # a subsection belongs to its section
+    assert P.piece(tables / "T.md", "## Cost", "table 1").endswith("| a | 9 |")
+
+
+@pytest.mark.parametrize("src,what,err", [("T.md", "table 4", "has 3 table"), ("missing.md", "table 1", "missing.md"),
+                                          ("T.md", "text 2", "has 1 text")])
+def test_a_marker_that_does_not_resolve_names_itself_and_keeps_the_finding(tables, src, what, err):
+    doc = tables / "f.md"
+    doc.write_text(_doc(src, what))
+    before = doc.read_text()
+    with pytest.raises(SystemExit, match=err):
+        P.main([str(doc)])
+    assert doc.read_text() == before
+
+
+def test_stale_finding_is_reported_by_check(tables):
+    doc = tables / "f.md"
+    doc.write_text(_doc("T.md", "table 1"))
+    assert P.main([str(doc), "--check"]) == 1 and "old" in doc.read_text()
