@@ -226,6 +226,19 @@ def probe_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
                           **{k: p.get(k) for k in keys}} for r, p in _per_step(records, "probes")])
 
 
+def probe_pivot(probes: pd.DataFrame, key: str) -> pd.DataFrame:
+    """One row per learned PAT run (arm at its s0), one column per probe step: the learning curve of ``key``."""
+    p = probes[probes["arm"].isin([a for a in probes["arm"].unique() if a != "pat_taylor"])]
+    if p.empty:
+        return pd.DataFrame()
+    p = p.assign(run=[f"{a} (x{m:g}), s0 = {int(s)}" for a, m, s in zip(p["arm"], p["mask_lr_scale"], p["s0"])])
+    t = p.pivot_table(index=["s0", "mask_lr_scale", "run"], columns="step", values=key, aggfunc="first")
+    t = t.reset_index(level=["s0", "mask_lr_scale"], drop=True)
+    t.columns = [f"step {int(c)}" for c in t.columns]
+    t.index.name = "arm, budget"
+    return t.reset_index().astype(object).where(t.reset_index().notna(), None)
+
+
 def _kept(rec: dict) -> list[int] | None:
     for st in ((rec.get("train") or {}).get("stages") or {}).values():
         if isinstance(st, dict) and st.get("kept_channels"):
@@ -452,8 +465,11 @@ def build_budget_report(results_dir: str | Path, suite: str | None = "budget", o
             "results: these rows carry no verdict words. Perplexity ratio A / B (< 1: A lower); Δ accuracy A - B "
             "(points, tasks above chance). Intervals: paired bootstrap (windows in circular blocks; documents within "
             f"tasks) plus the pooled seed component ({MODELLED})."), "",
-           to_markdown(cmp[[c for c in cmp.columns if not c.startswith("_") and c != "model"]],
-                       digits=3, signed=False) if not cmp.empty else "_(none yet)_\n"]
+           ]
+    for vs, title in (("best importance arm", "Against the best importance arm:"), ("LoRA (dense)", "Against LoRA:")):
+        part = cmp[cmp["vs"] == vs] if not cmp.empty else cmp
+        cols = [c for c in part.columns if not c.startswith("_") and c not in ("model", "vs")]
+        md += [title, "", to_markdown(part[cols], digits=3, signed=False) if not part.empty else "_(none yet)_\n"]
     if not probes.empty:
         last = probes.sort_values("step").groupby("run_id").tail(1)
         md += ["## The mask's learning curve inside each PAT run", "",
@@ -463,6 +479,11 @@ def build_budget_report(results_dir: str | Path, suite: str | None = "budget", o
                 "(two random sets of 432 of 576 channels overlap with Jaccard 0.6 on average). Full table: "
                 "`probes.csv`. The last probe of each run:"), "",
                to_markdown(last.drop(columns=["run_id"]), digits=3, signed=False)]
+        for key, what, digits in (("heldout_ppl", "Held-out perplexity of the hard-selected current top-N", 0),
+                                  ("jaccard_proxy_taylor", "Jaccard of the current top-N with the Taylor top-N", 3),
+                                  ("jaccard_proxy_final", "Jaccard of the current top-N with the final selection", 3)):
+            md += [f"{what}, by probe step (learned arms):", "", to_markdown(probe_pivot(probes, key), digits=digits,
+                                                                            signed=False)]
     if not overlap.empty:
         md += ["## Who picked the same channels", "",
                ("Jaccard overlap of the kept hidden channels between the PAT arms at each budget (two random sets "

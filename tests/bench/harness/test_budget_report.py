@@ -162,7 +162,13 @@ def test_probe_table_and_plots(sweep, built):
     assert list(pr["step"]) == [1, 2, 4, 8, 16] and (pr["s0"] == 48).all()
     for name in ("ppl_vs_tokens", "acc_vs_tokens", "ratio_vs_tokens", "mask_probes"):
         assert (sweep / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
-    assert "## The mask's learning curve inside each PAT run" in built.read_text()
+    md = built.read_text()
+    assert "## The mask's learning curve inside each PAT run" in md
+    curve = B.probe_pivot(pr, "heldout_ppl")  # one row per learned run, one column per probe step
+    assert list(curve["arm, budget"]) == ["pat (x1), s0 = 48"]
+    assert list(curve.columns[1:]) == [f"step {s}" for s in (1, 2, 4, 8, 16)]
+    assert curve["step 8"].iloc[0] == pytest.approx(math.exp(6.0 - 0.8))
+    assert "| pat (x1), s0 = 48" in md and "Against the best importance arm:" in md and "Against LoRA:" in md
 
 
 def test_budget_in_id_names_the_budget_and_claim_steps_are_checked():
