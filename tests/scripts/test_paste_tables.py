@@ -78,3 +78,10 @@ def test_stale_finding_is_reported_by_check(tables):
     doc = tables / "f.md"
     doc.write_text(_doc("T.md", "table 1"))
     assert P.main([str(doc), "--check"]) == 1 and "old" in doc.read_text()
+
+
+def test_committed_findings_hold_what_their_sources_say():
+    """Every finding with paste markers matches its generated sources as committed (regenerate, then paste)."""
+    docs = [d for d in (SCRIPT.parents[1] / "docs" / "findings").glob("*.md") if P.MARK.search(d.read_text())]
+    for d in docs:
+        assert P.paste(d.read_text()) == d.read_text(), f"{d.name}: run scripts/paste_tables.py {d}"
