@@ -7,7 +7,7 @@ only the kept channels of each selection (docs/findings/2026-12-05-budget-sweep.
 Selections, each of 432 of SmolLM2-135M's 576 hidden channels (25 %):
 - the calibration scores that ``mask_init`` uses: Taylor and FLAP's fluctuation metric (``pat.importance``) on 32 C4
   windows of 128 tokens (seed 0; never WikiText-2);
-- one random set (seed 0);
+- random sets (seeds 0, 1, 2: ``--random``);
 - the final selection (``kept_channels``) of every PAT run of the sweep at the given budgets.
 Each is applied to the *untuned* dense model: PAT attached with the proxy at +1 on the kept channels and -1 on the
 rest, hard gate, then ``pat.finalize`` (a plain model with hidden size 432; HIO and LoRA start at zero, so this is
@@ -51,7 +51,7 @@ def pruned_only_ppl(keep: list[int]) -> float:
     return float(perplexity(small, tok, "wikitext2", seq_len=128, stride=128, max_tokens=16384)["ppl"])
 
 
-def selections(results: Path, steps: set[int] | None) -> dict[str, list[int]]:
+def selections(results: Path, steps: set[int] | None, n_random: int = 3) -> dict[str, list[int]]:
     import torch
 
     from bench.harness.calibration import load_calibration
@@ -65,8 +65,10 @@ def selections(results: Path, steps: set[int] | None) -> dict[str, list[int]]:
     for by in ("taylor", "flap"):
         scores = channel_scores(model, calib, by)
         out[f"calibration {by} (mask_init)"] = sorted(torch.argsort(scores, descending=True)[:n_keep].tolist())
-    out["random (seed 0)"] = sorted(torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(0))
-                                    [:n_keep].tolist())
+    for seed in range(n_random):
+        out[f"random (seed {seed})"] = sorted(torch.randperm(scores.numel(),
+                                                             generator=torch.Generator().manual_seed(seed))
+                                              [:n_keep].tolist())
     recs = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
     recs = [r for r in recs if r.get("status") == "success" and r["spec"]["pipeline"]
             and r["spec"]["pipeline"][0].startswith("pat")
@@ -83,13 +85,14 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(ROOT / "results" / "budget"))
     ap.add_argument("--steps", type=int, nargs="*", default=None,
                     help="budgets (total steps) to include; all if absent")
+    ap.add_argument("--random", type=int, default=3, help="random selections (seeds 0..n-1)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--md", default=None)
     args = ap.parse_args(argv)
     import torch
 
     torch.manual_seed(0)
-    sels = selections(Path(args.results), set(args.steps) if args.steps else None)
+    sels = selections(Path(args.results), set(args.steps) if args.steps else None, args.random)
     rows = []
     for name, sel in sels.items():
         keep, tuned = (sel["keep"], sel["tuned_ppl"]) if isinstance(sel, dict) else (sel, None)
