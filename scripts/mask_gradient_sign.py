@@ -45,18 +45,28 @@ def main(argv=None) -> int:
     g = torch.stack(grads)
     n_keep = mask.target
     imp, mean, sd = g.abs().sum(0), g.mean(0), g.std(0)
-    snr = mean / (sd / len(g) ** 0.5)
+    snr = mean / (sd / len(g) ** 0.5).clamp_min(torch.finfo(torch.float32).tiny)
     taylor = torch.argsort(imp, descending=True)[:n_keep].tolist()
     follows_sign = torch.argsort(snr)[:n_keep].tolist()  # most negative mean/sd first: the loss wants them larger
-    ranks = torch.stack([imp.argsort().argsort().float(), mean.argsort().argsort().float()])
+    def spearman(a, b) -> float:
+        return float(torch.corrcoef(torch.stack([a.argsort().argsort().float(), b.argsort().argsort().float()]))[0, 1])
+
     out = {"windows": len(g), "keep": n_keep,
-           "spearman_importance_vs_mean_gradient": float(torch.corrcoef(ranks)[0, 1]),
+           "spearman_importance_vs_mean_gradient": spearman(imp, mean),
+           "spearman_importance_vs_mean_over_se": spearman(imp, snr),
+           "share_pushed_down_in_taylor_top": float((mean[taylor] > 0).float().mean()),
+           "share_pushed_down_in_taylor_rest": float((mean[torch.argsort(imp, descending=True)[n_keep:]] > 0)
+                                                     .float().mean()),
            "jaccard_sign_following_vs_taylor": jaccard(follows_sign, taylor),
            "median_abs_snr": float(snr.abs().median()),
            "massive": {c: {"mean": float(mean[c]), "sd": float(sd[c]), "snr": float(snr[c]),
                            "importance_rank": int((imp > imp[c]).sum())} for c in (507, 247, 17)}}
     print(f"{len(g)} C4 windows: Spearman(Taylor importance, mean proxy gradient) = "
-          f"{out['spearman_importance_vs_mean_gradient']:+.3f}; the {n_keep} channels the gradient's sign favours "
+          f"{out['spearman_importance_vs_mean_gradient']:+.3f}, (importance, mean/se) = "
+          f"{out['spearman_importance_vs_mean_over_se']:+.3f}; mean gradient > 0 (pushed down) for "
+          f"{out['share_pushed_down_in_taylor_top']:.0%} of the Taylor top-{n_keep} and "
+          f"{out['share_pushed_down_in_taylor_rest']:.0%} of the rest; the {n_keep} channels the gradient's sign "
+          f"favours "
           f"overlap the Taylor top-{n_keep} with Jaccard {out['jaccard_sign_following_vs_taylor']:.3f} (two random "
           f"sets: 0.60); median |mean/se| {out['median_abs_snr']:.2f}")
     for c, v in out["massive"].items():

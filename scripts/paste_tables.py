@@ -8,8 +8,9 @@ named piece of a generated Markdown file (a report's TABLES.md, or a script's ou
     <!-- /paste -->
 
 The source is a path from the repository root, the section is a heading line (the text up to the next heading of
-the same or a higher level), and the piece is ``table N`` (the N-th table of the section, 1-based), ``text N`` (its
-N-th paragraph that is neither a table nor a heading) or ``all``. A missing file, section or piece stops with an
+the same or a higher level), and the piece is ``table N`` (the N-th table of the section, 1-based; a ``_(none
+yet)_`` placeholder counts as a table), ``text N`` (its N-th paragraph that is neither a table nor a heading) or
+``all``. A missing file, section or piece stops with an
 error that names the marker; the finding is only rewritten when every marker resolved.
 
     python scripts/paste_tables.py docs/findings/2026-12-05-budget-sweep.md [--check]
@@ -24,7 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = re.compile(r"^<!-- paste: (?P<src>[^|]+?) \| (?P<sec>[^|]+?) \| (?P<what>all|table \d+|text \d+) -->\n"
-                  r"(?P<body>.*?)^<!-- /paste -->$", re.M | re.S)
+                  r"(?P<body>(?:(?!^<!-- paste:).)*?)^<!-- /paste -->$", re.M | re.S)  # a body holds no opener
+OPEN, CLOSE = re.compile(r"^<!-- paste:", re.M), re.compile(r"^<!-- /paste -->$", re.M)
 
 
 def section(md: str, heading: str) -> str:
@@ -51,8 +53,8 @@ def blocks(text: str) -> tuple[list[str], list[str]]:
         b = b.strip()
         if not b:
             continue
-        if all(ln.startswith("|") for ln in b.split("\n")):
-            tables.append(b)
+        if all(ln.startswith("|") for ln in b.split("\n")) or re.fullmatch(r"_\(.*\)_", b):
+            tables.append(b)  # a report writes "_(none yet)_" where a table has no rows: it still counts
         elif not b.startswith("#"):  # a subheading is not a paragraph
             paras.append(b)
     return tables, paras
@@ -71,6 +73,14 @@ def piece(src: Path, heading: str, what: str) -> str:
 
 
 def paste(doc: str) -> str:
+    """``doc`` with every marked block pasted; stops when the markers do not pair up (a missing close marker would
+    otherwise swallow the prose up to the next block's) or a marker does not parse."""
+    opens, closes, blocks_ = len(OPEN.findall(doc)), len(CLOSE.findall(doc)), len(MARK.findall(doc))
+    if not opens == closes == blocks_:
+        raise SystemExit(f"{opens} '<!-- paste:' lines, {closes} '<!-- /paste -->' lines and {blocks_} well-formed "
+                         "blocks: every opener needs the form '<!-- paste: SOURCE | ## HEADING | table N|text N|all "
+                         "-->' and its own close line")
+
     def one(m: re.Match) -> str:
         src = ROOT / m["src"].strip()
         try:
@@ -88,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="only report whether the finding is up to date (exit 1 if not)")
     a = ap.parse_args(argv)
     old = a.finding.read_text()
-    if not MARK.search(old):
+    if not OPEN.search(old):
         raise SystemExit(f"{a.finding}: no <!-- paste: SOURCE | HEADING | PIECE --> markers")
     new = paste(old)
     if a.check:

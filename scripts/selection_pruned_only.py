@@ -75,7 +75,10 @@ def selections(results: Path, steps: set[int] | None, n_random: int = 3) -> dict
             and (steps is None or r["spec"]["budget"]["steps"] in steps)]
     for r in sorted(recs, key=lambda r: (r["spec"]["budget"]["steps"], r["spec"]["pipeline"][0])):
         st = next(iter(r["train"]["stages"].values()))
-        out[f"{r['spec']['pipeline'][0]} at {r['spec']['budget']['steps']} steps"] = {
+        seed = r["spec"].get("seed", 0)
+        name = f"{r['spec']['pipeline'][0]} at {r['spec']['budget']['steps']} steps"
+        name += f", seed {seed}" if seed else ""
+        out[name] = {
             "keep": st["kept_channels"], "tuned_ppl": r["metrics"]["perplexity"]["wikitext2"]["ppl"]}
     return out
 

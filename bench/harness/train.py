@@ -351,8 +351,9 @@ class TrainRun:
     teacher: Any = None  # bench.harness.distill.Teacher when budget.distill_weight > 0
     kd_sum: Any = None  # this step's KD loss share so far (a tensor; read once per step)
     probes: Sequence[Any] = ()  # callables (model, step) -> dict | None, e.g. bench.harness.mask_probe.MaskProbe
-    t_start: float = field(default_factory=time.perf_counter)  # this process's training run began
+    t_start: float = field(default_factory=time.perf_counter)  # this process began the run (``train(started=)``)
     wall_before: float = 0.0  # seconds earlier processes spent on this run, up to the checkpoint it resumed from
+    # (a lower bound of their time: their model loading before ``started`` and work after that checkpoint are not in)
     state: dict[str, Any] = field(default_factory=lambda: {
         "losses": [], "extra_losses": [], "tokens_seen": 0, "response_tokens_seen": 0, "train_seconds": 0.0,
         "optimizer_state_not_reset": []})
@@ -639,6 +640,7 @@ def train(
     on_bad_checkpoint: str = "stop",
     teacher: nn.Module | None = None,
     probes: Sequence[Any] = (),
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Train an already prepared ``model`` (stages' ``prepare`` done) for ``budget.total_steps`` optimizer steps.
 
@@ -658,6 +660,9 @@ def train(
         teacher: the unpruned model, required when ``budget.distill_weight > 0`` (``bench.harness.distill``).
         probes: callables ``probe(model, step) -> dict | None`` run after each optimizer step; their results go to
             the record's ``probes`` (``bench.harness.mask_probe.MaskProbe``: PAT's mask learning curve).
+        started: ``time.perf_counter()`` when this process began the run (``run_pipeline``: before loading and
+            preparing the model); a checkpoint records the process's wall time from there, and a resumed run reports
+            it as ``resumed_wall_seconds`` (default: from here).
     Returns:
         the training record: steps, losses, tokens, seconds, peak memory, ``completed``.
     """
@@ -668,6 +673,8 @@ def train(
                          + ("needs a teacher (the unpruned model)" if teacher is None else
                             "is 0, so no teacher may be given"))
     run = setup_run(model, stages, budget, accelerator, trainable)
+    if started is not None:
+        run.t_start = started
     if run.accelerator.log_with and run.accelerator.is_main_process:
         run.accelerator.init_trackers("train", config={k: v for k, v in budget.to_dict().items()
                                                        if isinstance(v, (int, float, str, bool))})
@@ -831,7 +838,7 @@ def run_pipeline(
     rec, parity, data_record = _train_if_trainable(
         model, stages, budget, tokenizer, train_data, data_dir, out_dir, acc, checkpoint_every=checkpoint_every,
         resume=resume, stop_after=stop_after, progress=progress, on_bad_checkpoint=on_bad_checkpoint, teacher=teacher,
-        probes=probes, prompt_format=prompt_format)
+        probes=probes, prompt_format=prompt_format, started=t_start)
     del teacher
     record: dict[str, Any] = {
         "status": "success" if rec["completed"] else "stopped",

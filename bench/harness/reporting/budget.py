@@ -75,6 +75,14 @@ def arm_kind(rec: dict) -> str:
     return IMPORTANCE
 
 
+def _shown(path: str | Path) -> str:
+    """A path as the report shows it: relative to the repository when inside it (the same text in every checkout)."""
+    try:
+        return str(Path(path).resolve().relative_to(DEFAULT_SEED_RECORDS.parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def _run_seconds(r: dict[str, Any]) -> float | None:
     """A run's seconds over all its processes. Records that carry ``train.resumed_wall_seconds`` already count the
     processes before a resume; older ones count the last process only, so their earlier training time is added
@@ -220,7 +228,8 @@ def _per_step(records: list[dict[str, Any]], key: str):
 def probe_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """The mask probes of every PAT run: one row per probe step."""
     keys = ("heldout_ppl", "jaccard_proxy_taylor", "jaccard_proxy_final", "jaccard_taylor_final")
-    return pd.DataFrame([{"run_id": r["run_id"], "arm": "+".join(r["spec"]["pipeline"]),
+    return pd.DataFrame([{"run_id": r["run_id"], "arm": "+".join(r["spec"]["pipeline"]), "kind": arm_kind(r),
+                          "seed": r["spec"].get("seed", 0),
                           "mask_lr_scale": (_pat_args(r) or {}).get("mask_lr_scale"), "s0": _milestone(r),
                           "steps": (r["spec"].get("budget") or {}).get("steps"), "step": p["step"],
                           **{k: p.get(k) for k in keys}} for r, p in _per_step(records, "probes")])
@@ -228,12 +237,16 @@ def probe_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def probe_pivot(probes: pd.DataFrame, key: str) -> pd.DataFrame:
     """One row per learned PAT run (arm at its s0), one column per probe step: the learning curve of ``key``."""
-    p = probes[probes["arm"].isin([a for a in probes["arm"].unique() if a != "pat_taylor"])]
+    p = probes[probes["kind"] == "learned"] if "kind" in probes else probes.iloc[0:0]
     if p.empty:
         return pd.DataFrame()
-    p = p.assign(run=[f"{a} (x{m:g}), s0 = {int(s)}" for a, m, s in zip(p["arm"], p["mask_lr_scale"], p["s0"])])
-    t = p.pivot_table(index=["s0", "mask_lr_scale", "run"], columns="step", values=key, aggfunc="first")
-    t = t.reset_index(level=["s0", "mask_lr_scale"], drop=True)
+    mlr = p["mask_lr_scale"].fillna(1.0).astype(float)  # PATConfig's default
+    s0 = p["s0"].astype(float).fillna(-1)
+    names = [f"{a} (x{m:g}), s0 = {'?' if s < 0 else int(s)}" + ("" if sd == 0 else f", seed {sd}")
+             for a, m, s, sd in zip(p["arm"], mlr, s0, p["seed"])]
+    p = p.assign(mlr=mlr, s0n=s0, run=names)
+    t = p.pivot_table(index=["s0n", "mlr", "run"], columns="step", values=key, aggfunc="first")
+    t = t.reset_index(level=["s0n", "mlr"], drop=True)
     t.columns = [f"step {int(c)}" for c in t.columns]
     t.index.name = "arm, budget"
     return t.reset_index().astype(object).where(t.reset_index().notna(), None)
@@ -437,8 +450,8 @@ def build_budget_report(results_dir: str | Path, suite: str | None = "budget", o
         md += [(f"Pre-registered in the suite file before any run (`[[claims]]`, each at the budget of `steps`). "
                 f"Perplexity ratio A / B with its paired 95 % interval (windows in circular blocks) plus the pooled "
                 f"seed component ({MODELLED}: each side has one seed; the pooled sd comes from "
-                f"`{seed_records}`); Holm over all {len(prim)} rows at {ALPHA:.0%}. A claim whose runs are missing "
-                "counts with p = 1."), "",
+                f"`{_shown(seed_records)}`); Holm over all {len(prim)} rows at {ALPHA:.0%}. A claim whose runs are "
+                "missing counts with p = 1."), "",
                to_markdown(prim[[c for c in prim.columns if not str(c).startswith("_")]].assign(
                    **{c: prim[c].map(lambda v: "–" if pd.isna(v) else f"{v:.3g}") for c in ("p", "Holm p")}),
                    signed=False)]
@@ -456,9 +469,10 @@ def build_budget_report(results_dir: str | Path, suite: str | None = "budget", o
     md += ["## Cost", "",
            ("Seconds per run (training, evaluation and perplexity; `seconds` of the record), by arm and budget, as "
             "measured on the host that ran it (see the records' `provenance` and `train.torch_threads`). A run "
-            "resumed from a checkpoint counts its earlier processes up to that checkpoint; records written before "
-            "the runner counted them (no `train.resumed_wall_seconds`) add their earlier training seconds instead, "
-            "a lower bound:"), "",
+            "resumed from a checkpoint adds its earlier processes' time up to that checkpoint "
+            "(`train.resumed_wall_seconds`); records written before the runner counted it add their earlier "
+            "training seconds instead. Either is a lower bound for a resumed run (work after the last checkpoint "
+            "is redone and not counted twice):"), "",
            to_markdown(pivot(frame, "seconds"), digits=0, signed=False)]
     md += ["## Learned selection against the best importance arm and LoRA, per budget (exploratory)", "",
            ("The best importance arm is the one with the lowest perplexity at that budget, chosen after seeing the "

@@ -168,7 +168,14 @@ def test_probe_table_and_plots(sweep, built):
     assert list(curve["arm, budget"]) == ["pat (x1), s0 = 48"]
     assert list(curve.columns[1:]) == [f"step {s}" for s in (1, 2, 4, 8, 16)]
     assert curve["step 8"].iloc[0] == pytest.approx(math.exp(6.0 - 0.8))
-    assert "| pat (x1), s0 = 48" in md and "Against the best importance arm:" in md and "Against LoRA:" in md
+    assert "| pat (x1), s0 = 48" in md
+    vs_best = md.split("Against the best importance arm:")[1].split("Against LoRA:")[0]
+    vs_lora = md.split("Against LoRA:")[1].split("## ")[0]
+    assert "FLAP" in vs_best and "LoRA-16" not in vs_best and "LoRA-16" in vs_lora and "FLAP" not in vs_lora
+    assert set(pr["kind"]) == {"learned"}
+    assert B.probe_pivot(pr.assign(arm="pat_taylor", kind="importance"), "heldout_ppl").empty  # not a learned curve
+    no_scale = pr.assign(mask_lr_scale=float("nan"), seed=1)
+    assert list(B.probe_pivot(no_scale, "heldout_ppl")["arm, budget"]) == ["pat (x1), s0 = 48, seed 1"]
 
 
 def test_budget_in_id_names_the_budget_and_claim_steps_are_checked():
@@ -249,7 +256,7 @@ def test_run_seconds_count_the_processes_before_a_resume():
     straight = {"seconds": 100.0, "train": {"train_seconds": 70.0, "wall_seconds": 80.0}}
     assert B._run_seconds(straight) == 100.0
     old_resumed = {"seconds": 100.0, "train": {"train_seconds": 170.0, "wall_seconds": 80.0}}
-    assert B._run_seconds(old_resumed) == 190.0  # + 90 s of training in the earlier process
+    assert B._run_seconds(old_resumed) == 190.0  # + 90 s: at least that much earlier training (a lower bound)
     new_resumed = {"seconds": 230.0, "train": {"train_seconds": 170.0, "wall_seconds": 80.0,
                                                 "resumed_wall_seconds": 120.0}}
     assert B._run_seconds(new_resumed) == 230.0  # the runner already added it
