@@ -490,6 +490,9 @@ def build_budget_report(results_dir: str | Path, suite: str | None = "budget", o
                ("At log-spaced steps up to the freeze, the probe hard-selects the current top-N proxies and measures "
                 "the held-out perplexity (16 WikiText-2 windows of 128 tokens; measured on, never selected with), "
                 "and the overlap of that top-N with the Taylor top-N accumulated so far and with the final selection "
+                "(the Taylor score is the run's own, |dL/dM * M| under its gate M: a channel the mask closes loses "
+                "score, so this overlap rises as the gate saturates whether or not the selection improves; for a "
+                "reference independent of the run see scripts/selection_pruned_only.py) "
                 "(two random sets of 432 of 576 channels overlap with Jaccard 0.6 on average). Full table: "
                 "`probes.csv`. The last probe of each run:"), "",
                to_markdown(last.drop(columns=["run_id"]), digits=3, signed=False)]
