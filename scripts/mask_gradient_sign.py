@@ -15,10 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.harness.mask_probe import jaccard
 
-def jaccard(a, b) -> float:
-    a, b = set(a), set(b)
-    return len(a & b) / len(a | b)
 
 
 def main(argv=None) -> int:

@@ -22,12 +22,10 @@ import json
 import time
 from pathlib import Path
 
+from bench.harness.mask_probe import jaccard
+
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def jaccard(a, b) -> float:
-    a, b = set(a), set(b)
-    return len(a & b) / len(a | b)
 
 
 def _model():
