@@ -1,0 +1,132 @@
+"""Mask and training diagnostics of the `short` suite (issue 21), from its result records.
+
+    PYTHONPATH=$PWD python scripts/short_diagnostics.py [--results results/short] \
+        [--out results/short_diagnostics.json] [--md results/short_diagnostics.md] [--png results/short_curves.png]
+
+For every finished PAT run of the suite:
+1. its selection: what picked the channels, the freeze step, how many channels the snap changed, its overlap (Jaccard)
+   with its own initial importance selection (``mask_init``) and with the Taylor-snap run of the same seed, and
+   which of the dense model's three massive-activation channels it keeps (``results/budget_selection.json``);
+2. the freeze: the LM loss (and KD loss) over the 3 steps before the freeze, its peak in the 3 steps after it and the
+   mean of the last 10 steps;
+3. for every distilled run, the teacher's share of the training time.
+The PNG draws the seed-0 training curves of the PAT arms and FLAP P->FT with and without KD
+(``bench.harness.curves``). Prints Markdown tables under headings (for ``scripts/paste_tables.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from statistics import mean
+
+from bench.harness.mask_probe import jaccard
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _arm(rec: dict) -> str:
+    return "+".join(rec["spec"]["pipeline"]) or "dense"
+
+
+def _stage(rec: dict) -> dict:
+    return next(iter(((rec.get("train") or {}).get("stages") or {}).values()), {})
+
+
+def _window(curves: list[dict], key: str, lo: int, hi: int) -> list[float]:
+    return [c[key] for c in curves if lo <= c["step"] <= hi and c.get(key) is not None]
+
+
+def _fmt(x, spec: str = ".2f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def rows_of(recs: list[dict], massive: list[int]) -> tuple[list[dict], list[dict]]:
+    """(PAT rows, distilled rows) of the finished records."""
+    taylor = {r["spec"]["seed"]: _stage(r).get("kept_channels") for r in recs if _arm(r) == "pat_taylor"}
+    pat, kd = [], []
+    for r in recs:
+        st, tr = _stage(r), r.get("train") or {}
+        seed = r["spec"]["seed"]
+        if tr.get("distill"):
+            d = tr["distill"]
+            kd.append({"arm": _arm(r), "seed": seed, "train_seconds": tr["train_seconds"],
+                       "teacher_seconds": d["teacher_forward_seconds"],
+                       "teacher_share": d["teacher_forward_seconds"] / tr["train_seconds"],
+                       "teacher_flops": d["teacher_forward_flops"]})
+        if "kept_channels" not in st or "selection" not in st:
+            continue
+        kept, sel, curves = st["kept_channels"], st["selection"], tr.get("curves") or []
+        f = sel["freeze_step"]
+        row = {"arm": _arm(r), "seed": seed, "by": sel["by"], "freeze_step": f, "snap_changed": sel["snap_changed"],
+               "ppl": r["metrics"]["perplexity"]["wikitext2"]["ppl"],
+               "jaccard_init": (jaccard(kept, st["mask_init"]["kept_channels"])
+                                if isinstance(st.get("mask_init"), dict) else None),
+               "jaccard_taylor_snap": jaccard(kept, taylor[seed]) if taylor.get(seed) else None,
+               "massive_kept": [c for c in massive if c in kept]}
+        for key in ("lm_loss", "kd_loss"):
+            before, after = _window(curves, key, f - 2, f), _window(curves, key, f + 1, f + 3)
+            last = [c[key] for c in curves[-10:] if c.get(key) is not None]
+            row[key] = {"before": mean(before) if before else None, "peak_after": max(after) if after else None,
+                        "last10": mean(last) if last else None}
+        pat.append(row)
+    key = lambda x: (x["arm"], x["seed"])  # noqa: E731
+    return sorted(pat, key=key), sorted(kd, key=key)
+
+
+def markdown(pat: list[dict], kd: list[dict], massive: list[int]) -> str:
+    out = ["## Selections", "",
+           f"| arm | seed | picked by | freeze step | snap changed | J(final, initial) | J(final, Taylor snap) "
+           f"| massive kept (of {', '.join(map(str, massive))}) | ppl |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in pat:
+        out.append(f"| {r['arm']} | {r['seed']} | {r['by']} | {r['freeze_step']} | {r['snap_changed']} | "
+                   f"{_fmt(r['jaccard_init'], '.3f')} | {_fmt(r['jaccard_taylor_snap'], '.3f')} | "
+                   f"{', '.join(map(str, r['massive_kept'])) or 'none'} | {r['ppl']:,.1f} |")
+    out += ["", "## The freeze", "",
+            "| arm | seed | LM loss, 3 steps before | peak, 3 steps after | last 10 | KD loss before | KD peak after "
+            "| KD last 10 |", "|---|---|---|---|---|---|---|---|"]
+    for r in pat:
+        lm, k = r["lm_loss"], r["kd_loss"]
+        out.append(f"| {r['arm']} | {r['seed']} | {_fmt(lm['before'])} | {_fmt(lm['peak_after'])} | "
+                   f"{_fmt(lm['last10'])} | {_fmt(k['before'])} | {_fmt(k['peak_after'])} | {_fmt(k['last10'])} |")
+    out += ["", "## Teacher cost", "",
+            "| arm | seed | train s | teacher forward s | teacher share | teacher FLOPs |",
+            "|---|---|---|---|---|---|"]
+    for r in kd:
+        out.append(f"| {r['arm']} | {r['seed']} | {r['train_seconds']:,.0f} | {r['teacher_seconds']:,.0f} | "
+                   f"{100 * r['teacher_share']:.0f} % | {r['teacher_flops']:.2e} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", default=str(ROOT / "results" / "short"))
+    ap.add_argument("--massive", default=str(ROOT / "results" / "budget_selection.json"),
+                    help="JSON with the dense model's massive-activation channels (scripts/budget_selection.py)")
+    ap.add_argument("--out", default=None, help="JSON with the rows")
+    ap.add_argument("--md", default=None, help="the tables as Markdown")
+    ap.add_argument("--png", default=None, help="seed-0 training curves")
+    args = ap.parse_args(argv)
+    recs = [json.loads(p.read_text()) for p in sorted(Path(args.results).glob("*.json"))]
+    recs = [r for r in recs if r.get("status") == "success"]
+    massive = [m["channel"] for m in json.loads(Path(args.massive).read_text())["massive"]]
+    pat, kd = rows_of(recs, massive)
+    md = markdown(pat, kd, massive)
+    print(md)
+    if args.md:
+        Path(args.md).write_text(md)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"massive": massive, "pat": pat, "distilled": kd}, indent=1))
+    if args.png:
+        from bench.harness.curves import plot_training_curves
+
+        show = {f"{_arm(r)} s0": r for r in recs if r["spec"]["seed"] == 0 and (r.get("train") or {}).get("curves")
+                and (_arm(r).startswith("pat") or _arm(r).startswith("flap"))}
+        if show:
+            plot_training_curves(dict(sorted(show.items())), args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

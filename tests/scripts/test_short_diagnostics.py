@@ -1,0 +1,65 @@
+"""scripts/short_diagnostics.py: the selection overlaps, the loss around the freeze and the teacher's share are read
+from the records as they are, for the right run and seed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "short_diagnostics.py"
+spec = importlib.util.spec_from_file_location("short_diagnostics", SCRIPT)
+D = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(D)
+
+
+def _rec(pipeline, seed, kept, init=None, lm=None, distill=None, ppl=100.0):
+    stage = {"kept_channels": kept, "selection": {"by": "proxy", "freeze_step": 3, "snap_changed": 0}}
+    if init is not None:
+        stage["mask_init"] = {"by": "taylor", "kept_channels": init}
+    curves = [{"step": i + 1, "lm_loss": v} for i, v in enumerate(lm or [])]
+    train = {"stages": {"0": stage}, "curves": curves, "train_seconds": 100.0}
+    if distill:
+        train["distill"] = distill
+    return {"status": "success", "spec": {"pipeline": pipeline, "seed": seed},
+            "metrics": {"perplexity": {"wikitext2": {"ppl": ppl}}}, "train": train}
+
+
+def test_rows_overlap_freeze_and_teacher_share(tmp_path):
+    lm = [2.0, 2.0, 2.0, 5.0, 4.0, 3.0] + [1.0] * 10  # freeze at step 3: before = steps 1-3, after = steps 4-6
+    recs = [
+        _rec(["pat_taylor"], 0, [0, 1, 2, 3]),
+        _rec(["pat_taylor"], 1, [4, 5, 6, 7]),
+        _rec(["pat_init_kd"], 0, [0, 1, 2, 9], init=[0, 1, 2, 9], lm=lm,
+             distill={"teacher_forward_seconds": 25.0, "teacher_forward_flops": 1e12}),
+        _rec(["flap", "lora"], 0, [0]) | {"train": {"curves": [], "train_seconds": 50.0}},
+    ]
+    pat, kd = D.rows_of(recs, massive=[9, 4])
+    row = next(r for r in pat if r["arm"] == "pat_init_kd")
+    assert row["jaccard_init"] == 1.0
+    assert row["jaccard_taylor_snap"] == pytest.approx(3 / 5)  # seed 0's Taylor snap, not seed 1's
+    assert row["massive_kept"] == [9]
+    assert row["lm_loss"] == {"before": 2.0, "peak_after": 5.0, "last10": 1.0}
+    assert row["kd_loss"]["before"] is None
+    assert [r["arm"] for r in pat] == ["pat_init_kd", "pat_taylor", "pat_taylor"]  # P->FT runs have no selection
+    assert kd == [{"arm": "pat_init_kd", "seed": 0, "train_seconds": 100.0, "teacher_seconds": 25.0,
+                   "teacher_share": 0.25, "teacher_flops": 1e12}]
+    md = D.markdown(pat, kd, [9, 4])
+    assert "| pat_init_kd | 0 | proxy | 3 | 0 | 1.000 | 0.600 | 9 | 100.0 |" in md
+    assert "| pat_init_kd | 0 | 100 | 25 | 25 % | 1.00e+12 |" in md
+
+
+def test_main_writes_json_and_md(tmp_path):
+    res = tmp_path / "short"
+    res.mkdir()
+    (res / "a.json").write_text(json.dumps(_rec(["pat_init"], 0, [1, 2], init=[2, 3], lm=[1.0] * 5)))
+    (res / "failed.json").write_text(json.dumps({"status": "failed", "spec": {"pipeline": ["pat"], "seed": 0}}))
+    massive = tmp_path / "m.json"
+    massive.write_text(json.dumps({"massive": [{"channel": 3}]}))
+    assert D.main(["--results", str(res), "--massive", str(massive), "--out", str(tmp_path / "o.json"),
+                   "--md", str(tmp_path / "o.md")]) == 0
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["pat"][0]["jaccard_init"] == pytest.approx(1 / 3) and out["pat"][0]["massive_kept"] == []
+    assert "## Selections" in (tmp_path / "o.md").read_text()
