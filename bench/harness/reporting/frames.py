@@ -45,10 +45,13 @@ def label(pipeline: list[str], stage_args: dict[str, dict] | None = None) -> tup
         return "LoRA", show(0) if pipeline[0] != "lora" else (f"LoRA-{rank}" if rank else "LoRA"), "FT"
     if base == ["pat"]:
         return "PAT", show(0), "PAT"
+    # a named tuning variant ([stages.lora_kd] stage = "lora") is part of the name, so that it gets its own cell
     if len(pipeline) == 2 and base[1] == "lora":
-        return DISPLAY.get(base[0], base[0]), show(0), "P→FT"
+        name = show(0) if pipeline[1] == "lora" else f"{show(0)} with {show(1)}"
+        return DISPLAY.get(base[0], base[0]), name, "P→FT"
     if len(pipeline) == 2 and base[0] == "lora":
-        return DISPLAY.get(base[1], base[1]), show(1), "FT→P"
+        name = show(1) if pipeline[0] == "lora" else f"{show(1)} with {show(0)}"
+        return DISPLAY.get(base[1], base[1]), name, "FT→P"
     name = "+".join(show(i) for i in range(len(pipeline)))
     return name, name, "P" if len(pipeline) == 1 else "+".join(pipeline)
 

@@ -153,6 +153,11 @@ def test_named_variants_are_labelled_by_their_display_name_or_stage():
     assert REP.label(["pat_taylor"], args) == ("PAT", "PAT (Taylor snap)", "PAT")
     assert REP.label(["lp2", "lora"], args) == ("LLM-Pruner", "LLM-Pruner (lp2)", "P→FT")
     assert REP.label(["lora", "lp2"], args) == ("LLM-Pruner", "LLM-Pruner (lp2)", "FT→P")
+    # a named tuning stage (the short suite's LoRA + KD) gets its own name, so it is not pooled with plain LoRA
+    kd = {"lora_kd": {"stage": "lora", "display": "LoRA + KD"}}
+    assert REP.label(["flap", "lora_kd"], kd) == ("FLAP", "FLAP with LoRA + KD", "P→FT")
+    assert REP.label(["lora_kd", "flap"], kd) == ("FLAP", "FLAP with LoRA + KD", "FT→P")
+    assert REP.label(["flap", "lora"], kd) == ("FLAP", "FLAP", "P→FT")
 
 
 def test_claims_are_made_per_pat_variant():
