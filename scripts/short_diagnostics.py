@@ -9,7 +9,9 @@ For every finished PAT run of the suite:
    which of the dense model's three massive-activation channels it keeps (``results/budget_selection.json``);
 2. the freeze: the LM loss (and KD loss) over the 3 steps before the freeze, its peak in the 3 steps after it and the
    mean of the last 10 steps;
-3. for every distilled run, the teacher's share of the training time.
+3. for every distilled run, the teacher's share of the training time;
+4. from the suite report's ``pairs.csv`` (``pat-bench report --suite short`` first): each PAT variant against each
+   size-matched baseline, perplexity ratio and accuracy above chance with their paired intervals.
 The PNG draws the seed-0 training curves of the PAT arms and FLAP P->FT with and without KD
 (``bench.harness.curves``). Prints Markdown tables under headings (for ``scripts/paste_tables.py``).
 """
@@ -99,6 +101,43 @@ def markdown(pat: list[dict], kd: list[dict], massive: list[int]) -> str:
     return "\n".join(out) + "\n"
 
 
+def against_baselines(pairs_csv: Path) -> list[dict]:
+    """Every PAT variant against every size-matched baseline (a non-PAT method at the same ratio), from the report's
+    pairs table: perplexity ratio PAT / baseline and Δ accuracy on the tasks above chance (PAT minus baseline, points),
+    each with its paired 95 % interval (seed component included), turned so that PAT is always the first side."""
+    import pandas as pd
+
+    d = pd.read_csv(pairs_csv)
+    d = d[d["ratio"] != "0 %"]
+    rows = []
+    for _, r in d.iterrows():
+        a_pat, b_pat = r["A"].startswith("PAT"), r["B"].startswith("PAT")
+        if a_pat == b_pat:
+            continue
+        flip = b_pat
+        ratio, lo, hi = r["wikitext2 ppl ratio"], r["_plo"], r["_phi"]
+        acc, alo, ahi = r["Δ acc (above chance)"], r["_alo"], r["_ahi"]
+        if flip:
+            ratio, lo, hi = 1 / ratio, 1 / hi, 1 / lo
+            acc, alo, ahi = -acc, -ahi, -alo
+        rows.append({"pat": r["B"] if flip else r["A"], "baseline": r["A"] if flip else r["B"], "seeds": r["seeds"],
+                     "ppl_ratio": ratio, "ppl_lo": lo, "ppl_hi": hi, "acc_above": acc, "acc_lo": alo, "acc_hi": ahi})
+    return sorted(rows, key=lambda x: (x["pat"], x["baseline"]))
+
+
+def against_markdown(rows: list[dict]) -> str:
+    out = ["## Each PAT variant against each size-matched baseline", "",
+           "| PAT variant | baseline | seeds (sides as in the pairs table) | ppl ratio PAT / baseline "
+           "| 95 % CI | Δ acc above chance (points) | 95 % CI | PAT ahead on both |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        both = r["ppl_hi"] < 1 and r["acc_lo"] > 0
+        out.append(f"| {r['pat']} | {r['baseline']} | {r['seeds']} | {r['ppl_ratio']:.3f} | "
+                   f"[{r['ppl_lo']:.3f}, {r['ppl_hi']:.3f}] | {r['acc_above']:.2f} | [{r['acc_lo']:.2f}, "
+                   f"{r['acc_hi']:.2f}] | {'yes' if both else 'no'} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", default=str(ROOT / "results" / "short"))
@@ -107,17 +146,24 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON with the rows")
     ap.add_argument("--md", default=None, help="the tables as Markdown")
     ap.add_argument("--png", default=None, help="seed-0 training curves")
+    ap.add_argument("--pairs", default=None, help="the suite report's pairs.csv (default RESULTS/pairs.csv, if it "
+                    "exists): adds each PAT variant against each baseline")
     args = ap.parse_args(argv)
     recs = [json.loads(p.read_text()) for p in sorted(Path(args.results).glob("*.json"))]
     recs = [r for r in recs if r.get("status") == "success"]
     massive = [m["channel"] for m in json.loads(Path(args.massive).read_text())["massive"]]
     pat, kd = rows_of(recs, massive)
     md = markdown(pat, kd, massive)
+    pairs = Path(args.pairs) if args.pairs else Path(args.results) / "pairs.csv"
+    against = against_baselines(pairs) if pairs.exists() else []
+    if against:
+        md = against_markdown(against) + "\n" + md
     print(md)
     if args.md:
         Path(args.md).write_text(md)
     if args.out:
-        Path(args.out).write_text(json.dumps({"massive": massive, "pat": pat, "distilled": kd}, indent=1))
+        Path(args.out).write_text(json.dumps({"massive": massive, "pat": pat, "distilled": kd,
+                                              "against_baselines": against}, indent=1))
     if args.png:
         from bench.harness.curves import plot_training_curves
 

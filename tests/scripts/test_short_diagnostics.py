@@ -63,3 +63,20 @@ def test_main_writes_json_and_md(tmp_path):
     out = json.loads((tmp_path / "o.json").read_text())
     assert out["pat"][0]["jaccard_init"] == pytest.approx(1 / 3) and out["pat"][0]["massive_kept"] == []
     assert "## Selections" in (tmp_path / "o.md").read_text()
+
+
+def test_against_baselines_puts_pat_first(tmp_path):
+    cols = "model,ratio,A,B,seeds,wikitext2 ppl ratio,_plo,_phi,Δ acc (above chance),_alo,_ahi\n"
+    rows = ["m,0 %,Dense,LoRA-16,seeds 1/1,1.04,1.03,1.05,-1.0,-3.0,1.0",  # unpruned: left out
+            "m,25 %,FLAP,PAT x,seeds 3/3,0.5,0.4,0.8,2.0,1.0,4.0",  # PAT second: turned round
+            "m,25 %,PAT y,LLM-Pruner,seeds 3/3,0.9,0.8,0.95,1.0,0.5,2.0",
+            "m,25 %,PAT x,PAT y,seeds 3/3,1.0,0.9,1.1,0.0,-1.0,1.0"]  # two PAT variants: left out
+    (tmp_path / "pairs.csv").write_text(cols + "\n".join(rows) + "\n")
+    got = D.against_baselines(tmp_path / "pairs.csv")
+    assert [(r["pat"], r["baseline"]) for r in got] == [("PAT x", "FLAP"), ("PAT y", "LLM-Pruner")]
+    x = got[0]
+    assert (x["ppl_ratio"], x["ppl_lo"], x["ppl_hi"]) == pytest.approx((2.0, 1.25, 2.5))
+    assert (x["acc_above"], x["acc_lo"], x["acc_hi"]) == pytest.approx((-2.0, -4.0, -1.0))
+    md = D.against_markdown(got)
+    assert "| PAT x | FLAP | seeds 3/3 | 2.000 | [1.250, 2.500] | -2.00 | [-4.00, -1.00] | no |" in md
+    assert "| PAT y | LLM-Pruner | seeds 3/3 | 0.900 | [0.800, 0.950] | 1.00 | [0.50, 2.00] | yes |" in md
