@@ -11,7 +11,8 @@ For every finished PAT run of the suite:
    mean of the last 10 steps;
 3. for every distilled run, the teacher's share of the training time;
 4. from the suite report's ``pairs.csv`` (``pat-bench report --suite short`` first): each PAT variant against each
-   size-matched baseline, perplexity ratio and accuracy above chance with their paired intervals.
+   size-matched baseline, perplexity ratio and accuracy above chance with their paired intervals, and (its
+   ``claims.csv``) the gap to LoRA on the dense model.
 The PNG draws the seed-0 training curves of the PAT arms and FLAP P->FT with and without KD
 (``bench.harness.curves``). Prints Markdown tables under headings (for ``scripts/paste_tables.py``).
 """
@@ -138,6 +139,26 @@ def against_markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def gap_to_lora(claims_csv: Path) -> list[dict]:
+    """Each PAT variant against LoRA on the dense model (the report's exploratory "PAT > LoRA FT" rows)."""
+    import pandas as pd
+
+    d = pd.read_csv(claims_csv)
+    d = d[d["claim"].str.contains("> LoRA FT", regex=False) & d["wikitext2 ppl ratio"].notna()]
+    return [{"pat": r["claim"].split(" > ")[0], "seeds": r["seeds"], "ppl_ratio": r["wikitext2 ppl ratio"],
+             "ppl_lo": r["_plo"], "ppl_hi": r["_phi"], "acc_above": r["Δ acc (above chance)"], "acc_lo": r["_alo"],
+             "acc_hi": r["_ahi"]} for _, r in d.iterrows()]
+
+
+def gap_markdown(rows: list[dict]) -> str:
+    out = ["## The gap to LoRA on the dense model", "",
+           "| PAT variant | seeds | ppl ratio PAT / LoRA | 95 % CI | Δ acc above chance (points) | 95 % CI |",
+           "|---|---|---|---|---|---|"]
+    out += [f"| {r['pat']} | {r['seeds']} | {r['ppl_ratio']:.2f} | [{r['ppl_lo']:.2f}, {r['ppl_hi']:.2f}] | "
+            f"{r['acc_above']:.2f} | [{r['acc_lo']:.2f}, {r['acc_hi']:.2f}] |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", default=str(ROOT / "results" / "short"))
@@ -158,12 +179,16 @@ def main(argv=None) -> int:
     against = against_baselines(pairs) if pairs.exists() else []
     if against:
         md = against_markdown(against) + "\n" + md
+    claims = pairs.parent / "claims.csv"
+    gap = gap_to_lora(claims) if claims.exists() else []
+    if gap:
+        md = md.replace("## Selections", gap_markdown(gap) + "\n## Selections", 1)
     print(md)
     if args.md:
         Path(args.md).write_text(md)
     if args.out:
         Path(args.out).write_text(json.dumps({"massive": massive, "pat": pat, "distilled": kd,
-                                              "against_baselines": against}, indent=1))
+                                              "against_baselines": against, "gap_to_lora": gap}, indent=1))
     if args.png:
         from bench.harness.curves import plot_training_curves
 

@@ -80,3 +80,14 @@ def test_against_baselines_puts_pat_first(tmp_path):
     md = D.against_markdown(got)
     assert "| PAT x | FLAP | seeds 3/3 | 2.000 | [1.250, 2.500] | -2.00 | [-4.00, -1.00] | no |" in md
     assert "| PAT y | LLM-Pruner | seeds 3/3 | 0.900 | [0.800, 0.950] | 1.00 | [0.50, 2.00] | yes |" in md
+
+
+def test_gap_to_lora_reads_only_the_lora_rows(tmp_path):
+    cols = "claim,seeds,wikitext2 ppl ratio,_plo,_phi,Δ acc (above chance),_alo,_ahi\n"
+    rows = ['"PAT x > LoRA FT at 25 %",seeds 3/3,6.5,6.0,7.0,-12.0,-15.0,-9.0',
+            '"PAT x > LLM-Pruner P→FT at 25 %",seeds 3/3,1.1,1.0,1.2,-1.0,-2.0,0.0',
+            '"PAT y > LoRA FT at 25 %",,,,,,,']  # no runs yet: left out
+    (tmp_path / "claims.csv").write_text(cols + "\n".join(rows) + "\n")
+    got = D.gap_to_lora(tmp_path / "claims.csv")
+    assert [(r["pat"], r["ppl_ratio"], r["acc_lo"]) for r in got] == [("PAT x", 6.5, -15.0)]
+    assert "| PAT x | seeds 3/3 | 6.50 | [6.00, 7.00] | -12.00 | [-15.00, -9.00] |" in D.gap_markdown(got)
