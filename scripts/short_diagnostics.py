@@ -13,7 +13,7 @@ For every finished PAT run of the suite:
 4. from the suite report's ``pairs.csv`` (``pat-bench report --suite short`` first): each PAT variant against each
    size-matched baseline, perplexity ratio and accuracy above chance with their paired intervals, and (its
    ``claims.csv``) the gap to LoRA on the dense model.
-The PNG draws the seed-0 training curves of the PAT arms and FLAP P->FT with and without KD
+The PNG draws the seed-0 training curves of ``CURVE_ARMS``
 (``bench.harness.curves``). Prints Markdown tables under headings (for ``scripts/paste_tables.py``).
 """
 
@@ -27,6 +27,8 @@ from statistics import mean
 from bench.harness.mask_probe import jaccard
 
 ROOT = Path(__file__).resolve().parents[1]
+# the PNG's lines: the pre-registered variant, the exploratory FLAP-metric init, the Taylor snap, the best baseline
+CURVE_ARMS = ("pat_init_kd", "pat_flapinit_kd", "pat_taylor", "flap+lora", "flap+lora_kd")
 
 
 def _arm(rec: dict) -> str:
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
         from bench.harness.curves import plot_training_curves
 
         show = {f"{_arm(r)} s0": r for r in recs if r["spec"]["seed"] == 0 and (r.get("train") or {}).get("curves")
-                and (_arm(r).startswith("pat") or _arm(r).startswith("flap"))}
+                and _arm(r) in CURVE_ARMS}
         if show:
             plot_training_curves(dict(sorted(show.items())), args.png)
     return 0
