@@ -152,8 +152,11 @@ def _side(records: list[dict], model: str, pipeline: list[str], ratio: float, st
             and (steps is None or not pipeline or (r["spec"].get("budget") or {}).get("steps") == steps)]
 
 
-def _side_name(recs: list[dict], pipeline: list[str], ratio: float) -> str:
-    s = recs[0]["spec"] if recs else {"pipeline": pipeline, "method_args": {}}
+def _side_name(recs: list[dict], pipeline: list[str], ratio: float, known: dict[str, dict] | None = None) -> str:
+    """The legend of one side of a claim; a side with no run yet takes its stages' arguments (display names) from
+    ``known``, the stage arguments of the suite's other records."""
+    s = recs[0]["spec"] if recs else {"pipeline": pipeline,
+                                      "method_args": {k: v for k, v in (known or {}).items() if k in pipeline}}
     _, name, mode = label(list(s["pipeline"]), s.get("method_args"))
     return f"{_legend(name, mode)}" + (f" at {100 * ratio:.0f} %" if ratio > 0 else "")
 
@@ -194,11 +197,12 @@ def primary_table(claims: list[dict] | tuple, records: list[dict[str, Any]], run
         seeds = report_seed_model(records, runs, chance)
     ppl = _ppl(runs)
     rows, ivs = [], []
+    known = {k: v for r in records for k, v in ((r.get("spec") or {}).get("method_args") or {}).items()}
     for c in claims:
         for model in sorted(runs["model"].unique()):
             a = _side(records, model, c["a"], c["ratio"], c.get("steps"))
             b = _side(records, model, c["b"], c["b_ratio"], c.get("steps"))
-            na, nb = _side_name(a, c["a"], c["ratio"]), _side_name(b, c["b"], c["b_ratio"])
+            na, nb = _side_name(a, c["a"], c["ratio"], known), _side_name(b, c["b"], c["b_ratio"], known)
             if c.get("steps"):
                 nb += f", {c['steps']} steps"
             row = {"claim": c.get("name") or f"A: {na}, B: {nb}", "metric": METRIC_LABEL[c["metric"]],

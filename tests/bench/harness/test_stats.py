@@ -421,6 +421,21 @@ def test_primary_claims_get_holm_verdicts_and_the_rest_none(tmp_path):
     assert (tmp_path / "out" / "primary_claims.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_claim_side_without_runs_is_named_by_its_stage_display():
+    """A pre-registered side that has no run yet (a suite part-way) is named as its runs will be, from the stage
+    arguments the suite's other records carry, and gets no estimate."""
+    from bench.harness import reporting as REP
+
+    recs = _with_variant()
+    runs, chance = REP.runs_frame(recs), REP.chance_tasks(recs, None)
+    claims = [{"a": ["pat"], "b": ["lp_pct", "lora"], "ratio": 0.25, "b_ratio": 0.5, "metric": "ppl",
+               "direction": "a_better"}]
+    prim = REP.primary_table(claims, recs, runs, chance)
+    row = prim.iloc[0]
+    assert row["claim"] == "A: PAT at 25 %, B: LLM-Pruner, pct P→FT at 50 %"
+    assert row["95 % CI"] == "runs missing" and row["verdict"] == "–"
+
+
 def test_the_seed_model_pools_the_three_seed_cells():
     from bench.harness import reporting as REP
 
