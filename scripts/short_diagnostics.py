@@ -1,7 +1,8 @@
 """Mask and training diagnostics of the `short` suite (issue 21), from its result records.
 
     PYTHONPATH=$PWD python scripts/short_diagnostics.py [--results results/short] \
-        [--out results/short_diagnostics.json] [--md results/short_diagnostics.md] [--png results/short_curves.png]
+        [--out results/short_diagnostics.json] [--md results/short_diagnostics.md] [--png results/short_curves.png] \
+        [--pilots results/short-pilot2/scale10 results/short-pilot2/late]
 
 For every finished PAT run of the suite:
 1. its selection: what picked the channels, the freeze step, how many channels the snap changed, its overlap (Jaccard)
@@ -10,7 +11,9 @@ For every finished PAT run of the suite:
 2. the freeze: the LM loss (and KD loss) over the 3 steps before the freeze, its peak in the 3 steps after it and the
    mean of the last 10 steps;
 3. for every distilled run, the teacher's share of the training time;
-4. from the suite report's ``pairs.csv`` (``pat-bench report --suite short`` first): each PAT variant against each
+4. every arm's perplexity per seed, and (``--pilots``) the perplexity and PAT arguments of pilot records run apart
+   from the suite (``pat-bench run --out DIR --set ...``);
+5. from the suite report's ``pairs.csv`` (``pat-bench report --suite short`` first): each PAT variant against each
    size-matched baseline, perplexity ratio and accuracy above chance with their paired intervals, and (its
    ``claims.csv``) the gap to LoRA on the dense model.
 The PNG draws the seed-0 training curves of ``CURVE_ARMS``
@@ -27,8 +30,9 @@ from statistics import mean
 from bench.harness.mask_probe import jaccard
 
 ROOT = Path(__file__).resolve().parents[1]
-# the PNG's lines: the pre-registered variant, the exploratory FLAP-metric init, the Taylor snap, the best baseline
-CURVE_ARMS = ("pat_init_kd", "pat_flapinit_kd", "pat_taylor", "flap+lora", "flap+lora_kd")
+# the PNG's lines: the pre-registered variant, the exploratory FLAP-metric inits (default and wide ramp), the Taylor
+# snap, the best baseline with and without KD
+CURVE_ARMS = ("pat_init_kd", "pat_flapinit_kd", "pat_flapinit_wide_kd", "pat_taylor", "flap+lora", "flap+lora_kd")
 
 
 def _arm(rec: dict) -> str:
@@ -104,6 +108,39 @@ def markdown(pat: list[dict], kd: list[dict], massive: list[int]) -> str:
     return "\n".join(out) + "\n"
 
 
+def per_seed_markdown(recs: list[dict]) -> str:
+    """WikiText-2 perplexity of every arm, one column per seed (the records as they are)."""
+    seeds = sorted({r["spec"]["seed"] for r in recs})
+    cells: dict[str, dict[int, float]] = {}
+    for r in recs:
+        cells.setdefault(_arm(r), {})[r["spec"]["seed"]] = r["metrics"]["perplexity"]["wikitext2"]["ppl"]
+    out = ["## Perplexity per seed", "", "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+           "|---|" + "---|" * len(seeds)]
+    out += [f"| {arm} | " + " | ".join(_fmt(c.get(s), ".1f") for s in seeds) + " |" for arm, c in sorted(cells.items())]
+    return "\n".join(out) + "\n"
+
+
+PILOT_KEYS = ("mask_init", "mask_init_scale", "milestone_frac")  # the PAT stage arguments a pilot table shows
+
+
+def pilots_markdown(dirs: list[Path]) -> str:
+    """One row per finished record under the pilot directories: where it is, its arm and seed, the PAT stage
+    arguments in ``PILOT_KEYS`` as the record's spec holds them (``–``: the stage default) and its perplexity."""
+    out = ["## Pilots", "", "| pilot | arm | seed | " + " | ".join(PILOT_KEYS) + " | ppl |",
+           "|---|---|---|" + "---|" * len(PILOT_KEYS) + "---|"]
+    for d in dirs:
+        for f in sorted(Path(d).glob("*.json")):
+            r = json.loads(f.read_text())
+            if r.get("status") != "success":
+                continue
+            args = {k: v for a in (r["spec"].get("method_args") or {}).values() for k, v in a.items()}
+            out.append(f"| {Path(d).name} | {_arm(r)} | {r['spec']['seed']} | "
+                       + " | ".join((format(args[k], ".4g") if isinstance(args[k], float) else str(args[k]))
+                                    if k in args else "–" for k in PILOT_KEYS)
+                       + f" | {r['metrics']['perplexity']['wikitext2']['ppl']:,.1f} |")
+    return "\n".join(out) + "\n"
+
+
 def against_baselines(pairs_csv: Path) -> list[dict]:
     """Every PAT variant against every size-matched baseline (a non-PAT method at the same ratio), from the report's
     pairs table: perplexity ratio PAT / baseline and Δ accuracy on the tasks above chance (PAT minus baseline, points),
@@ -169,6 +206,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="JSON with the rows")
     ap.add_argument("--md", default=None, help="the tables as Markdown")
     ap.add_argument("--png", default=None, help="seed-0 training curves")
+    ap.add_argument("--pilots", nargs="*", default=[], help="directories of pilot records (run with --out): a table "
+                    "of their PAT arguments and perplexity")
     ap.add_argument("--pairs", default=None, help="the suite report's pairs.csv (default RESULTS/pairs.csv, if it "
                     "exists): adds each PAT variant against each baseline")
     args = ap.parse_args(argv)
@@ -176,7 +215,9 @@ def main(argv=None) -> int:
     recs = [r for r in recs if r.get("status") == "success"]
     massive = [m["channel"] for m in json.loads(Path(args.massive).read_text())["massive"]]
     pat, kd = rows_of(recs, massive)
-    md = markdown(pat, kd, massive)
+    md = markdown(pat, kd, massive) + "\n" + per_seed_markdown(recs)
+    if args.pilots:
+        md += "\n" + pilots_markdown([Path(d) for d in args.pilots])
     pairs = Path(args.pairs) if args.pairs else Path(args.results) / "pairs.csv"
     against = against_baselines(pairs) if pairs.exists() else []
     if against:

@@ -38,21 +38,34 @@ def plot_training_curves(records: dict[str, dict[str, Any]], out: str | Path) ->
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
-    for label, rec in records.items():
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    handles, dashed = {}, set()
+    for i, (label, rec) in enumerate(records.items()):
         pts = curves_of(rec)
+        color = colors[i % len(colors)]  # one colour per record in every panel
         for ax, (title, keys) in zip(axes, PANELS):
             for key in keys:
                 xs = [p["step"] for p in pts if p.get(key) is not None]
                 ys = [p[key] for p in pts if p.get(key) is not None]
                 if xs:
-                    ax.plot(xs, ys, label=label if key == keys[0] else f"{label} ({key})",
-                            linestyle="-" if key == keys[0] else "--")
+                    (line,) = ax.plot(xs, ys, color=color, linestyle="-" if key == keys[0] else "--", linewidth=1.2)
+                    if key == keys[0]:
+                        handles.setdefault(label, line)
+                    else:
+                        dashed.add(key)
             ax.set_title(title)
             ax.set_xlabel("optimizer step")
-    for ax in axes:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+    labels = list(handles)
+    lines = [handles[k] for k in labels]
+    if dashed:  # a second key in a panel (the KD loss): dashed, in the record's colour
+        lines.append(plt.Line2D([], [], color="grey", linestyle="--"))
+        labels.append("dashed: " + ", ".join(sorted(dashed)))
+    # one legend for the figure, below the panels, so that no panel's lines are hidden
+    ncol = min(len(labels), 4)
+    rows = -(-len(labels) // ncol) if labels else 0
+    if labels:
+        fig.legend(lines, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

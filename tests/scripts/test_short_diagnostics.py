@@ -91,3 +91,21 @@ def test_gap_to_lora_reads_only_the_lora_rows(tmp_path):
     got = D.gap_to_lora(tmp_path / "claims.csv")
     assert [(r["pat"], r["ppl_ratio"], r["acc_lo"]) for r in got] == [("PAT x", 6.5, -15.0)]
     assert "| PAT x | seeds 3/3 | 6.50 | [6.00, 7.00] | -12.00 | [-15.00, -9.00] |" in D.gap_markdown(got)
+
+
+def test_per_seed_and_pilot_tables_read_the_records(tmp_path):
+    recs = [_rec(["pat_init"], 0, [1], ppl=300.0), _rec(["pat_init"], 2, [1], ppl=310.5),
+            _rec(["flap", "lora"], 0, [1], ppl=238.4)]
+    md = D.per_seed_markdown(recs)
+    assert "| arm | seed 0 | seed 2 |" in md
+    assert "| flap+lora | 238.4 | – |" in md and "| pat_init | 300.0 | 310.5 |" in md
+    pilot = tmp_path / "scale10"
+    pilot.mkdir()
+    rec = _rec(["pat_w"], 0, [1], ppl=272.73)
+    rec["spec"]["method_args"] = {"pat_w": {"stage": "pat", "mask_init": "flap", "mask_init_scale": 10.0,
+                                            "milestone_frac": 2 / 3}}
+    (pilot / "r.json").write_text(json.dumps(rec))
+    (pilot / "failed.json").write_text(json.dumps({"status": "failed"}))
+    md = D.pilots_markdown([pilot])
+    assert md.count("| scale10 |") == 1
+    assert "| scale10 | pat_w | 0 | flap | 10 | 0.6667 | 272.7 |" in md
