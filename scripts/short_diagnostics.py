@@ -116,7 +116,8 @@ def per_seed_markdown(recs: list[dict]) -> str:
         cells.setdefault(_arm(r), {})[r["spec"]["seed"]] = r["metrics"]["perplexity"]["wikitext2"]["ppl"]
     out = ["## Perplexity per seed", "", "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " |",
            "|---|" + "---|" * len(seeds)]
-    out += [f"| {arm} | " + " | ".join(_fmt(c.get(s), ".1f") for s in seeds) + " |" for arm, c in sorted(cells.items())]
+    out += [f"| {arm} | " + " | ".join(_fmt(c.get(s), ".1f") for s in seeds) + " |"
+            for arm, c in sorted(cells.items())]
     return "\n".join(out) + "\n"
 
 
