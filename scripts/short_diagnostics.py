@@ -74,8 +74,9 @@ def rows_of(recs: list[dict], massive: list[int]) -> tuple[list[dict], list[dict
                                 if isinstance(st.get("mask_init"), dict) else None),
                "jaccard_taylor_snap": jaccard(kept, taylor[seed]) if taylor.get(seed) else None,
                "massive_kept": [c for c in massive if c in kept]}
-        for key in ("lm_loss", "kd_loss"):
-            before, after = _window(curves, key, f - 2, f), _window(curves, key, f + 1, f + 3)
+        for key in ("lm_loss", "kd_loss"):  # no snap during training (freeze_step None): no window around it
+            before = [] if f is None else _window(curves, key, f - 2, f)
+            after = [] if f is None else _window(curves, key, f + 1, f + 3)
             last = [c[key] for c in curves[-10:] if c.get(key) is not None]
             row[key] = {"before": mean(before) if before else None, "peak_after": max(after) if after else None,
                         "last10": mean(last) if last else None}
@@ -89,7 +90,7 @@ def markdown(pat: list[dict], kd: list[dict], massive: list[int]) -> str:
            f"| arm | seed | picked by | freeze step | snap changed | J(final, initial) | J(final, Taylor snap) "
            f"| massive kept (of {', '.join(map(str, massive))}) | ppl |", "|---|---|---|---|---|---|---|---|---|"]
     for r in pat:
-        out.append(f"| {r['arm']} | {r['seed']} | {r['by']} | {r['freeze_step']} | {r['snap_changed']} | "
+        out.append(f"| {r['arm']} | {r['seed']} | {r['by']} | {_fmt(r['freeze_step'], 'd')} | {r['snap_changed']} | "
                    f"{_fmt(r['jaccard_init'], '.3f')} | {_fmt(r['jaccard_taylor_snap'], '.3f')} | "
                    f"{', '.join(map(str, r['massive_kept'])) or 'none'} | {r['ppl']:,.1f} |")
     out += ["", "## The freeze", "",
@@ -149,7 +150,10 @@ def against_baselines(pairs_csv: Path) -> list[dict]:
     import pandas as pd
 
     d = pd.read_csv(pairs_csv)
-    d = d[d["ratio"] != "0 %"]
+    need = ["wikitext2 ppl ratio", "_plo", "_phi", "Δ acc (above chance)", "_alo", "_ahi"]
+    if d.empty or not set(need) <= set(d.columns):  # no perplexity or no above-chance accuracy in this report
+        return []
+    d = d[(d["ratio"] != "0 %") & d[need].notna().all(axis=1)]
     rows = []
     for _, r in d.iterrows():
         a_pat, b_pat = r["A"].startswith("PAT"), r["B"].startswith("PAT")

@@ -32,6 +32,19 @@ def curves_of(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def plot_training_curves(records: dict[str, dict[str, Any]], out: str | Path) -> Path:
     """One row of panels (``PANELS``) with a line per record; ``records`` maps a label to a run record."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(records)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def curves_figure(records: dict[str, dict[str, Any]]):
+    """The figure of ``plot_training_curves``: one colour per record in every panel, a second key of a panel (the KD
+    loss) dashed in that colour, and one legend below the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,10 +61,9 @@ def plot_training_curves(records: dict[str, dict[str, Any]], out: str | Path) ->
                 xs = [p["step"] for p in pts if p.get(key) is not None]
                 ys = [p[key] for p in pts if p.get(key) is not None]
                 if xs:
-                    (line,) = ax.plot(xs, ys, color=color, linestyle="-" if key == keys[0] else "--", linewidth=1.2)
-                    if key == keys[0]:
-                        handles.setdefault(label, line)
-                    else:
+                    ax.plot(xs, ys, color=color, linestyle="-" if key == keys[0] else "--", linewidth=1.2)
+                    handles.setdefault(label, plt.Line2D([], [], color=color))  # every record that drew a line
+                    if key != keys[0]:
                         dashed.add(key)
             ax.set_title(title)
             ax.set_xlabel("optimizer step")
@@ -66,11 +78,7 @@ def plot_training_curves(records: dict[str, dict[str, Any]], out: str | Path) ->
     if labels:
         fig.legend(lines, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,3 +109,21 @@ def test_per_seed_and_pilot_tables_read_the_records(tmp_path):
     md = D.pilots_markdown([pilot])
     assert md.count("| scale10 |") == 1
     assert "| scale10 | pat_w | 0 | flap | 10 | 0.6667 | 272.7 |" in md
+
+
+def test_a_run_never_snapped_in_training_has_no_freeze_window(tmp_path):
+    rec = _rec(["pat_late"], 0, [1, 2], lm=[2.0] * 12)
+    rec["train"]["stages"]["0"]["selection"]["freeze_step"] = None  # snapped at finalize, after the last step
+    pat, _ = D.rows_of([rec], massive=[2])
+    assert pat[0]["lm_loss"] == {"before": None, "peak_after": None, "last10": 2.0}
+    assert "| pat_late | 0 | proxy | – | 0 |" in D.markdown(pat, [], [2])
+
+
+def test_against_baselines_skips_pairs_without_the_metrics(tmp_path):
+    cols = "model,ratio,A,B,seeds,wikitext2 ppl ratio,_plo,_phi,Δ acc (above chance),_alo,_ahi\n"
+    rows = ["m,25 %,PAT x,FLAP,seeds 3/3,,,,1.0,0.5,2.0",  # no perplexity for this pair: left out
+            "m,25 %,PAT x,LLM-Pruner,seeds 3/3,0.9,0.8,0.95,1.0,0.5,2.0"]
+    (tmp_path / "pairs.csv").write_text(cols + "\n".join(rows) + "\n")
+    assert [r["baseline"] for r in D.against_baselines(tmp_path / "pairs.csv")] == ["LLM-Pruner"]
+    (tmp_path / "acc_only.csv").write_text("model,ratio,A,B,seeds,Δ acc\nm,25 %,PAT x,FLAP,seeds 1/1,1.0\n")
+    assert D.against_baselines(tmp_path / "acc_only.csv") == []
