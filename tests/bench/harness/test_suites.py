@@ -69,16 +69,16 @@ def test_shipped_suites_expand_to_the_documented_grids():
     assert sum(trains) == 22 and sum(trains[0::2]) == sum(trains[1::2])  # --jobs 2: 11 trainings per shard
     assert len(expand(load_suite("paper"))) == 5 + 5 * 3 * 5
     short = expand(load_suite("short"))
-    assert len(short) == 34  # 31 + the exploratory wide-ramp arm, 3 seeds
+    assert len(short) == 37  # 31 + the two exploratory wide-ramp arms, 3 seeds each
     kd = {r.pipeline_id for r in short if r.budget.get("distill_weight", 0) > 0}
-    assert kd == {"pat_init_kd", "pat_taylor_kd", "pat_flapinit_kd", "pat_flapinit_wide_kd", "llm_pruner+lora_kd",
-                  "flap+lora_kd"}
+    assert kd == {"pat_init_kd", "pat_taylor_kd", "pat_flapinit_kd", "pat_flapinit_wide_kd", "pat_init_wide_kd",
+                  "llm_pruner+lora_kd", "flap+lora_kd"}
     assert {r.stage_args["pat_init"]["mask_init"] for r in short if r.pipeline_id == "pat_init"} == {"taylor"}
     assert {r.stage_args["pat_flapinit_kd"]["mask_init"] for r in short if r.pipeline_id == "pat_flapinit_kd"} == {
         "flap"}
-    wide = {(a["mask_init"], a["mask_init_scale"]) for r in short if r.pipeline_id == "pat_flapinit_wide_kd"
-            for a in [r.stage_args["pat_flapinit_wide_kd"]]}
-    assert wide == {("flap", 3.0)}
+    wide = {(a["mask_init"], a["mask_init_scale"]) for r in short if r.pipeline_id.endswith("_wide_kd")
+            for a in [r.stage_args[r.pipeline_id]]}
+    assert wide == {("flap", 3.0), ("taylor", 3.0)}
     assert [r.run_id for r in expand(load_suite("ci"))] == [
         "smollm2-135m--dense--r0.00--s0", "smollm2-135m--lora--r0.00--s0", "smollm2-135m--pat--r0.25--s0"]
 
