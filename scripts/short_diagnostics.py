@@ -28,11 +28,17 @@ from pathlib import Path
 from statistics import mean
 
 from bench.harness.mask_probe import jaccard
+from bench.harness.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 # the PNG's lines: the pre-registered variant, the exploratory FLAP-metric inits (default and wide ramp), the Taylor
 # snap, the best baseline with and without KD
 CURVE_ARMS = ("pat_init_kd", "pat_flapinit_kd", "pat_flapinit_wide_kd", "pat_taylor", "flap+lora", "flap+lora_kd")
+
+
+def _finished(results_dir: str | Path) -> list[dict]:
+    """The successful run records in ``results_dir`` (``load_results``: malformed files skipped with a warning)."""
+    return [r for r in load_results(results_dir) if r["status"] == "success"]
 
 
 def _arm(rec: dict) -> str:
@@ -131,10 +137,7 @@ def pilots_markdown(dirs: list[Path]) -> str:
     out = ["## Pilots", "", "| pilot | arm | seed | " + " | ".join(PILOT_KEYS) + " | ppl |",
            "|---|---|---|" + "---|" * len(PILOT_KEYS) + "---|"]
     for d in dirs:
-        for f in sorted(Path(d).glob("*.json")):
-            r = json.loads(f.read_text())
-            if r.get("status") != "success":
-                continue
+        for r in _finished(d):
             args = {k: v for a in (r["spec"].get("method_args") or {}).values() for k, v in a.items()}
             out.append(f"| {Path(d).name} | {_arm(r)} | {r['spec']['seed']} | "
                        + " | ".join((format(args[k], ".4g") if isinstance(args[k], float) else str(args[k]))
@@ -216,8 +219,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", default=None, help="the suite report's pairs.csv (default RESULTS/pairs.csv, if it "
                     "exists): adds each PAT variant against each baseline")
     args = ap.parse_args(argv)
-    recs = [json.loads(p.read_text()) for p in sorted(Path(args.results).glob("*.json"))]
-    recs = [r for r in recs if r.get("status") == "success"]
+    recs = _finished(args.results)
     massive = [m["channel"] for m in json.loads(Path(args.massive).read_text())["massive"]]
     pat, kd = rows_of(recs, massive)
     md = markdown(pat, kd, massive) + "\n" + per_seed_markdown(recs)

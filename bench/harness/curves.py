@@ -72,12 +72,10 @@ def curves_figure(records: dict[str, dict[str, Any]]):
     if dashed:  # a second key in a panel (the KD loss): dashed, in the record's colour
         lines.append(plt.Line2D([], [], color="grey", linestyle="--"))
         labels.append("dashed: " + ", ".join(sorted(dashed)))
-    # one legend for the figure, below the panels, so that no panel's lines are hidden
-    ncol = min(len(labels), 4)
-    rows = -(-len(labels) // ncol) if labels else 0
+    # one legend for the figure, below the panels (4 entries a row), so that no panel's lines are hidden
     if labels:
-        fig.legend(lines, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
+        fig.legend(lines, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 * -(-len(labels) // 4), 1, 1))
     return fig
 
 

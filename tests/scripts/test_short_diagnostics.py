@@ -23,7 +23,8 @@ def _rec(pipeline, seed, kept, init=None, lm=None, distill=None, ppl=100.0):
     train = {"stages": {"0": stage}, "curves": curves, "train_seconds": 100.0}
     if distill:
         train["distill"] = distill
-    return {"status": "success", "spec": {"pipeline": pipeline, "seed": seed},
+    return {"schema": 1, "run_id": f"m--{'+'.join(pipeline)}--s{seed}", "suite": "short", "provenance": {},
+            "status": "success", "spec": {"pipeline": pipeline, "seed": seed},
             "metrics": {"perplexity": {"wikitext2": {"ppl": ppl}}}, "train": train}
 
 
